@@ -1,0 +1,24 @@
+"""The whole pipeline's config: one YAML file with a section per stage (see configs/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import load_config
+from synth.config import SynthConfig
+
+
+@dataclass
+class PipelineConfig:
+    """Top level of configs/*.yaml."""
+
+    name: str = "anomalygpt"
+    """Run name: used for the run folder and MLflow experiment."""
+    seed: int = 0
+    """Seed for every random choice of every stage."""
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+def load_pipeline_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    return load_config(PipelineConfig, path, overrides)

@@ -1,0 +1,47 @@
+"""Process-wide runtime defaults and the one way to get a Ray session.
+
+Kept import-light: ``ray`` is imported only inside :func:`init_ray`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+# Defaults that keep a local run private (Ray listens on 127.0.0.1 only), quiet and offline.
+# setdefault: a user's or cluster's own value always wins.
+RUNTIME_ENV_DEFAULTS = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "DS_ACCELERATOR": "cpu",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def configure_environment() -> None:
+    for key, value in RUNTIME_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to ``RAY_ADDRESS`` when set (a cluster or a submitted job), else start Ray locally.
+
+    Idempotent: an already initialised Ray (a test session, a parent stage) is reused.
+    """
+    configure_environment()
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("connecting to Ray at %s", address)
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
