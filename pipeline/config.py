@@ -65,8 +65,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str = "<conf
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        allowed = ", ".join(sorted(fields))
         raise ConfigError(
-            f"{source}: unknown key {where!r} (allowed under {prefix or 'top level'}: {', '.join(sorted(fields))})"
+            f"{source}: unknown key {where!r} (allowed under {prefix or 'top level'}: {allowed})"
         )
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -142,7 +143,9 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{source}: {key} must have {len(args)} items, got {value!r}")
-            return tuple(_coerce(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(
+                _coerce(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+            )
         item_type = args[0] if args else Any
         items = [_coerce(item_type, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
