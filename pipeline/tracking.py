@@ -1,0 +1,39 @@
+"""Where MLflow writes: ``MLFLOW_TRACKING_URI`` when set, else a sqlite store in the run folder.
+
+Always explicit: MLflow's own default drops ``mlflow.db`` into the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def tracking_uri(run_root: str | Path) -> str:
+    """The tracking URI for a run folder (the registry lives in the same store)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    root = Path(run_root).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def configure_mlflow(run_root: str | Path, experiment: str) -> str:
+    """Point MLflow (tracking and registry) at the run's store and select ``experiment``."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    uri = tracking_uri(run_root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if not uri.startswith(("sqlite", "file")):
+        root = Path(run_root).expanduser().resolve()
+        artifacts = None
+    else:
+        root = Path(run_root).expanduser().resolve()
+        artifacts = (root / "mlartifacts").as_uri()
+    if mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment, artifact_location=artifacts)
+    mlflow.set_experiment(experiment)
+    return uri
