@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.config import load_config
 from synth.config import SynthConfig
+from train.config import TrainConfig
 from train.model.config import ModelConfig
 
 
@@ -21,6 +22,7 @@ class PipelineConfig:
     """Seed for every random choice of every stage."""
     synth: SynthConfig = field(default_factory=SynthConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def load_pipeline_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PipelineConfig:
