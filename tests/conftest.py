@@ -23,3 +23,16 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_data_root(tmp_path_factory):
+    """A small sample dataset (MVTec-AD layout, 4 categories, 64 px) written once per session.
+
+    Per category: 6 train/good, 3 test/good and 4 defective test images (scratch, hole, stain,
+    foreign) with ground_truth masks. Read-only for tests: copy it before changing anything.
+    """
+    from synth.sample_data import write_sample_dataset
+
+    root = tmp_path_factory.mktemp("sample_data")
+    return write_sample_dataset(root, seed=0, size=64, n_train=6, n_test_good=3, n_per_defect=1)
