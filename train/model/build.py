@@ -1,0 +1,124 @@
+"""One build function from a ModelConfig: loads the frozen parts, creates the trainable ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from train.model.anomalygpt import AnomalyGPT
+from train.model.config import ModelConfig
+from train.model.decoder import AnomalyDecoder
+from train.model.encoders import build_encoder
+from train.model.llm import (
+    load_smollm2,
+    load_tensors,
+    load_tiny_llama,
+    load_vicuna,
+    split_pandagpt_delta,
+)
+from train.model.prompt_learner import PromptLearner
+from train.model.text_features import PromptTextFeatures
+
+
+def build_model(cfg: ModelConfig) -> AnomalyGPT:
+    """The model of ``cfg``: encoder and LLM frozen; decoder, prompt learner (and, when configured,
+    the image-token projection and LoRA) trainable."""
+    encoder = build_encoder(
+        cfg.encoder.name,
+        cfg.encoder.layers,
+        cfg.encoder.pretrained,
+        checkpoint=cfg.encoder.checkpoint,
+        heads=cfg.encoder.heads,
+    )
+    text_features = decoder = prompt_learner = llm = tokenizer = image_proj = None
+    if cfg.use_decoder:
+        text_features = PromptTextFeatures()
+        decoder = AnomalyDecoder(encoder.channels, PromptTextFeatures.dim, cfg.logit_scale)
+    if cfg.use_llm:
+        llm, tokenizer = _load_llm(cfg)
+        hidden = llm.config.hidden_size
+        embed_std = float(llm.get_input_embeddings().weight.detach().std())
+        for p in llm.parameters():
+            p.requires_grad_(False)
+        llm.eval()
+        if cfg.lora.enabled:
+            llm = _wrap_lora(llm, cfg)
+        image_proj = nn.Linear(encoder.embed_dim, hidden)
+        if cfg.llm.name == "vicuna" and cfg.llm.delta is not None:
+            _load_delta(cfg, llm, image_proj)
+        image_proj.requires_grad_(cfg.train_image_proj)
+        if cfg.use_prompt_learner:
+            prompt_learner = PromptLearner(
+                hidden,
+                cfg.prompt_tokens,
+                cfg.prompt_channels,
+                global_dim=encoder.embed_dim if cfg.prompt_global else None,
+                use_map=cfg.use_decoder,
+                init_std=embed_std,
+            )
+    return AnomalyGPT(cfg, encoder, text_features, decoder, prompt_learner, llm, tokenizer, image_proj)
+
+
+def _load_llm(cfg: ModelConfig) -> tuple[Any, Any]:
+    c = cfg.llm
+    if c.name == "smollm2":
+        model, tokenizer = load_smollm2(c.cache_dir)
+    elif c.name == "tiny":
+        model, tokenizer = load_tiny_llama(c.tiny_hidden, c.tiny_layers, c.tiny_heads, c.cache_dir)
+    elif c.name == "vicuna":
+        model, tokenizer = load_vicuna(c.path)
+    else:
+        raise ValueError(f"unknown model.llm.name {c.name!r}")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # as the reference
+    return model, tokenizer
+
+
+def _wrap_lora(llm: nn.Module, cfg: ModelConfig) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.targets),
+        task_type="CAUSAL_LM",
+    )
+    wrapped = get_peft_model(llm, lora)
+    for name, p in wrapped.named_parameters():
+        p.requires_grad_(cfg.lora.trainable and "lora_" in name)
+    return wrapped
+
+
+def _load_delta(cfg: ModelConfig, llm: nn.Module, image_proj: nn.Linear) -> None:
+    """PandaGPT delta: llama_proj into the image-token projection, LoRA into the wrapped LLM."""
+    source = str(cfg.llm.delta)
+    proj, lora = split_pandagpt_delta(load_tensors(cfg.llm.delta), source)
+    if proj["weight"].shape != image_proj.weight.shape:
+        raise ValueError(
+            f"{source}: llama_proj is {tuple(proj['weight'].shape)} but the encoder/LLM need "
+            f"{tuple(image_proj.weight.shape)} (ImageBind's 1024-d embedding -> the LLM's hidden size)"
+        )
+    with torch.no_grad():
+        image_proj.weight.copy_(proj["weight"])
+        image_proj.bias.copy_(proj["bias"])
+    if not lora:
+        return
+    if not cfg.lora.enabled:
+        raise ValueError(f"{source} holds LoRA weights; set model.lora.enabled: true to use them")
+    own = dict(llm.named_parameters())
+    unknown = sorted(k for k in lora if k not in own)
+    if unknown:
+        raise KeyError(f"{source}: LoRA keys not in the model (check lora.targets/r): {unknown[:5]}")
+    missing = sorted(k for k in own if "lora_" in k and k not in lora)
+    if missing:
+        raise KeyError(f"{source}: the delta lacks LoRA weights for {missing[:5]}")
+    with torch.no_grad():
+        for key, value in lora.items():
+            if own[key].shape != value.shape:
+                raise ValueError(
+                    f"{source}: {key} is {tuple(value.shape)}, model has {tuple(own[key].shape)}"
+                )
+            own[key].copy_(value)

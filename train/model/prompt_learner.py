@@ -1,0 +1,61 @@
+"""Prompt learner: anomaly map (and optionally the global image feature) -> LLM prompt tokens."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class PromptLearner(nn.Module):
+    """Conv stages (conv3x3 + ReLU + maxpool2, channels as the reference 4/16/64/256/1024), an
+    adaptive pool to (s+4, s+4) and a 5x5 conv to s*s tokens of the LLM's hidden size, after
+    ``n`` learnable base prompts. At 224 px with five stages the pool is the identity and the
+    shapes equal the reference's 7x7 -> 3x3; any other input size works too."""
+
+    def __init__(
+        self,
+        hidden: int,
+        n_tokens: int = 9,
+        channels: list[int] | None = None,
+        global_dim: int | None = None,
+        use_map: bool = True,
+        init_std: float = 1.0,
+    ) -> None:
+        super().__init__()
+        side = math.isqrt(n_tokens)
+        if side * side != n_tokens:
+            raise ValueError(f"n_tokens must be a square number, got {n_tokens}")
+        self.n_tokens, self.hidden = n_tokens, hidden
+        channels = list(channels or [4, 16, 64, 256, 1024])
+        self.convs = None
+        if use_map:
+            layers: list[nn.Module] = []
+            c_in = 1
+            for c_out in channels:
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+                c_in = c_out
+            layers += [nn.AdaptiveAvgPool2d(side + 4), nn.Conv2d(c_in, hidden, 5)]
+            self.convs = nn.Sequential(*layers)
+        self.global_proj = nn.Linear(global_dim, n_tokens * hidden) if global_dim else None
+        if self.convs is None and self.global_proj is None:
+            raise ValueError("the prompt learner needs the map, the global feature, or both")
+        # The reference draws the base prompts from randn for a 4096-d LLaMA; scaling to the LLM's
+        # embedding std keeps them on the scale of real token embeddings for any LLM.
+        self.base_prompts = nn.Parameter(torch.randn(n_tokens, hidden) * init_std)
+
+    def forward(self, anomaly_map: torch.Tensor | None, global_embed: torch.Tensor | None) -> torch.Tensor:
+        """(B, 1, H, W) map and/or (B, D) feature -> (B, 2n, hidden): base prompts, then map tokens."""
+        tokens = None
+        if self.convs is not None:
+            if anomaly_map is None:
+                raise ValueError("prompt learner built for a map but got none")
+            tokens = self.convs(anomaly_map).flatten(2).transpose(1, 2)  # (B, n, hidden)
+        if self.global_proj is not None:
+            if global_embed is None:
+                raise ValueError("prompt learner built for the global feature but got none")
+            extra = self.global_proj(global_embed).view(-1, self.n_tokens, self.hidden)
+            tokens = extra if tokens is None else tokens + extra
+        base = self.base_prompts.unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        return torch.cat([base, tokens], dim=1)
