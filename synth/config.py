@@ -27,7 +27,7 @@ class SynthConfig:
     clone: Literal["normal", "mixed"] = "normal"
     """cv2.seamlessClone mode: NORMAL_CLONE (Poisson, the reference) or MIXED_CLONE."""
     max_patches: int = 2
-    """Patches per anomalous image: the first always, each further one with probability ``extra_patch_prob``."""
+    """Patches per anomalous image: the first always, each further one with ``extra_patch_prob``."""
     extra_patch_prob: float = 0.5
     """Probability of adding each patch after the first (the reference adds a second with 0.5)."""
     augment: bool = True

@@ -60,7 +60,7 @@ def read_dataset(
     categories: Sequence[str] = (),
     skipped: list[Skipped] | None = None,
 ) -> list[ImageRecord]:
-    """All records of ``split`` in ``root``, sorted by (category, relpath); unreadable files go to ``skipped``."""
+    """Records of ``split`` sorted by (category, relpath); unreadable files are added to ``skipped``."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root not found: {root}")

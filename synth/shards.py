@@ -1,0 +1,123 @@
+"""WebDataset tar shards and their manifest: writing (reproducible bytes), loading and verifying.
+
+A shard is a plain POSIX tar of ``<key>.png``, ``<key>.mask.png``, ``<key>.json`` members with
+fixed mtime, owner and mode, so the same samples always give the same bytes. Files appear only
+complete: they are written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "anomalygpt-synth-shards/1"
+
+
+class ShardError(ValueError):
+    """Shards that do not match their manifest (or no manifest at all)."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> tuple[str, int]:
+    """Write ``members`` (name, bytes) as a reproducible tar at ``path``; returns (sha256, size)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    data = buf.getvalue()
+    atomic_write(path, data)
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, fsync, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of a synth output folder; ShardError naming the path if missing or malformed."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ShardError(f"no {MANIFEST} in {directory} (is it a `python -m pipeline synth` output?)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ShardError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ShardError(f"{path}: not a synth manifest (format must be {MANIFEST_FORMAT!r})")
+    for key in ("shards", "samples", "categories", "seed", "config", "source_fingerprint"):
+        if key not in manifest:
+            raise ShardError(f"{path}: missing key {key!r}")
+    return manifest
+
+
+def verify_shards(directory: str | Path, check_hash: bool = True) -> dict[str, Any]:
+    """Check each shard in the manifest exists with its sha256 and sample count; returns the manifest."""
+    directory = Path(directory)
+    manifest = load_manifest(directory)
+    total = 0
+    for entry in manifest["shards"]:
+        path = directory / entry["name"]
+        if not path.is_file():
+            raise ShardError(f"{path}: shard listed in {directory / MANIFEST} is missing")
+        if path.stat().st_size != entry["bytes"]:
+            raise ShardError(f"{path}: size {path.stat().st_size} != manifest {entry['bytes']}")
+        if check_hash and file_sha256(path) != entry["sha256"]:
+            raise ShardError(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
+        count = count_samples(path)
+        if count != entry["samples"]:
+            raise ShardError(f"{path}: {count} samples, manifest says {entry['samples']}")
+        total += count
+    if total != manifest["samples"]:
+        raise ShardError(
+            f"{directory / MANIFEST}: shards hold {total} samples, manifest says {manifest['samples']}"
+        )
+    return manifest
+
+
+def count_samples(path: Path) -> int:
+    """Samples in a shard: keys that have all three members."""
+    members: dict[str, set[str]] = {}
+    try:
+        with tarfile.open(path) as tar:
+            for info in tar:
+                key, _, ext = info.name.partition(".")
+                members.setdefault(key, set()).add(ext)
+    except tarfile.TarError as exc:
+        raise ShardError(f"{path}: not a readable tar: {exc}") from exc
+    return sum(1 for exts in members.values() if {"png", "mask.png", "json"} <= exts)
+
+
+def shard_urls(directory: str | Path) -> list[str]:
+    """Paths of a verified output's shards, in order (what ``webdataset.WebDataset`` takes)."""
+    manifest = load_manifest(directory)
+    return [str(Path(directory) / entry["name"]) for entry in manifest["shards"]]
