@@ -1,0 +1,223 @@
+"""The tiny preset end to end: shapes, what trains, memory bank reuse, checkpoints, Table 4 switches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from train.model import build_model, load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_cfg):
+    torch.manual_seed(0)
+    return build_model(tiny_cfg)
+
+
+@pytest.mark.parametrize("size", [224, 96])
+def test_prediction_shapes_at_any_size(tiny_model, size):
+    images = torch.rand(2, 3, size, size)
+    preds = tiny_model.predict(images, ["grass", "brick"])
+    assert len(preds) == 2
+    for p in preds:
+        assert p.anomaly_map.shape == (size, size)
+        assert p.anomaly_map.dtype.name == "float32"
+        assert 0.0 <= p.anomaly_map.min() <= p.anomaly_map.max() <= 1.0
+        assert p.score == pytest.approx(float(p.anomaly_map.max()))
+        assert isinstance(p.answer, str)
+        assert "###" not in p.answer
+
+
+def test_prompt_learner_token_count_at_any_size(tiny_model):
+    pl = tiny_model.prompt_learner
+    for size in (64, 224, 100):
+        out = pl(torch.rand(3, 1, size, size), None)
+        assert out.shape == (3, 2 * tiny_model.cfg.prompt_tokens, tiny_model.llm.config.hidden_size)
+
+
+def test_reference_prompt_learner_shapes_at_224():
+    from train.model.prompt_learner import PromptLearner
+
+    pl = PromptLearner(hidden=32, n_tokens=9, channels=[4, 16, 64, 256, 1024])
+    assert pl(torch.rand(1, 1, 224, 224), None).shape == (1, 18, 32)
+    # five stages bring 224 to 7x7: the adaptive pool is the identity, as the reference's shapes
+    x = torch.rand(1, 1, 224, 224)
+    for layer in pl.convs[:-2]:
+        x = layer(x)
+    assert x.shape[-2:] == (7, 7)
+
+
+def test_generation_is_greedy_and_deterministic(tiny_model):
+    images = torch.rand(1, 3, 64, 64)
+    first = tiny_model.predict(images, ["grass"])[0].answer
+    second = tiny_model.predict(images, ["grass"])[0].answer
+    assert first == second
+
+
+def test_gradients_reach_only_trainable_parts(make_cfg, tiny_batch):
+    torch.manual_seed(0)
+    model = build_model(make_cfg())
+    model.train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "nothing to train"
+    assert all(n.startswith(("decoder.", "prompt_learner.", "image_proj.")) for n in trainable)
+    assert any(n.startswith("decoder.") for n in trainable)
+    assert any(n.startswith("prompt_learner.") for n in trainable)
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trained_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = model.training_losses(tiny_batch)
+    assert set(losses) == {"loss", "ce", "focal", "dice"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    losses["loss"].backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+    optimizer.step()
+    for name, p in model.named_parameters():
+        if name in frozen_before:
+            assert torch.equal(p, frozen_before[name]), name
+        else:
+            assert not torch.equal(p, trained_before[name]), name
+
+
+def test_instruction_batch_has_no_pixel_losses(tiny_model, tiny_batch):
+    tiny_batch.masks = None
+    tiny_batch.categories = ["object", "object"]
+    losses = tiny_model.training_losses(tiny_batch)
+    assert float(losses["focal"]) == 0.0 and float(losses["dice"]) == 0.0
+    assert float(losses["loss"].detach()) == pytest.approx(float(losses["ce"].detach()))
+
+
+def test_loss_weights_apply(make_cfg, tiny_batch):
+    torch.manual_seed(0)
+    model = build_model(make_cfg(loss__ce=0.0, loss__focal=2.0, loss__dice=0.5))
+    losses = model.training_losses(tiny_batch)
+    expected = 2.0 * losses["focal"] + 0.5 * losses["dice"]
+    assert float(losses["loss"]) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_memory_bank_built_once_per_category(tiny_model):
+    refs = torch.rand(2, 3, 64, 64)
+    calls = tiny_model.encoder_calls
+    bank = tiny_model.build_memory_bank(refs, category="grass")
+    assert tiny_model.encoder_calls - calls == 2 * 4  # 2 shots x 4 rotations, encoded once
+    assert bank.shots == 2
+    assert bank.features[0].shape[0] == 8 * tiny_model.encoder(refs[:1]).patch_maps[0][0, 0].numel()
+    calls = tiny_model.encoder_calls
+    for _ in range(3):
+        tiny_model.predict(torch.rand(2, 3, 64, 64), ["grass", "grass"], memory_bank=bank, generate=False)
+    assert tiny_model.encoder_calls - calls == 3 * 2  # only the queries are encoded
+    with pytest.raises(ValueError, match="memory bank is for 'grass'"):
+        tiny_model.predict(torch.rand(1, 3, 64, 64), ["brick"], memory_bank=bank)
+
+
+def test_rotations_are_real(tiny_model):
+    from train.model.memory_bank import with_rotations
+
+    img = torch.rand(1, 3, 64, 64)
+    rotated = with_rotations(img)
+    assert rotated.shape[0] == 4
+    assert torch.equal(rotated[1], torch.rot90(img[0], 1, dims=(1, 2)))
+    assert not torch.equal(rotated[0], rotated[2])
+
+
+def test_few_shot_fusion(make_cfg):
+    torch.manual_seed(0)
+    images, refs = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    replace = build_model(make_cfg(few_shot_fusion="replace", use_llm=False, use_prompt_learner=False))
+    bank = replace.build_memory_bank(refs)
+    text_map = replace.predict(images, ["grass"], generate=False)[0].anomaly_map
+    shot_map = replace.predict(images, ["grass"], memory_bank=bank, generate=False)[0].anomaly_map
+    replace.cfg.few_shot_fusion = "mean"
+    mean_map = replace.predict(images, ["grass"], memory_bank=bank, generate=False)[0].anomaly_map
+    assert not torch.allclose(torch.from_numpy(text_map), torch.from_numpy(shot_map))
+    assert torch.allclose(torch.from_numpy(mean_map), torch.from_numpy((text_map + shot_map) / 2), atol=1e-6)
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(make_cfg, tiny_batch, tmp_path):
+    torch.manual_seed(0)
+    cfg = make_cfg()
+    model = build_model(cfg)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.training_losses(tiny_batch)["loss"].backward()
+    optimizer.step()
+    save_checkpoint(model, cfg, tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.yaml", "model.safetensors"]
+    torch.manual_seed(123)  # a different init: only the loaded weights can make the outputs equal
+    loaded, loaded_cfg = load_checkpoint(tmp_path / "ckpt")
+    assert loaded_cfg == cfg
+    images = torch.rand(2, 3, 64, 64)
+    a = model.predict(images, ["grass", "grass"])
+    b = loaded.predict(images, ["grass", "grass"])
+    for pa, pb in zip(a, b, strict=True):
+        assert (pa.anomaly_map == pb.anomaly_map).all()
+        assert pa.score == pb.score and pa.answer == pb.answer
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        la, lb = model.training_losses(tiny_batch), loaded.training_losses(tiny_batch)
+    assert float(la["loss"]) == float(lb["loss"])
+
+
+def test_checkpoint_with_missing_tensor_is_rejected(make_cfg, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    cfg = make_cfg()
+    save_checkpoint(build_model(cfg), cfg, tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state.pop(next(iter(state)))
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(KeyError, match="missing"):
+        load_checkpoint(tmp_path)
+
+
+def test_table4_switches(make_cfg, tiny_batch):
+    torch.manual_seed(0)
+    no_decoder = build_model(make_cfg(use_decoder=False, prompt_global=True))
+    assert no_decoder.decoder is None
+    pred = no_decoder.predict(torch.rand(1, 3, 64, 64), ["grass"])[0]
+    assert pred.anomaly_map is None and pred.score is None and isinstance(pred.answer, str)
+    losses = no_decoder.training_losses(tiny_batch)
+    assert float(losses["focal"]) == 0.0 and float(losses["ce"]) > 0
+
+    no_llm = build_model(make_cfg(use_llm=False, use_prompt_learner=False))
+    assert no_llm.llm is None and no_llm.prompt_learner is None
+    pred = no_llm.predict(torch.rand(1, 3, 64, 64), ["grass"])[0]
+    assert pred.answer is None and pred.anomaly_map is not None
+    assert float(no_llm.training_losses(tiny_batch)["ce"]) == 0.0
+
+    no_pl = build_model(make_cfg(use_prompt_learner=False))
+    assert no_pl.prompt_learner is None
+    assert isinstance(no_pl.predict(torch.rand(1, 3, 64, 64), ["grass"])[0].answer, str)
+
+    with pytest.raises(ValueError, match="use_prompt_learner needs use_llm"):
+        make_cfg(use_llm=False)
+
+
+def test_lora_trainable_for_the_ablation(make_cfg, tiny_batch):
+    torch.manual_seed(0)
+    frozen = build_model(make_cfg(lora__enabled=True, lora__r=4, lora__alpha=8))
+    assert not any("lora_" in n for n, p in frozen.named_parameters() if p.requires_grad)
+    assert any("lora_" in n for n, _ in frozen.named_parameters())
+    model = build_model(make_cfg(lora__enabled=True, lora__trainable=True, lora__r=4, lora__alpha=8))
+    lora = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    assert lora
+    model.train()
+    model.training_losses(tiny_batch)["loss"].backward()
+    grads = dict(model.named_parameters())
+    assert all(grads[n].grad is not None for n in lora)
+    assert any(grads[n].grad.abs().sum() > 0 for n in lora)
+    assert isinstance(model.predict(torch.rand(1, 3, 64, 64), ["grass"])[0].answer, str)
+
+
+def test_few_shot_training_swaps_the_prompt_input(make_cfg, tiny_batch):
+    torch.manual_seed(0)
+    model = build_model(make_cfg(few_shot_train_prob=1.0))
+    tiny_batch.references = torch.rand(2, 3, 64, 64)
+    calls = model.encoder_calls
+    losses = model.training_losses(tiny_batch)
+    assert model.encoder_calls - calls == 2 + 2 * 4  # the batch + one rotated reference per image
+    assert torch.isfinite(losses["loss"])
