@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import load_config
+from pipeline.registry import RegistryConfig
 from synth.config import SynthConfig
 from train.config import TrainConfig
 from train.model.config import ModelConfig
@@ -23,6 +24,7 @@ class PipelineConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
 
 def load_pipeline_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PipelineConfig:

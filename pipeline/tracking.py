@@ -8,11 +8,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI (for subprocesses); remember the value this
+# module put there so a later call for another run folder is not mistaken for a user's setting.
+_exported_uri: str | None = None
+
 
 def tracking_uri(run_root: str | Path) -> str:
     """The tracking URI for a run folder (the registry lives in the same store)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
+    if uri and uri != _exported_uri:
         return uri
     root = Path(run_root).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -24,8 +28,12 @@ def configure_mlflow(run_root: str | Path, experiment: str) -> str:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
+    global _exported_uri
+    from_user = os.environ.get("MLFLOW_TRACKING_URI") not in (None, "", _exported_uri)
     uri = tracking_uri(run_root)
     mlflow.set_tracking_uri(uri)
+    if not from_user:
+        _exported_uri = uri
     mlflow.set_registry_uri(uri)
     if not uri.startswith(("sqlite", "file")):
         root = Path(run_root).expanduser().resolve()

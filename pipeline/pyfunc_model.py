@@ -1,0 +1,65 @@
+"""The registered model as an MLflow pyfunc: checkpoint folder in, maps, scores and answers out.
+
+Logged as "models from code" (this file is stored with the model; nothing is pickled). The logged
+model holds only the trainable weights and config (its ``checkpoint`` artifact); the frozen encoder
+and LLM come from the installed packages or the configured paths when the checkpoint loads.
+
+    model = mlflow.pyfunc.load_model("models:/anomalygpt@champion")
+    model.predict([{"image": "bottle.png", "category": "bottle", "references": ["good.png"]}])
+
+Each row: ``image`` (a file path or a ``data:image/...;base64,`` URI), optional ``category``,
+``question`` and ``references`` (normal images for few-shot). Each result: ``score``,
+``anomaly_map`` (H x W floats in [0, 1]) and ``answer`` (None with ``params={"generate": False}``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.models
+import mlflow.pyfunc
+import pydantic
+
+
+class Row(pydantic.BaseModel):
+    image: str
+    category: str = "object"
+    question: str | None = None
+    references: list[str] = []
+
+
+class Result(pydantic.BaseModel):
+    score: float
+    anomaly_map: list[list[float]]
+    answer: str | None = None
+
+
+class AnomalyGPTPyfunc(mlflow.pyfunc.PythonModel):
+    """Loads the checkpoint once per process; predicts row by row (rows may differ in references)."""
+
+    def load_context(self, context: Any) -> None:
+        from pipeline.inference import load_model
+        from pipeline.registry import CHECKPOINT_ARTIFACT
+
+        self.model, self.cfg = load_model(context.artifacts[CHECKPOINT_ARTIFACT])
+
+    def predict(self, model_input: list[Row], params: dict[str, Any] | None = None) -> list[Result]:
+        from pipeline.inference import predict_one
+
+        generate = bool((params or {}).get("generate", True))
+        out = []
+        for row in model_input:
+            pred = predict_one(
+                self.model,
+                self.cfg,
+                row.image,
+                category=row.category,
+                question=row.question,
+                references=row.references,
+                generate=generate,
+            )
+            out.append(Result(score=pred.score, anomaly_map=pred.anomaly_map.tolist(), answer=pred.answer))
+        return out
+
+
+mlflow.models.set_model(AnomalyGPTPyfunc())

@@ -1,0 +1,63 @@
+"""The registered pyfunc loads a real tiny checkpoint and predicts what the model itself predicts."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from pipeline.pipeline_config import load_pipeline_config
+    from train.model.build import build_model
+    from train.model.checkpoint import save_checkpoint
+
+    cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml").model
+    cfg.llm.cache_dir = tmp_path_factory.mktemp("llm_cache")
+    return save_checkpoint(build_model(cfg), cfg, tmp_path_factory.mktemp("ckpt"))
+
+
+def test_pyfunc_matches_direct_prediction(tiny_checkpoint, sample_data_root, tmp_path, monkeypatch):
+    import mlflow
+
+    from pipeline.inference import load_model, predict_one
+    from pipeline.registry import RegistryConfig, register_and_promote
+    from pipeline.tracking import configure_mlflow
+
+    monkeypatch.setenv("ANOMALYGPT_CACHE", str(tmp_path / "cache"))
+    configure_mlflow(tmp_path / "runs", "pyfunc-test")
+    metrics = {"mean": {"image_auroc": 0.5}}
+    with mlflow.start_run():
+        register_and_promote(tiny_checkpoint, metrics, "eval", RegistryConfig())
+
+    category = sorted(p.name for p in sample_data_root.iterdir() if p.is_dir())[0]
+    test_image = sorted((sample_data_root / category / "test").rglob("*.png"))[-1]
+    refs = sorted((sample_data_root / category / "train" / "good").glob("*.png"))[:2]
+    data_uri = "data:image/png;base64," + base64.b64encode(test_image.read_bytes()).decode()
+
+    pyfunc = mlflow.pyfunc.load_model("models:/anomalygpt@champion")
+    rows = [
+        {"image": str(test_image), "category": category},
+        {"image": data_uri, "category": category, "references": [str(r) for r in refs]},
+    ]
+    out = pyfunc.predict(rows)
+    assert len(out) == 2
+
+    model, cfg = load_model(tiny_checkpoint)
+    direct = predict_one(model, cfg, test_image, category=category)
+    shot = predict_one(model, cfg, test_image, category=category, references=refs)
+    for got, want in ((out[0], direct), (out[1], shot)):
+        amap = np.asarray(got.anomaly_map, dtype=np.float32)
+        assert amap.shape == (cfg.image_size, cfg.image_size)
+        np.testing.assert_allclose(amap, want.anomaly_map, atol=1e-5)
+        assert got.score == pytest.approx(want.score, abs=1e-5)
+        assert got.answer == want.answer and isinstance(got.answer, str)
+    assert not np.allclose(out[0].anomaly_map, out[1].anomaly_map)  # references change the map
+
+    with pytest.raises(Exception, match="image"):
+        pyfunc.predict([{"category": category}])

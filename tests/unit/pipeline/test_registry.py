@@ -1,0 +1,174 @@
+"""Registry promotion on a real sqlite MLflow store: champion only when better, tags, rollback, resolve."""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.registry import (
+    RegistryConfig,
+    RegistryError,
+    checkpoint_digest,
+    decide,
+    ensure_reachable,
+    register_and_promote,
+    resolve_model,
+)
+
+CFG = RegistryConfig()
+
+
+def _metrics(value: float | None) -> dict:
+    return {"setting": "unsupervised", "mean": {"image_auroc": value, "pixel_auroc": 0.5}}
+
+
+def _checkpoint(root: Path, seed: int) -> Path:
+    """A checkpoint folder in the on-disk layout (weights + config) with distinct content per seed."""
+    import torch
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(seed)
+    save_file({"decoder.weight": torch.randn(4, 3, generator=gen)}, str(root / "model.safetensors"))
+    (root / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    return root
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    import mlflow
+
+    from pipeline.tracking import configure_mlflow
+
+    monkeypatch.setenv("ANOMALYGPT_CACHE", str(tmp_path / "cache"))
+    configure_mlflow(tmp_path / "runs", "registry-test")
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def _register(tmp_path: Path, seed: int, value: float | None, fp: str = "eval-a", **kw) -> dict:
+    import mlflow
+
+    ckpt = tmp_path / f"ckpt{seed}"
+    if not ckpt.exists():
+        _checkpoint(ckpt, seed)
+    with mlflow.start_run():
+        return register_and_promote(ckpt, _metrics(value), fp, CFG, **kw)
+
+
+def _alias(alias: str) -> str:
+    from mlflow import MlflowClient
+
+    return str(MlflowClient().get_model_version_by_alias(CFG.model_name, alias).version)
+
+
+def test_decide_rule():
+    assert decide(0.7, None).promote
+    assert decide(0.8, 0.7).promote
+    assert not decide(0.7, 0.7).promote
+    assert not decide(0.6, 0.7).promote
+    assert not decide(0.75, 0.7, min_improvement=0.1).promote
+    assert not decide(None, 0.7).promote
+    assert not decide(math.nan, 0.7).promote
+    assert decide(0.1, math.nan).promote
+
+
+def test_better_challenger_promoted_worse_kept(store):
+    first = _register(store, 1, 0.70)
+    assert first["version"] == "1" and first["promoted"]
+    assert first["tags"]["promotion_reason"] == "no champion yet"
+
+    better = _register(store, 2, 0.80)
+    assert better["promoted"] and better["champion_version"] == "2"
+    assert better["tags"]["promotion_challenger_image_auroc"] == "0.800000"
+    assert better["tags"]["promotion_champion_image_auroc"] == "0.700000"
+    assert better["tags"]["promotion_champion_version"] == "1"
+
+    worse = _register(store, 3, 0.75)
+    assert not worse["promoted"]
+    assert worse["tags"]["promotion_decision"] == "kept_champion"
+    assert worse["tags"]["promotion_champion_image_auroc"] == "0.800000"
+    assert _alias("champion") == "2"
+    assert _alias("challenger") == "3"
+
+
+def test_same_checkpoint_registers_once(store):
+    a = _register(store, 1, 0.7)
+    b = _register(store, 1, 0.7)
+    assert b["already_registered"] and b["version"] == a["version"]
+    from mlflow import MlflowClient
+
+    assert len(MlflowClient().search_model_versions(f"name = '{CFG.model_name}'")) == 1
+
+
+def test_champion_rescored_on_new_data(store):
+    _register(store, 1, 0.90, fp="old-data")
+    seen = []
+
+    def rescore(uri: str) -> dict:
+        seen.append(uri)
+        return _metrics(0.60)
+
+    result = _register(store, 2, 0.65, fp="new-data", rescore=rescore)
+    assert seen == [f"models:/{CFG.model_name}/1"]
+    assert result["promoted"]
+    assert result["tags"]["promotion_champion_image_auroc"] == "0.600000"
+
+    # Without a way to re-score, a champion from other data is kept.
+    kept = _register(store, 3, 0.99, fp="newer-data")
+    assert not kept["promoted"] and "other data" in kept["tags"]["promotion_reason"]
+
+
+def test_failed_registration_leaves_registry_as_it_was(store, monkeypatch):
+    from mlflow import MlflowClient
+
+    _register(store, 1, 0.7)
+    real = MlflowClient.set_registered_model_alias
+
+    def fail_on_champion(self, name, alias, version):
+        if alias == "champion":
+            raise RuntimeError("store went away")
+        return real(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail_on_champion)
+    with pytest.raises(RuntimeError, match="store went away"):
+        _register(store, 2, 0.9)
+    monkeypatch.undo()
+    versions = MlflowClient().search_model_versions(f"name = '{CFG.model_name}'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert _alias("champion") == "1" and _alias("challenger") == "1"
+
+
+def test_resolve_model_round_trip(store):
+    _register(store, 1, 0.7)
+    local = resolve_model(f"models:/{CFG.model_name}@champion")
+    original = store / "ckpt1"
+    assert checkpoint_digest(local) == checkpoint_digest(original)
+    assert resolve_model(original) == original
+    # Cached: a second resolve returns the same folder without downloading again.
+    mtime = (local / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model(f"models:/{CFG.model_name}/1") == local
+    assert (local / "model.safetensors").stat().st_mtime_ns == mtime
+    with pytest.raises(RegistryError, match="no version"):
+        resolve_model(f"models:/{CFG.model_name}@nope")
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+        resolve_model(store / "missing")
+
+
+def test_unreachable_server_fails_fast(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(RegistryError, match="unreachable"):
+        ensure_reachable(f"http://127.0.0.1:{port}")
+    assert time.monotonic() - start < 5
+    with pytest.raises(RegistryError, match=r"not writable|does not exist"):
+        ensure_reachable(f"sqlite:///{tmp_path}/nowhere/mlflow.db")
+    ensure_reachable(f"sqlite:///{tmp_path}/mlflow.db")
