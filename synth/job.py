@@ -105,6 +105,9 @@ def write_shard(
     out: str,
 ) -> dict[str, Any]:
     """Make and write one shard plus its stats file; what each Ray task runs."""
+    import cv2
+
+    cv2.setNumThreads(1)  # one task per CPU: OpenCV's own threads would only oversubscribe
     maker = SampleMaker(sources, cfg, seed)
     members: list[tuple[str, bytes]] = []
     counts: dict[str, dict[str, int]] = {}
