@@ -16,6 +16,7 @@ import sys
 COMMANDS = (
     "sample-data",
     "synth",
+    "train",
 )
 
 

@@ -1,0 +1,281 @@
+"""The train job: check everything, run Ray Train's TorchTrainer over the shards, write the outputs.
+
+Three steps, as a recipe: ``prepare`` (all input checks, before any worker starts), ``fit`` (Ray
+Train + DeepSpeed, resuming from the latest checkpoint of the same ``--out``) and ``finish``
+(``model.safetensors``, ``config.yaml``, ``train_summary.json`` and the MLflow run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError, dump_yaml, flatten, to_dict
+from pipeline.pipeline_config import PipelineConfig
+from train import ds_config
+from train.instruct import InstructionSample, read_instruction_set
+from train.loop import STATE
+from train.schedule import total_steps
+from train.shards import DataError, ShardIndex, index_shards
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "train_summary.json"
+# Settings that may change between a run and its resumption without changing what is trained.
+RESUMABLE_KEYS = ("max_failures", "log_every", "keep_checkpoints", "checkpoint_every", "storage_path")
+
+
+@dataclass
+class Plan:
+    """Everything the workers need, checked; built by :func:`prepare`."""
+
+    cfg: PipelineConfig
+    out: Path
+    workers: int
+    index: ShardIndex
+    instructions: list[InstructionSample]
+    fraction: float
+    deepspeed: dict[str, Any]
+    total_steps: int
+    storage: str
+    name: str
+    fingerprint: str
+    previous: dict[str, Any] | None
+    """train_state.json of the latest checkpoint of this run, if any (a rerun resumes from it)."""
+    previous_dir: Path | None = None
+
+
+def run_training(
+    config: PipelineConfig,
+    shards: str | Path,
+    out: str | Path,
+    instruct: str | Path | None = None,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Train ``config`` on the shards with ``workers`` Ray Train workers; returns the summary."""
+    started = time.perf_counter()
+    plan = prepare(config, shards, out, instruct, workers)
+    run_id, uri = _mlflow_run(plan)
+    try:
+        if plan.previous and plan.previous["step"] >= plan.total_steps:
+            log.info("train: %s already finished (%d steps); writing its outputs", plan.out, plan.total_steps)
+            checkpoint_dir = plan.previous_dir
+        else:
+            checkpoint_dir = fit(plan, run_id, uri)
+        summary = finish(plan, checkpoint_dir, run_id, uri, time.perf_counter() - started)
+    except BaseException:
+        if run_id:
+            _mlflow_client(uri).set_terminated(run_id, "FAILED")
+        raise
+    return summary
+
+
+def prepare(
+    cfg: PipelineConfig, shards: str | Path, out: str | Path, instruct: str | Path | None, workers: int
+) -> Plan:
+    """Every check that can fail on bad input, before a worker starts."""
+    from pipeline.runtime import configure_environment
+
+    configure_environment()
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    out = Path(out).expanduser().resolve()
+    index = index_shards(shards)
+    instructions: list[InstructionSample] = []
+    fraction = cfg.train.instruction_fraction
+    if instruct is not None:
+        instructions = read_instruction_set(instruct, cfg.train.instruction_turns)
+    elif fraction > 0:
+        log.warning(
+            "train: no instruction data (--instruct): training on anomaly data only. The reference "
+            "alternates with PandaGPT's instruction data to keep the LLM's general answers."
+        )
+        fraction = 0.0
+    if cfg.model.few_shot_train_prob > 0:
+        lacking = sorted(set(index.categories()) - set(index.first_normal()))
+        if lacking:
+            raise DataError(
+                f"{shards}: few-shot training needs a normal sample per category; none for {lacking}"
+            )
+    deepspeed = ds_config.build(cfg.train, workers)
+    ds_config.check_with_deepspeed(deepspeed)
+    total = total_steps(replace(cfg.train, instruction_fraction=fraction), len(index))
+    storage = cfg.train.storage(out)
+    name = f"{cfg.name}-{hashlib.sha1(str(out).encode()).hexdigest()[:10]}"
+    fingerprint = _fingerprint(cfg, shards, instruct, workers, fraction)
+    previous, previous_dir = _latest_checkpoint(storage, name)
+    if previous and previous.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"{Path(storage) / name} holds checkpoints of a different run (config, data, instruction set "
+            f"or worker count changed). Use another --out, or delete that folder to start over."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"train: {len(index)} anomaly samples, {len(instructions)} instruction samples, {total} steps of "
+        f"{cfg.train.global_batch_size} samples on {workers} worker(s) "
+        f"(accumulation {deepspeed['gradient_accumulation_steps']}, {ds_config.precision(deepspeed)}, "
+        f"ZeRO {deepspeed['zero_optimization'].get('stage', 0)})"
+        + (f"; resuming at step {previous['step']}" if previous else ""),
+        flush=True,
+    )
+    return Plan(
+        cfg, out, workers, index, instructions, fraction, deepspeed, total, storage, name, fingerprint,
+        previous, previous_dir,
+    )  # fmt: skip
+
+
+def fit(plan: Plan, run_id: str | None, uri: str | None) -> Path:
+    """Run the workers; returns the final checkpoint folder."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.runtime import init_ray
+    from train.loop import train_loop
+
+    init_ray()
+    t = plan.cfg.train
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+    ctx = {
+        "config": to_dict(plan.cfg),
+        "deepspeed": plan.deepspeed,
+        "index": plan.index,
+        "instructions": plan.instructions,
+        "fraction": plan.fraction,
+        "total_steps": plan.total_steps,
+        "accumulation": plan.deepspeed["gradient_accumulation_steps"],
+        "offload_optimizer": ds_config.offloads_optimizer(plan.deepspeed),
+        "fingerprint": plan.fingerprint,
+        "mlflow_run_id": run_id,
+        "mlflow_uri": uri,
+    }
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=ctx,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=plan.workers, use_gpu=t.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=plan.name,
+            storage_path=plan.storage,
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint in {plan.storage}/{plan.name}")
+    return Path(result.checkpoint.path)
+
+
+def finish(
+    plan: Plan, checkpoint_dir: Path, run_id: str | None, uri: str | None, wall: float
+) -> dict[str, Any]:
+    """Copy the final weights and config to ``out``, write the summary, close the MLflow run."""
+    from train.model.checkpoint import CONFIG, WEIGHTS
+
+    state = json.loads((checkpoint_dir / STATE).read_text())
+    for name in (WEIGHTS, CONFIG):
+        shutil.copy2(checkpoint_dir / name, plan.out / name)
+    dump_yaml(plan.cfg, plan.out / "pipeline_config.yaml")
+    (plan.out / "deepspeed.json").write_text(json.dumps(plan.deepspeed, indent=1))
+    summary = {
+        "steps": state["step"],
+        "samples": state["samples"],
+        "wall_time_s": round(wall, 2),
+        "workers": plan.workers,
+        "global_batch_size": plan.cfg.train.global_batch_size,
+        "accumulation_steps": plan.deepspeed["gradient_accumulation_steps"],
+        "precision": ds_config.precision(plan.deepspeed),
+        "zero_stage": plan.deepspeed["zero_optimization"].get("stage", 0),
+        "instruction_fraction": plan.fraction,
+        "anomaly_samples": len(plan.index),
+        "instruction_samples": len(plan.instructions),
+        "resumed_from_step": state["started_at_step"],
+        "final_losses": state["metrics"],
+        "mlflow_run_id": run_id,
+        "mlflow_tracking_uri": uri,
+        "checkpoint": str(checkpoint_dir),
+    }
+    (plan.out / SUMMARY).write_text(json.dumps(summary, indent=1))
+    if run_id:
+        client = _mlflow_client(uri)
+        for name in (WEIGHTS, CONFIG, "pipeline_config.yaml", "deepspeed.json", SUMMARY):
+            client.log_artifact(run_id, str(plan.out / name))
+        client.set_terminated(run_id, "FINISHED")
+    loss = state["metrics"].get("loss", float("nan"))
+    print(f"train: {summary['steps']} steps, final loss {loss:.4f} -> {plan.out}")
+    return summary
+
+
+def _mlflow_run(plan: Plan) -> tuple[str, str]:
+    """The MLflow run of this training: the resumed one, or a new one with the config as params."""
+    from pipeline.tracking import configure_mlflow
+
+    uri = configure_mlflow(plan.out, plan.cfg.name)
+    client = _mlflow_client(uri)
+    run_id = (plan.previous or {}).get("mlflow_run_id")
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        return run_id, uri
+    import mlflow
+    from mlflow.entities import Param
+
+    experiment = mlflow.get_experiment_by_name(plan.cfg.name)
+    run = client.create_run(experiment.experiment_id, run_name=f"train-{plan.out.name}")
+    params = {
+        **flatten(to_dict(plan.cfg)),
+        "run.workers": plan.workers,
+        "run.total_steps": plan.total_steps,
+        "run.accumulation_steps": plan.deepspeed["gradient_accumulation_steps"],
+        "run.instruction_fraction": plan.fraction,
+        "run.anomaly_samples": len(plan.index),
+        "run.instruction_samples": len(plan.instructions),
+    }
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    client.set_tag(run.info.run_id, "stage", "train")
+    return run.info.run_id, uri
+
+
+def _mlflow_client(uri: str | None):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _latest_checkpoint(storage: str, name: str) -> tuple[dict[str, Any] | None, Path | None]:
+    """State and folder of the newest checkpoint under a local storage path (None for remote URIs)."""
+    if "://" in storage:
+        return None, None
+    best: tuple[dict[str, Any] | None, Path | None] = (None, None)
+    for path in (Path(storage) / name).glob(f"*/{STATE}"):
+        state = json.loads(path.read_text())
+        if best[0] is None or state["step"] > best[0]["step"]:
+            best = (state, path.parent)
+    return best
+
+
+def _fingerprint(cfg: PipelineConfig, shards, instruct, workers: int, fraction: float) -> str:
+    """What a checkpoint must match to be resumed: config (less RESUMABLE_KEYS), data, workers."""
+    from synth.shards import file_sha256, load_manifest
+    from train.instruct import resolve
+
+    config = to_dict(cfg)
+    for key in RESUMABLE_KEYS:
+        config["train"].pop(key, None)
+    manifest = load_manifest(shards)
+    identity = {
+        "config": config,
+        "workers": workers,
+        "fraction": fraction,
+        "shards": [entry["sha256"] for entry in manifest["shards"]],
+        "instructions": file_sha256(resolve(instruct)[0]) if instruct else None,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,246 @@
+"""The per-worker training function that Ray Train runs on every rank: setup, train, checkpoint.
+
+One optimizer step = ``accumulation`` micro-steps on this rank; each micro-step is an anomaly or an
+instruction micro-batch (``train.schedule.is_instruction_step``). DeepSpeed owns the optimizer step,
+gradient accumulation, ZeRO partitioning, clipping and mixed precision.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from train.schedule import count_instruction_steps, is_instruction_step
+
+log = logging.getLogger(__name__)
+
+DS_TAG = "ds"
+STATE = "train_state.json"
+PARTS = ("loss", "ce", "focal", "dice")
+
+
+def train_loop(ctx: dict[str, Any]) -> None:
+    """Entry point of each Ray Train worker; ``ctx`` is built by ``train.job``."""
+    from pipeline.runtime import configure_environment
+
+    configure_environment()
+    import ray.train
+    import torch
+
+    from pipeline.config import from_dict
+    from pipeline.pipeline_config import PipelineConfig
+
+    cfg = from_dict(PipelineConfig, ctx["config"], source="train job")
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    if not cfg.train.use_gpu:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
+    engine, model = _setup(cfg, ctx)
+    start = _restore(engine)
+    source = _batches(cfg, ctx, rank, world)
+    logger = _MetricLogger(ctx, rank) if rank == 0 else None
+    total, accumulation, fraction = ctx["total_steps"], ctx["accumulation"], ctx["fraction"]
+    dtype = next(p for p in engine.module.parameters()).dtype
+    device = engine.device
+    if rank == 0:
+        print(f"[train] {'resuming at' if start else 'starting'} step {start}/{total}, {world} worker(s)")
+    window: dict[str, list[float]] = {}
+    for step in range(start, total):
+        began = time.perf_counter()
+        sums = torch.zeros(
+            2 * len(PARTS) + 2, dtype=torch.float64
+        )  # anomaly parts, instruction parts, counts
+        for k in range(accumulation):
+            micro = step * accumulation + k
+            instruction = fraction > 0 and is_instruction_step(micro, fraction)
+            n_instr = count_instruction_steps(micro, fraction) if fraction > 0 else 0
+            batch = source.instruction(n_instr) if instruction else source.anomaly(micro - n_instr)
+            batch = _to(batch, device, dtype)
+            losses = engine(batch)
+            engine.backward(losses["loss"])
+            engine.step()
+            offset = len(PARTS) if instruction else 0
+            for i, name in enumerate(PARTS):
+                sums[offset + i] += float(losses[name].detach())
+            sums[2 * len(PARTS) + int(instruction)] += 1
+        metrics = _step_metrics(sums, world, engine, cfg.train.global_batch_size, time.perf_counter() - began)
+        for key, value in metrics.items():
+            window.setdefault(key, []).append(value)
+        done = step + 1
+        if logger and (done % cfg.train.log_every == 0 or done == total):
+            logger.log(metrics, done, total)
+        if done % cfg.train.checkpoint_every == 0 or done == total:
+            summary = {k: sum(v) / len(v) for k, v in window.items()}
+            _save(engine, model, cfg, ctx, done, summary, start, rank)
+            window = {}
+    if logger:
+        logger.close()
+
+
+def _setup(cfg, ctx):
+    import deepspeed
+    import torch
+
+    from train.model import build_model
+    from train.schedule import WarmupDecay
+
+    # DeepSpeed JIT-compiles its shm all-reduce op (60-80 s) when it creates the comm backend, though
+    # only inference uses it. `deepspeed.comm.torch` as an attribute path is the torch package, so
+    # the module is taken from importlib.
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    wrapper = LossModule(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (check the model section)")
+    o = cfg.train.optimizer
+    if ctx["offload_optimizer"]:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # JIT-builds cpu_adam once (~95 s)
+
+        optimizer = DeepSpeedCPUAdam(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    else:  # a torch optimizer: nothing to compile
+        optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    schedule = WarmupDecay(cfg.train.schedule, ctx["total_steps"])
+    engine, *_ = deepspeed.initialize(
+        model=wrapper,
+        optimizer=optimizer,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+        config=ctx["deepspeed"],
+    )
+    return engine, model
+
+
+def _restore(engine) -> int:
+    """Load the latest reported checkpoint (after a worker failure or a rerun); returns its step."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as d:
+        path, _ = engine.load_checkpoint(d, tag=DS_TAG, load_module_strict=False)
+        if path is None:
+            raise RuntimeError(f"checkpoint {d} holds no DeepSpeed state under {DS_TAG}/")
+        return int(json.loads((Path(d) / STATE).read_text())["step"])
+
+
+def _batches(cfg, ctx, rank: int, world: int):
+    from train.data import BatchSource
+
+    return BatchSource(
+        ctx["index"],
+        ctx["instructions"],
+        image_size=cfg.model.image_size,
+        micro=cfg.train.micro_batch_size,
+        rank=rank,
+        world=world,
+        seed=cfg.seed,
+        augment=cfg.train.augment,
+        with_references=cfg.model.few_shot_train_prob > 0,
+    )
+
+
+def _to(batch, device, dtype):
+    from dataclasses import replace
+
+    def move(t):
+        return None if t is None else t.to(device=device, dtype=dtype, non_blocking=True)
+
+    return replace(
+        batch, images=move(batch.images), masks=move(batch.masks), references=move(batch.references)
+    )
+
+
+def _step_metrics(sums, world: int, engine, global_batch: int, seconds: float) -> dict[str, float]:
+    """Loss parts averaged over micro-steps and ranks (one small all-reduce), lr and throughput."""
+    import torch.distributed as dist
+
+    if world > 1:
+        dist.all_reduce(sums)
+    n = len(PARTS)
+    counts = sums[2 * n :]
+    metrics: dict[str, float] = {}
+    for offset, kind, count in ((0, "anomaly", counts[0]), (n, "instruction", counts[1])):
+        if count > 0:
+            for i, name in enumerate(PARTS):
+                if kind == "instruction" and name in ("focal", "dice"):
+                    continue  # no masks: always 0
+                metrics[f"{kind}/{name}"] = float(sums[offset + i] / count)
+    total_count = counts.sum()
+    metrics["loss"] = float((sums[0] + sums[n]) / total_count)
+    metrics["lr"] = float(engine.get_lr()[0])
+    metrics["samples_per_s"] = global_batch / seconds
+    return metrics
+
+
+def _save(engine, model, cfg, ctx, step: int, summary: dict[str, float], start: int, rank: int) -> None:
+    """Every rank writes its DeepSpeed shard; rank 0 adds the weights, config and state; Ray merges."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    from train.model import save_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="ckpt-") as d:
+        engine.save_checkpoint(d, tag=DS_TAG, exclude_frozen_parameters=True)
+        if rank == 0:
+            save_checkpoint(model, cfg.model, d)
+            state = {
+                "step": step,
+                "total_steps": ctx["total_steps"],
+                "samples": step * cfg.train.global_batch_size,
+                "fingerprint": ctx["fingerprint"],
+                "mlflow_run_id": ctx.get("mlflow_run_id"),
+                "started_at_step": start,
+                "metrics": summary,
+            }
+            (Path(d) / STATE).write_text(json.dumps(state, indent=1))
+        ray.train.report(
+            {"step": step, "started_at_step": start, **summary}, checkpoint=Checkpoint.from_directory(d)
+        )
+
+
+class _MetricLogger:
+    """Rank 0 only: per-step metrics to MLflow (asynchronously) and a progress line to the log."""
+
+    def __init__(self, ctx: dict[str, Any], rank: int) -> None:
+        self.run_id = ctx.get("mlflow_run_id")
+        self.every = max(1, ctx["total_steps"] // 20)
+        if self.run_id:
+            import mlflow
+
+            mlflow.set_tracking_uri(ctx["mlflow_uri"])
+            self.mlflow = mlflow
+
+    def log(self, metrics: dict[str, float], step: int, total: int) -> None:
+        if self.run_id:
+            self.mlflow.log_metrics(metrics, step=step, run_id=self.run_id, synchronous=False)
+        if step % self.every == 0 or step == total:
+            print(
+                f"[train] step {step}/{total} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
+                f"{metrics['samples_per_s']:.1f} samples/s",
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.run_id:
+            self.mlflow.flush_async_logging()
+
+
+class LossModule(nn.Module):
+    """Lets DeepSpeed's forward run ``model.training_losses`` (so the engine's hooks see the pass)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.training_losses(batch)

@@ -1,0 +1,168 @@
+"""Random access to the samples of a shard folder (WebDataset tars written by the synth stage).
+
+The driver indexes every tar once (member offsets and each sample's JSON); workers then read any
+sample with one seek. Random access lets every rank compute exactly which samples it owns at any
+step, so the global batch does not depend on the worker count and a resumed run continues with
+the very samples it would have seen.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PARTS = ("png", "mask.png", "json")
+
+
+class DataError(ValueError):
+    """Training data that cannot be used as given (the message names the file)."""
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one sample's files are: the tar and (offset, size) of each part."""
+
+    key: str
+    shard: str
+    parts: dict[str, tuple[int, int]]
+    category: str
+    label: int
+    conversation: list[dict[str, str]]
+
+
+@dataclass
+class ShardIndex:
+    """Every sample of a shard folder, in shard then key order."""
+
+    root: Path
+    samples: list[SampleRef]
+    _files: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def read(self, i: int) -> tuple[bytes, bytes]:
+        """The PNG bytes of sample ``i``'s image and mask."""
+        ref = self.samples[i]
+        fh = self._files.get(ref.shard)
+        if fh is None:
+            fh = self._files[ref.shard] = open(ref.shard, "rb")  # noqa: SIM115 - kept open for reuse
+        out = []
+        for part in ("png", "mask.png"):
+            offset, size = ref.parts[part]
+            fh.seek(offset)
+            out.append(fh.read(size))
+        return out[0], out[1]
+
+    def categories(self) -> list[str]:
+        return sorted({s.category for s in self.samples})
+
+    def first_normal(self) -> dict[str, int]:
+        """Per category, the first normal sample (the few-shot reference, as the reference's first file)."""
+        refs: dict[str, int] = {}
+        for i, s in enumerate(self.samples):
+            if s.label == 0:
+                refs.setdefault(s.category, i)
+        return refs
+
+    def __getstate__(self) -> dict[str, Any]:  # open files do not travel to Ray workers
+        return {"root": self.root, "samples": self.samples, "_files": {}}
+
+
+def shard_paths(root: str | Path, verify: bool = True) -> list[Path]:
+    """The shards of a synth output folder in manifest order, after checking them against it.
+
+    ``verify`` checks sizes, sha256 and sample counts (synth.shards.verify_shards); a ``.tar`` in
+    the folder that the manifest does not list is an error too (it would be silently ignored).
+    """
+    from synth.shards import ShardError, load_manifest, verify_shards
+
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"shard folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a shard folder (a file): {root}")
+    if not any(root.glob("*.tar")):
+        raise DataError(f"no .tar shards in {root} (write them with `python -m pipeline synth`)")
+    try:
+        manifest = verify_shards(root) if verify else load_manifest(root)
+    except ShardError as exc:
+        raise DataError(str(exc)) from exc
+    listed = [root / entry["name"] for entry in manifest["shards"]]
+    extra = sorted({p.name for p in root.glob("*.tar")} - {p.name for p in listed})
+    if extra:
+        raise DataError(f"{root}: shards not in manifest.json: {', '.join(extra)}")
+    return listed
+
+
+def index_shards(root: str | Path, verify: bool = True) -> ShardIndex:
+    """Index every sample; a shard that does not parse or a sample missing a part is an error."""
+    samples: list[SampleRef] = []
+    for path in shard_paths(root, verify):
+        samples.extend(_index_tar(path))
+    if not samples:
+        raise DataError(f"the shards in {root} hold no samples")
+    return ShardIndex(Path(root), samples)
+
+
+def _index_tar(path: Path) -> list[SampleRef]:
+    members: dict[str, dict[str, tuple[int, int]]] = {}
+    metas: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path) as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                name = Path(m.name).name
+                key, dot, ext = name.partition(".")
+                if not dot or ext not in PARTS:
+                    raise DataError(
+                        f"{path}: unexpected member {m.name!r} (expected <key>.{{{','.join(PARTS)}}})"
+                    )
+                members.setdefault(key, {})[ext] = (m.offset_data, m.size)
+                if ext == "json":
+                    metas[key] = tf.extractfile(m).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable tar shard ({exc})") from exc
+    refs = []
+    for key in sorted(members):
+        missing = [p for p in PARTS if p not in members[key]]
+        if missing:
+            raise DataError(f"{path}: sample {key!r} lacks {', '.join(missing)}")
+        refs.append(_ref(path, key, members[key], metas[key]))
+    return refs
+
+
+def _ref(path: Path, key: str, parts: dict[str, tuple[int, int]], raw: bytes) -> SampleRef:
+    where = f"{path}: sample {key!r}"
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise DataError(f"{where}: bad JSON ({exc})") from exc
+    for name in ("category", "label"):
+        if name not in meta:
+            raise DataError(f"{where}: JSON lacks {name!r}")
+    conversation = meta.get("conversation")
+    if not conversation:
+        if "question" not in meta or "answer" not in meta:
+            raise DataError(f"{where}: JSON has neither 'conversation' nor 'question'/'answer'")
+        conversation = [
+            {"from": "human", "value": meta["question"]},
+            {"from": "gpt", "value": meta["answer"]},
+        ]
+    if meta["label"] not in (0, 1):
+        raise DataError(f"{where}: label must be 0 or 1, got {meta['label']!r}")
+    return SampleRef(key, str(path), parts, str(meta["category"]), int(meta["label"]), conversation)
+
+
+def decode_png(data: bytes, mode: str) -> Any:
+    """PNG bytes -> uint8 array: mode "RGB" (H, W, 3) or "L" (H, W)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.array(im.convert(mode))
