@@ -22,6 +22,8 @@ from evaluate import curves
 
 DEFAULT_BINS = 1 << 22
 _FLUSH_PIXELS = 1 << 22  # buffered pixels before they are added to the histograms
+_REGION_SCALE = 1 << 42  # each ground-truth region carries this much integer weight in total
+_MAX_REGIONS = 1 << 20  # keeps n_regions * _REGION_SCALE far inside int64
 
 
 class PixelMetricState:
@@ -32,7 +34,7 @@ class PixelMetricState:
             raise ValueError(f"need bins >= 2 and hi > lo, got bins={bins}, range=[{lo}, {hi}]")
         self.bins, self.lo, self.hi = int(bins), float(lo), float(hi)
         self.counts: np.ndarray | None = None  # (bins, 2) int64: normal, anomalous pixels
-        self.region_weight: np.ndarray | None = None  # (bins,) float64: sum of 1/region size
+        self.region_weight: np.ndarray | None = None  # (bins,) int64: region coverage, fixed point
         self.n_regions = 0  # ground-truth connected components seen
         self.n_images = 0
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
@@ -53,11 +55,10 @@ class PixelMetricState:
         n_labels, regions = cv2.connectedComponents(gt.astype(np.uint8), connectivity=8)
         weight = None
         if n_labels > 1:
-            sizes = np.bincount(regions.ravel(), minlength=n_labels).astype(np.float64)
-            inv = np.zeros(n_labels)
-            inv[1:] = 1.0 / sizes[1:]
-            weight = inv[regions.ravel()]
+            weight = _region_weights(regions.ravel(), n_labels)
             self.n_regions += n_labels - 1
+            if self.n_regions >= _MAX_REGIONS:
+                raise ValueError(f"more than {_MAX_REGIONS} ground-truth regions in one category")
         self._add(scores.ravel(), gt.ravel(), weight)
         self.n_images += 1
 
@@ -100,7 +101,7 @@ class PixelMetricState:
 
     def _region_weight(self) -> np.ndarray:
         if self.region_weight is None:  # allocated only once a ground-truth region is seen
-            self.region_weight = np.zeros(self.bins, np.float64)
+            self.region_weight = np.zeros(self.bins, np.int64)
         return self.region_weight
 
     def _flush(self) -> None:
@@ -113,11 +114,11 @@ class PixelMetricState:
         counts += np.bincount(idx, minlength=2 * self.bins).reshape(self.bins, 2)
         del idx
         weighted = [(i[lab], w[lab]) for i, lab, w in self._pending if w is not None]
-        if weighted:
-            self._region_weight()[:] += np.bincount(
+        if weighted:  # integer adds: the sums do not depend on the order images arrive in
+            np.add.at(
+                self._region_weight(),
                 np.concatenate([i for i, _ in weighted]),
-                weights=np.concatenate([w for _, w in weighted]),
-                minlength=self.bins,
+                np.concatenate([w for _, w in weighted]),
             )
         self._pending, self._pending_pixels = [], 0
 
@@ -199,5 +200,20 @@ class PixelMetricState:
         if not (neg and self.n_regions):
             return None
         fpr = np.r_[0.0, np.cumsum(self.counts[::-1, 0]) / neg]
-        pro = np.r_[0.0, np.cumsum(self._region_weight()[::-1]) / self.n_regions]
+        pro = np.r_[0.0, np.cumsum(self._region_weight()[::-1]) / (self.n_regions * _REGION_SCALE)]
         return curves.partial_area(fpr, pro, max_fpr) / max_fpr
+
+
+def _region_weights(regions: np.ndarray, n_labels: int) -> np.ndarray:
+    """Per pixel, its share of its region as an integer: the pixels of a region of size s get
+    2**42 // s, the first (2**42 mod s) of them one more, so every region sums to exactly 2**42.
+    Integer weights make AUPRO independent of summation order (1 worker or N give the same bits)."""
+    counts = np.bincount(regions, minlength=n_labels).astype(np.int64)
+    sizes = np.maximum(counts, 1)
+    base = _REGION_SCALE // sizes
+    extra = _REGION_SCALE - base * sizes
+    base[0] = extra[0] = 0  # background pixels carry no region weight
+    order = np.argsort(regions, kind="stable")
+    rank = np.empty(regions.size, np.int64)
+    rank[order] = np.arange(regions.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    return base[regions] + (rank < extra[regions])

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evaluate.config import EvaluateConfig
 from pipeline.config import load_config
 from pipeline.registry import RegistryConfig
 from synth.config import SynthConfig
@@ -24,6 +25,7 @@ class PipelineConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
 

@@ -178,3 +178,16 @@ def test_pixel_state_pickles_sparsely_and_rejects_out_of_range():
         state.update(np.full((4, 4), np.nan, np.float32), np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="same"):
         state.update(np.zeros((4, 4)), np.zeros((4, 5)))
+
+
+def test_region_weights_sum_exactly_per_region_and_merge_order_does_not_matter():
+    rng = np.random.default_rng(11)
+    maps, masks = _random_maps(rng, n_images=8)
+    forward, backward = PixelMetricState(), PixelMetricState()
+    for s, m in zip(maps, masks, strict=True):
+        forward.update(s, m)
+    for s, m in reversed(list(zip(maps, masks, strict=True))):
+        backward.update(s, m)
+    assert forward.aupro() == backward.aupro()  # also adds the buffered pixels
+    assert forward.region_weight.sum() == forward.n_regions * (1 << 42)
+    assert np.array_equal(forward.region_weight, backward.region_weight)

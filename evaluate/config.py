@@ -1,0 +1,75 @@
+"""Settings of the evaluate stage (the ``evaluate:`` section of a pipeline config).
+
+Stdlib only, so the CLI validates configs without importing torch or Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class EvaluateConfig:
+    """How a trained model is scored on a test set (paper protocol, section 3 of the reference)."""
+
+    format: Literal["mvtec", "visa", "folder"] = "mvtec"
+    """Dataset layout of the evaluation data (see synth.datasets)."""
+    categories: list[str] = field(default_factory=list)
+    """Categories to evaluate; empty: every category the data has."""
+    shots: int = 0
+    """0: unsupervised (the decoder's map). k > 0: k-shot, a memory bank of k normal references
+    from the category's train split (the map becomes 1 - nearest-neighbour similarity)."""
+    reference_start: int = 0
+    """k-shot references are the train images at sorted positions reference_start ...
+    reference_start + k - 1 of the category (deterministic; recorded in metrics.json)."""
+    use_llm: bool = True
+    """Generate answers (accuracy from the parsed yes/no). False, or a model without an LLM: the
+    paper's rule, threshold = highest score of a normal test image of the category."""
+    workers: int = 1
+    """Ray actors; each loads the model once. Metrics do not depend on this number."""
+    threads_per_worker: int = 1
+    """torch threads per actor. Fixed (not derived from the worker count) so that a run with one
+    worker computes every batch bit-for-bit like a run with several."""
+    batch_size: int = 8
+    """Images per forward pass (and per task sent to an actor)."""
+    mask_threshold: float = 0.1
+    """Ground truth at the evaluation size: the mask is resized bilinearly (0..1) and a pixel is
+    anomalous above this value (the reference's MVTec rule: Resize then > 0.1)."""
+    allow_missing_masks: bool = False
+    """An anomalous test image without its mask is an error naming it; true leaves such images out
+    of the pixel metrics (they still count for image metrics) and counts them in the output. A
+    category with no masks at all always gets image metrics only."""
+    score_range: list[float] | None = None
+    """[lo, hi] that every anomaly-map value must lie in (the pixel histograms span it); null:
+    [0, 1] unsupervised, [0, 2] k-shot (1 - cosine similarity)."""
+    pixel_bins: int = 1 << 22
+    """Bins of the mergeable pixel-score histograms (see evaluate.pixel_state)."""
+    aupro_max_fpr: float = 0.3
+    """Upper FPR limit of AUPRO (the MVTec AD convention)."""
+    write_maps: bool = True
+    """Write maps/<category>/<stem>.png overlays for every test image."""
+    mlflow_overlays: int = 2
+    """Overlays per category logged to an active MLflow run (the worst-scored anomalous and the
+    highest-scored normal images first)."""
+
+    def __post_init__(self) -> None:
+        if self.shots < 0 or self.reference_start < 0:
+            raise ValueError("shots and reference_start must be >= 0")
+        if self.workers < 1 or self.threads_per_worker < 1 or self.batch_size < 1:
+            raise ValueError("workers, threads_per_worker and batch_size must be >= 1")
+        if not 0.0 <= self.mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be in [0, 1), got {self.mask_threshold}")
+        if self.score_range is not None and (
+            len(self.score_range) != 2 or not self.score_range[1] > self.score_range[0]
+        ):
+            raise ValueError(f"score_range must be [lo, hi] with hi > lo, got {self.score_range}")
+        if not 0.0 < self.aupro_max_fpr <= 1.0:
+            raise ValueError(f"aupro_max_fpr must be in (0, 1], got {self.aupro_max_fpr}")
+        if self.pixel_bins < 2:
+            raise ValueError("pixel_bins must be >= 2")
+
+    def resolved_score_range(self) -> tuple[float, float]:
+        if self.score_range is not None:
+            return float(self.score_range[0]), float(self.score_range[1])
+        return (0.0, 2.0) if self.shots else (0.0, 1.0)
