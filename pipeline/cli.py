@@ -17,6 +17,7 @@ COMMANDS = (
     "sample-data",
     "synth",
     "train",
+    "evaluate",
 )
 
 
