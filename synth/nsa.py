@@ -20,7 +20,8 @@ import yaml
 
 from synth.config import SynthConfig
 
-MIN_MASK_PIXELS = 50  # the reference aborts an attempt whose blend mask is smaller
+MIN_SIDE = 8  # smallest patch side: seamlessClone fails on masks 2 px wide
+MIN_MASK_PIXELS_224 = 50  # the reference aborts an attempt whose blend mask is smaller (at 224 px)
 CHANGE_TOLERANCE = 1.0  # mean |RGB change| above this counts as changed (the reference's tol)
 MIN_OBJECT_OVERLAP = 0.25  # object categories: share of the pasted patch that must land on the object
 
@@ -118,12 +119,13 @@ def _paste_one(image, source, target_fg, source_fg, spec, cfg, rng, augment):
     (h_lo, h_hi), (w_lo, w_hi) = spec.width
     ph = int(np.clip(0.03 + rng.gamma(2.0, 0.05), h_lo, h_hi) * h)
     pw = int(np.clip(0.03 + rng.gamma(2.0, 0.05), w_lo, w_hi) * w)
-    ph, pw = max(ph, 4), max(pw, 4)
+    ph, pw = max(ph, MIN_SIDE), max(pw, MIN_SIDE)
+    min_pixels = max(4, round(MIN_MASK_PIXELS_224 * h * w / 224**2))
 
     # Source patch: on the object for object categories.
     for _ in range(cfg.placement_attempts):
         sy, sx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
-        if source_fg is None or source_fg[sy : sy + ph, sx : sx + pw].any():
+        if source_fg is None or np.count_nonzero(source_fg[sy : sy + ph, sx : sx + pw]) >= min_pixels:
             break
     else:
         return None
@@ -132,8 +134,8 @@ def _paste_one(image, source, target_fg, source_fg, spec, cfg, rng, augment):
 
     # Rescale, keeping the aspect ratio and the per-category width bounds.
     factor = float(np.clip(rng.normal(1.0, 0.5), *spec.resize))
-    nh = int(np.clip(round(ph * factor), max(4, h_lo * h), min(h_hi * h, h - 2)))
-    nw = int(np.clip(round(pw * factor), max(4, w_lo * w), min(w_hi * w, w - 2)))
+    nh = int(np.clip(round(ph * factor), max(MIN_SIDE, h_lo * h), min(h_hi * h, h - 2)))
+    nw = int(np.clip(round(pw * factor), max(MIN_SIDE, w_lo * w), min(w_hi * w, w - 2)))
     if (nh, nw) != (ph, pw):
         patch = cv2.resize(patch, (nw, nh), interpolation=cv2.INTER_LINEAR)
         if patch_fg is not None:
@@ -145,7 +147,7 @@ def _paste_one(image, source, target_fg, source_fg, spec, cfg, rng, augment):
     clone_mask[1:-1, 1:-1] = 255  # border zeroed, as Poisson blending needs a boundary
     if patch_fg is not None:
         clone_mask[~patch_fg] = 0
-    if int(np.count_nonzero(clone_mask)) < MIN_MASK_PIXELS:
+    if int(np.count_nonzero(clone_mask)) < min_pixels:
         return None
 
     # Destination: anywhere the patch fits; object categories need it mostly on the object.
