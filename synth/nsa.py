@@ -147,8 +147,9 @@ def _paste_one(image, source, target_fg, source_fg, spec, cfg, rng, augment):
     clone_mask[1:-1, 1:-1] = 255  # border zeroed, as Poisson blending needs a boundary
     if patch_fg is not None:
         clone_mask[~patch_fg] = 0
-    if int(np.count_nonzero(clone_mask)) < min_pixels:
-        return None
+    x, y, bw, bh = cv2.boundingRect(clone_mask)
+    if int(np.count_nonzero(clone_mask)) < min_pixels or min(bw, bh) < 3:
+        return None  # seamlessClone fails on masks 1-2 px across
 
     # Destination: anywhere the patch fits; object categories need it mostly on the object.
     for _ in range(cfg.placement_attempts):
@@ -161,7 +162,6 @@ def _paste_one(image, source, target_fg, source_fg, spec, cfg, rng, augment):
     else:
         return None
 
-    x, y, bw, bh = cv2.boundingRect(clone_mask)
     centre = (dx + x + bw // 2, dy + y + bh // 2)
     flag = cv2.NORMAL_CLONE if cfg.clone == "normal" else cv2.MIXED_CLONE
     blended = cv2.seamlessClone(patch, image, clone_mask, centre, flag)
