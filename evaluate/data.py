@@ -1,0 +1,150 @@
+"""What gets evaluated: per category, the test images, their masks and the k-shot references.
+
+Everything that can be wrong with the input is found here, on the driver, before any actor starts:
+an anomalous image without its mask (an error naming it, unless allowed), files that cannot be read
+(listed and counted), a model and data with no category in common.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from evaluate.config import EvaluateConfig
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationDataError(ValueError):
+    """Evaluation data that cannot be scored as asked."""
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One test image as the actors see it (plain strings: it travels through Ray)."""
+
+    relpath: str
+    path: str
+    category: str
+    label: int
+    defect: str
+    mask_path: str | None
+    """None for normal images, and for anomalous ones left out of the pixel metrics."""
+    in_pixel_metrics: bool
+    """Normal images and anomalous ones with a mask, in a category that has masks."""
+
+
+@dataclass
+class CategoryPlan:
+    category: str
+    items: list[EvalItem]
+    references: list[str] = field(default_factory=list)
+    """Relative paths of the k-shot references (train split), in bank order."""
+    reference_paths: list[str] = field(default_factory=list)
+    pixel_metrics: bool = True
+    """False when the category has no masks at all (image metrics only)."""
+    missing_masks: list[str] = field(default_factory=list)
+    """Anomalous images left out of the pixel metrics (allow_missing_masks)."""
+    seen_in_training: bool | None = None
+
+
+@dataclass
+class EvaluationPlan:
+    categories: list[CategoryPlan]
+    unreadable: list[dict[str, str]]
+    """Files the readers could not open: {"path", "reason"}; never silently dropped."""
+
+
+def trained_categories(checkpoint: Path) -> list[str] | None:
+    """Categories the model was trained on, from ``train_summary.json`` beside the weights when it
+    records them; None when unknown (then no overlap check is possible)."""
+    summary = checkpoint / "train_summary.json"
+    if not summary.is_file():
+        return None
+    names = json.loads(summary.read_text()).get("categories")
+    return sorted(names) if isinstance(names, list) else None
+
+
+def plan_evaluation(root: str | Path, cfg: EvaluateConfig, known: list[str] | None = None) -> EvaluationPlan:
+    """Read the test split (and train split for references) and check it against ``cfg``."""
+    from synth.datasets import Skipped, read_dataset
+
+    skipped: list[Skipped] = []
+    records = read_dataset(root, cfg.format, split="test", categories=cfg.categories, skipped=skipped)
+    categories = sorted({r.category for r in records})
+    if known is not None and cfg.shots == 0 and not set(known) & set(categories):
+        raise EvaluationDataError(
+            f"the model was trained on {known} and {root} has {categories}: no category in common "
+            "(evaluate k-shot with --shots K for categories the model has not seen)"
+        )
+    plans = []
+    for category in categories:
+        plans.append(_plan_category(category, [r for r in records if r.category == category], cfg))
+        plans[-1].seen_in_training = None if known is None else category in known
+    if cfg.shots:
+        train = read_dataset(root, cfg.format, split="train", categories=categories, skipped=skipped)
+        for plan in plans:
+            normals = [r for r in train if r.category == plan.category and r.label == 0]
+            chosen = normals[cfg.reference_start : cfg.reference_start + cfg.shots]
+            if len(chosen) < cfg.shots:
+                raise EvaluationDataError(
+                    f"{root}: category {plan.category!r} has {len(normals)} readable normal train images; "
+                    f"{cfg.shots}-shot from position {cfg.reference_start} needs "
+                    f"{cfg.reference_start + cfg.shots}"
+                )
+            plan.references = [r.relpath for r in chosen]
+            plan.reference_paths = [str(r.path) for r in chosen]
+    unreadable = [{"path": s.path, "reason": s.reason} for s in skipped]
+    return EvaluationPlan(plans, unreadable)
+
+
+def _plan_category(category: str, records: list, cfg: EvaluateConfig) -> CategoryPlan:
+    anomalous = [r for r in records if r.label == 1]
+    without = [r for r in anomalous if r.mask_path is None]
+    pixel_metrics = not anomalous or len(without) < len(anomalous)
+    if not pixel_metrics:
+        log.info("evaluate: %s has no ground-truth masks; image metrics only", category)
+        without = []
+    elif without and not cfg.allow_missing_masks:
+        raise EvaluationDataError(
+            f"anomalous test image without its mask: {without[0].path} ({len(without)} in {category!r}); "
+            "add the mask or pass --allow-missing-masks to leave such images out of the pixel metrics"
+        )
+    missing = {r.relpath for r in without}
+    items = []
+    for r in records:
+        mask = str(r.mask_path) if r.mask_path and pixel_metrics and r.relpath not in missing else None
+        pixel = pixel_metrics and (r.label == 0 or mask is not None)
+        items.append(EvalItem(r.relpath, str(r.path), category, int(r.label), r.defect, mask, pixel))
+    return CategoryPlan(category, items, pixel_metrics=pixel_metrics, missing_masks=sorted(missing))
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """uint8 (size, size, 3) RGB: squashed to a square with bicubic resampling, as training does."""
+    from PIL import Image
+
+    from synth.datasets import load_rgb
+
+    rgb = load_rgb(path)
+    if rgb.shape[:2] != (size, size):
+        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC))
+    return rgb
+
+
+def load_ground_truth(path: str | Path | None, size: int, threshold: float) -> np.ndarray:
+    """bool (size, size): the 0/255 mask resized bilinearly to [0, 1] and cut at ``threshold``
+    (the reference: Resize((224, 224)) then > 0.1). No mask (a normal image): all False."""
+    if path is None:
+        return np.zeros((size, size), bool)
+    from PIL import Image
+
+    from synth.datasets import load_mask
+
+    mask = load_mask(path)
+    if mask.shape != (size, size):
+        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.BILINEAR))
+    return mask.astype(np.float32) / 255.0 > threshold

@@ -1,0 +1,192 @@
+"""The evaluate job: plan on the driver, score on Ray actors, merge, report.
+
+Recipe: ``plan`` (read and check the data; nothing starts before it passes), ``start actors``
+(each loads the model once), then per category ``bank`` (k-shot: built once by one actor, put in
+the object store, shared by all), ``score`` (fixed batches spread over the actors; rows come back,
+pixel histograms stay in the actors), ``merge`` (histograms gathered and added), and ``report``.
+
+Batches are cut the same way whatever the number of actors and every actor runs the same number of
+torch threads, so each image gets the same bits and the metrics of 1 and N workers are identical
+(the histograms hold integers, so merging order does not matter either).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from evaluate import report
+from evaluate.config import EvaluateConfig
+from evaluate.data import CategoryPlan, EvalItem, plan_evaluation, trained_categories
+
+log = logging.getLogger(__name__)
+
+_ACTOR_START_TIMEOUT_S = 900  # a demo model converts its LLM on first load (~40 s); a cluster may queue
+
+
+def run_evaluation(
+    model_ref: str | Path,
+    data_root: str | Path,
+    out: str | Path,
+    fmt: str | None = None,
+    shots: int | None = None,
+    workers: int | None = None,
+    categories: list[str] | None = None,
+    use_llm: bool | None = None,
+    config: EvaluateConfig | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint folder or an MLflow URI (``models:/anomalygpt@champion``) on a dataset.
+
+    Arguments left ``None`` come from ``config`` (default ``EvaluateConfig()``). Writes
+    metrics.json, metrics.md, answers.jsonl and maps/ under ``out`` and returns the metrics.json
+    content.
+    """
+    from pipeline.registry import resolve_model
+
+    settings = {"format": fmt, "shots": shots, "workers": workers, "use_llm": use_llm}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if categories is not None:
+        settings["categories"] = list(categories)
+    cfg = dataclasses.replace(config or EvaluateConfig(), **settings)
+    started = time.perf_counter()
+    out = Path(out)
+    checkpoint = resolve_model(model_ref)
+    plan = plan_evaluation(data_root, cfg, trained_categories(checkpoint))
+    n_images = sum(len(c.items) for c in plan.categories)
+    log.info(
+        "evaluate: %d test images in %d categories, %s, %d worker(s)",
+        n_images,
+        len(plan.categories),
+        f"{cfg.shots}-shot" if cfg.shots else "unsupervised",
+        cfg.workers,
+    )
+    lo, hi = cfg.resolved_score_range()
+    actors = _start_actors(checkpoint, cfg, {"bins": cfg.pixel_bins, "lo": lo, "hi": hi})
+    info = actors[0][1]
+    generate = cfg.use_llm and info["has_llm"]
+    rows: list[dict[str, Any]] = []
+    per_category: dict[str, dict[str, Any]] = {}
+    try:
+        for category in plan.categories:
+            cat_rows, state = _score_category(category, actors, cfg, generate, out)
+            rows += cat_rows
+            per_category[category.category] = report.category_metrics(
+                cat_rows, state, generate, cfg.aupro_max_fpr, len(category.missing_masks)
+            )
+            per_category[category.category]["seen_in_training"] = category.seen_in_training
+            _log_category(category.category, per_category[category.category])
+    finally:
+        import ray
+
+        for actor, _ in actors:
+            ray.kill(actor)
+    unreadable = plan.unreadable + [{"path": r["image"], "reason": r["error"]} for r in rows if r["error"]]
+    result = {
+        "setting": "unsupervised" if not cfg.shots else "few_shot",
+        "shots": cfg.shots,
+        "model": str(model_ref),
+        "checkpoint": str(checkpoint),
+        "data": str(data_root),
+        "format": cfg.format,
+        "image_size": info["image_size"],
+        "accuracy_rule": "llm_answer_strict" if generate else "max_normal_score_threshold",
+        "per_category": per_category,
+        "mean": report.mean_metrics(per_category),
+        "references": {c.category: c.references for c in plan.categories if c.references},
+        "without_mask": {c.category: c.missing_masks for c in plan.categories if c.missing_masks},
+        "unreadable": unreadable,
+        "workers": cfg.workers,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "config": dataclasses.asdict(cfg),
+    }
+    report.write_outputs(out, result, rows)
+    report.log_to_mlflow(out, result, rows, cfg.mlflow_overlays)
+    log.info("evaluate: wrote %s (%.1f s)", out / "metrics.json", result["wall_time_s"])
+    return result
+
+
+def _start_actors(checkpoint: Path, cfg: EvaluateConfig, pixel: dict[str, Any]) -> list[tuple[Any, dict]]:
+    """``cfg.workers`` actors, each with the model loaded; fails with a clear message if the cluster
+    cannot place them."""
+    import ray
+
+    from evaluate.worker import EvalWorker
+    from pipeline.runtime import init_ray
+
+    init_ray()
+    total = ray.cluster_resources().get("CPU", 1.0)
+    # Never ask for more CPUs than the cluster has: the actors would wait forever.
+    cpus = min(float(cfg.threads_per_worker), total / cfg.workers)
+    remote = ray.remote(num_cpus=cpus, max_restarts=0)(EvalWorker)
+    pixel = {**pixel, "threshold": cfg.mask_threshold}
+    actors = [
+        remote.remote(str(checkpoint), cfg.threads_per_worker, pixel, cfg.write_maps)
+        for _ in range(cfg.workers)
+    ]
+    refs = [a.info.remote() for a in actors]
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=_ACTOR_START_TIMEOUT_S)
+    if pending:
+        for actor in actors:
+            ray.kill(actor)
+        raise RuntimeError(
+            f"only {len(ready)} of {cfg.workers} evaluation actors started within "
+            f"{_ACTOR_START_TIMEOUT_S} s ({cpus:g} CPU each, cluster has {total:g})"
+        )
+    return list(zip(actors, ray.get(refs), strict=True))
+
+
+def _batches(items: list[EvalItem], size: int) -> list[list[EvalItem]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _score_category(
+    category: CategoryPlan, actors: list[tuple[Any, dict]], cfg: EvaluateConfig, generate: bool, out: Path
+) -> tuple[list[dict[str, Any]], Any]:
+    """Rows of every test image of the category and its merged pixel histogram (or None)."""
+    import ray
+    from tqdm import tqdm
+
+    from synth.text import question_for
+
+    bank = None
+    if category.reference_paths:  # built once by one actor, shared through the object store
+        bank = ray.put(ray.get(actors[0][0].build_bank.remote(category.category, category.reference_paths)))
+    question = question_for(category.category)
+    batches = _batches(category.items, cfg.batch_size)
+    pending = {
+        actors[i % len(actors)][0].predict.remote(batch, bank, question, generate): batch
+        for i, batch in enumerate(batches)
+    }
+    rows: list[dict[str, Any]] = []
+    with tqdm(total=len(category.items), desc=f"evaluate {category.category}", unit="img") as bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            batch_rows = ray.get(done[0])
+            bar.update(len(pending.pop(done[0])))
+            for row in batch_rows:
+                picture = row.pop("overlay", None)
+                if picture is not None:
+                    path = report.map_path(out, row)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(picture)
+            rows += batch_rows
+    state = None
+    for part in ray.get([actor.take_state.remote(category.category) for actor, _ in actors]):
+        if part is not None:
+            state = part if state is None else state.merge(part)
+    return rows, state
+
+
+def _log_category(name: str, m: dict[str, Any]) -> None:
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    log.info(
+        "evaluate: %s: image AUROC %s, pixel AUROC %s, accuracy %s, AUPRO %s, F1-max %s (%d images)",
+        name,
+        *(fmt(m[k]) for k in report.HEADLINE),
+        m["n_images"],
+    )

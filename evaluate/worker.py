@@ -1,0 +1,118 @@
+"""The evaluation actor: loads the model once, scores batches, keeps per-category pixel histograms.
+
+A plain class (``ray.remote`` wraps it in evaluate.job), so it can be used and tested without Ray.
+Results that travel back are small: per image a row (score, answer, overlay PNG bytes) and, once per
+category, the sparse pixel histogram; maps never leave the actor.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from evaluate.data import EvalItem, load_ground_truth, load_image
+from evaluate.overlay import encode_png, render_overlay
+from evaluate.pixel_state import PixelMetricState
+
+log = logging.getLogger(__name__)
+
+
+class EvalWorker:
+    """One model replica. ``threads`` torch threads: fixed so every batch computes the same bits
+    whichever actor runs it."""
+
+    def __init__(self, checkpoint: str, threads: int, pixel: dict[str, Any], write_maps: bool) -> None:
+        import torch
+
+        from train.model.checkpoint import load_checkpoint
+
+        torch.set_num_threads(threads)
+        self.model, self.model_cfg = load_checkpoint(checkpoint)
+        self.model.eval()
+        self.size = int(self.model_cfg.image_size)
+        self.pixel = pixel  # PixelMetricState arguments: bins, lo, hi
+        self.write_maps = write_maps
+        self.states: dict[str, PixelMetricState] = {}
+
+    def info(self) -> dict[str, Any]:
+        """What the driver needs to know about the model (also proves the actor is up)."""
+        m = self.model
+        return {
+            "image_size": self.size,
+            "has_map": m.decoder is not None,
+            "has_llm": m.llm is not None,
+        }
+
+    def build_bank(self, category: str, paths: list[str]) -> Any:
+        """The category's memory bank from its k references (built once, shared by all actors)."""
+        import torch
+
+        images = np.stack([load_image(p, self.size) for p in paths])
+        tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+        return self.model.build_memory_bank(tensor, category)
+
+    def predict(
+        self, items: list[EvalItem], bank: Any, question: str, generate: bool
+    ) -> list[dict[str, Any]]:
+        """Rows for one batch of one category: image, label, score, answer (+ error, overlay)."""
+        import torch
+
+        rows, loaded, arrays = [], [], []
+        for item in items:
+            try:
+                arrays.append(load_image(item.path, self.size))
+                loaded.append(item)
+            except Exception as exc:  # a file that passed the header check but does not decode
+                rows.append(_row(item, error=f"unreadable image: {type(exc).__name__}: {exc}"))
+        if not loaded:
+            return rows
+        tensor = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+        predictions = self.model.predict(
+            tensor, [i.category for i in loaded], memory_bank=bank, question=question, generate=generate
+        )
+        for item, image, pred in zip(loaded, arrays, predictions, strict=True):
+            gt = load_ground_truth(item.mask_path, self.size, self.pixel["threshold"])
+            if pred.anomaly_map is not None and item.in_pixel_metrics:
+                state = self.states.get(item.category)
+                if state is None:
+                    state = self.states[item.category] = PixelMetricState(
+                        self.pixel["bins"], self.pixel["lo"], self.pixel["hi"]
+                    )
+                try:
+                    state.update(pred.anomaly_map, gt)
+                except ValueError as exc:
+                    raise ValueError(f"{item.path}: {exc}") from exc
+            row = _row(item, score=pred.score, answer=pred.answer)
+            if self.write_maps:
+                title = f"{item.relpath}  label={'anomalous' if item.label else 'normal'}"
+                if pred.score is not None:
+                    title += f"  score={pred.score:.3f}"
+                picture = render_overlay(
+                    image,
+                    pred.anomaly_map,
+                    gt if item.mask_path else None,
+                    title,
+                    pred.answer,
+                    (self.pixel["lo"], self.pixel["hi"]),
+                )
+                row["overlay"] = encode_png(picture)
+            rows.append(row)
+        return rows
+
+    def take_state(self, category: str) -> PixelMetricState | None:
+        """Hand over (and forget) this actor's pixel histogram of ``category``."""
+        return self.states.pop(category, None)
+
+
+def _row(item: EvalItem, score: float | None = None, answer: str | None = None, error: str | None = None):
+    return {
+        "image": item.relpath,
+        "category": item.category,
+        "label": item.label,
+        "defect": item.defect,
+        "score": score,
+        "answer": answer,
+        "error": error,
+    }

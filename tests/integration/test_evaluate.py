@@ -1,0 +1,101 @@
+"""The evaluate stage end to end on the sample data with a randomly initialised tiny-preset model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluate import metrics
+from evaluate.config import EvaluateConfig
+from evaluate.job import run_evaluation
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = {"image_auroc", "pixel_auroc", "accuracy", "aupro", "f1_max", "n_images"}
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from pipeline.pipeline_config import load_pipeline_config
+    from train.model import build_model, save_checkpoint
+
+    cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml").model
+    cfg.llm.cache_dir = tmp_path_factory.mktemp("llm_cache")
+    torch.manual_seed(0)
+    return save_checkpoint(build_model(cfg), cfg, tmp_path_factory.mktemp("tiny_ckpt"))
+
+
+def _answers(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow  # ~30 s: two evaluations, three actors each loading the model
+def test_one_and_two_workers_give_identical_metrics_and_follow_the_schema(
+    ray_session, tiny_checkpoint, sample_data_root, tmp_path
+):
+    one = run_evaluation(tiny_checkpoint, sample_data_root, tmp_path / "w1", workers=1)
+    two = run_evaluation(tiny_checkpoint, sample_data_root, tmp_path / "w2", workers=2)
+    assert one["per_category"] == two["per_category"]
+    assert one["mean"] == two["mean"]
+    assert _answers(tmp_path / "w1") == _answers(tmp_path / "w2")
+
+    out = tmp_path / "w2"
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["setting"] == "unsupervised" and written["shots"] == 0
+    assert written["accuracy_rule"] == "llm_answer_strict"
+    categories = sorted(p.name for p in Path(sample_data_root).iterdir() if (p / "test").is_dir())
+    assert sorted(written["per_category"]) == categories
+    for m in [*written["per_category"].values(), written["mean"]]:
+        assert set(m) >= KEYS
+        for key in KEYS - {"n_images"}:  # every sample category has masks, normals and anomalies
+            assert 0.0 <= m[key] <= 1.0, key
+    answers = _answers(out)
+    assert (
+        len(answers)
+        == written["mean"]["n_images"]
+        == sum(m["n_images"] for m in written["per_category"].values())
+    )
+    assert set(answers[0]) >= {"image", "label", "score", "answer"}
+    assert all(isinstance(a["answer"], str) for a in answers)
+    # the image metric recomputed from answers.jsonl agrees with metrics.json
+    brick = [a for a in answers if a["category"] == categories[0]]
+    assert metrics.auroc([a["score"] for a in brick], [a["label"] for a in brick]) == pytest.approx(
+        written["per_category"][categories[0]]["image_auroc"], abs=0
+    )
+    maps = sorted((out / "maps").rglob("*.png"))
+    assert len(maps) == len(answers)
+    assert "| **mean** |" in (out / "metrics.md").read_text()
+
+
+def test_few_shot_records_references_and_without_llm_uses_the_threshold_rule(
+    ray_session, tiny_checkpoint, sample_data_root, tmp_path
+):
+    cfg = EvaluateConfig(reference_start=1, write_maps=False)
+    result = run_evaluation(
+        tiny_checkpoint,
+        sample_data_root,
+        tmp_path,
+        shots=2,
+        categories=["brick", "coin"],
+        use_llm=False,
+        config=cfg,
+    )
+    assert result["setting"] == "few_shot" and result["shots"] == 2
+    assert result["accuracy_rule"] == "max_normal_score_threshold"
+    train = sorted(p.name for p in (Path(sample_data_root) / "brick" / "train" / "good").iterdir())
+    assert result["references"]["brick"] == [f"brick/train/good/{name}" for name in train[1:3]]
+    assert not (tmp_path / "maps").exists()
+    answers = _answers(tmp_path)
+    assert all(a["answer"] is None for a in answers)
+    for category in ("brick", "coin"):
+        rows = [a for a in answers if a["category"] == category]
+        scores, labels = [a["score"] for a in rows], np.array([a["label"] for a in rows])
+        assert result["per_category"][category]["accuracy"] == metrics.threshold_accuracy(scores, labels)
+        assert result["per_category"][category]["accuracy_substring"] is None
+        assert result["per_category"][category]["pixel_auroc"] is not None
