@@ -51,7 +51,13 @@ def train_loop(ctx: dict[str, Any]) -> None:
     dtype = next(p for p in engine.module.parameters()).dtype
     device = engine.device
     if rank == 0:
-        print(f"[train] {'resuming at' if start else 'starting'} step {start}/{total}, {world} worker(s)")
+        log.info(
+            "train: %s step %d/%d on %d worker(s)",
+            "resuming at" if start else "starting",
+            start,
+            total,
+            world,
+        )
     window: dict[str, list[float]] = {}
     for step in range(start, total):
         began = time.perf_counter()
@@ -224,10 +230,9 @@ class _MetricLogger:
         if self.run_id:
             self.mlflow.log_metrics(metrics, step=step, run_id=self.run_id, synchronous=False)
         if step % self.every == 0 or step == total:
-            print(
-                f"[train] step {step}/{total} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-                f"{metrics['samples_per_s']:.1f} samples/s",
-                flush=True,
+            log.info(
+                "train: step %d/%d loss %.4f lr %.2e %.1f samples/s",
+                *(step, total, metrics["loss"], metrics["lr"], metrics["samples_per_s"]),
             )
 
     def close(self) -> None:

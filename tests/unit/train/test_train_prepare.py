@@ -1,0 +1,85 @@
+"""Everything that can be wrong with the input fails in ``prepare``, before a Ray worker starts."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, apply_overrides, from_dict, to_dict
+from pipeline.pipeline_config import PipelineConfig
+from train.job import prepare
+from train.shards import DataError
+
+
+def with_overrides(cfg, *overrides):
+    return from_dict(PipelineConfig, apply_overrides(to_dict(cfg), overrides))
+
+
+def test_plan_without_instruction_data_trains_on_anomaly_data_only(
+    tiny_config, tiny_shards, tmp_path, caplog
+):
+    with caplog.at_level(logging.WARNING):
+        plan = prepare(tiny_config, tiny_shards, tmp_path / "out", None, workers=2)
+    assert "no instruction data" in caplog.text
+    assert plan.fraction == 0.0 and plan.instructions == []
+    assert plan.total_steps == tiny_config.train.max_steps
+    assert plan.deepspeed["gradient_accumulation_steps"] == 1 and plan.previous is None
+    assert Path(plan.storage) == (tmp_path / "out" / "ray").resolve()
+
+
+def test_plan_with_instruction_data_and_epochs(tiny_config, tiny_shards, instruct_set, tmp_path):
+    cfg = with_overrides(tiny_config, "train.max_steps=null", "train.epochs=2")
+    plan = prepare(cfg, tiny_shards, tmp_path / "out", instruct_set, workers=1)
+    assert plan.fraction == 0.5 and len(plan.instructions) == 24
+    assert plan.total_steps == 2 * 48 // 2  # 2 anomaly samples per step of 4
+    assert plan.deepspeed["gradient_accumulation_steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "workers", "error", "message"),
+    [
+        (["train.deepspeed.bf16.enable=true"], 1, ConfigError, "train.deepspeed.bf16.enable"),
+        (
+            ["train.deepspeed.zero_optimisation={stage: 2}"],
+            1,
+            ConfigError,
+            "did you mean 'zero_optimization'",
+        ),
+        ([], 3, ConfigError, "not a multiple of train.micro_batch_size x workers"),
+        ([], 0, ConfigError, "--workers must be >= 1"),
+    ],
+)
+def test_bad_settings_fail_before_workers(
+    tiny_config, tiny_shards, tmp_path, overrides, workers, error, message
+):
+    with pytest.raises(error, match=message.replace(".", r"\.")):
+        prepare(with_overrides(tiny_config, *overrides), tiny_shards, tmp_path / "out", None, workers)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_data_fails_before_workers(tiny_config, tiny_shards, tmp_path):
+    with pytest.raises(DataError, match="shard folder not found"):
+        prepare(tiny_config, tmp_path / "missing", tmp_path / "out", None, 1)
+    with pytest.raises(DataError, match="instruction data not found"):
+        prepare(tiny_config, tiny_shards, tmp_path / "out", tmp_path / "nothing", 1)
+
+
+def test_rerun_finds_its_checkpoint_and_refuses_a_different_run(tiny_config, tiny_shards, tmp_path):
+    plan = prepare(tiny_config, tiny_shards, tmp_path / "out", None, workers=2)
+    ckpt = Path(plan.storage) / plan.name / "checkpoint_2026-01-01_00-00-00.000000"
+    ckpt.mkdir(parents=True)
+    (ckpt / "train_state.json").write_text(json.dumps({"step": 10, "fingerprint": plan.fingerprint}))
+    again = prepare(tiny_config, tiny_shards, tmp_path / "out", None, workers=2)
+    assert again.previous["step"] == 10 and again.previous_dir == ckpt
+    # Settings that do not change what is trained may differ on resume ...
+    relaxed = replace(tiny_config, train=replace(tiny_config.train, max_failures=9, checkpoint_every=3))
+    assert prepare(relaxed, tiny_shards, tmp_path / "out", None, workers=2).previous["step"] == 10
+    # ... anything else may not.
+    with pytest.raises(ConfigError, match="holds checkpoints of a different run"):
+        prepare(with_overrides(tiny_config, "train.optimizer.lr=0.1"), tiny_shards, tmp_path / "out", None, 2)
+    with pytest.raises(ConfigError, match="holds checkpoints of a different run"):
+        prepare(tiny_config, tiny_shards, tmp_path / "out", None, workers=1)
