@@ -13,6 +13,7 @@ example:
 """
 
 import argparse
+import sys
 
 from pipeline.cli import add_config_arguments
 
@@ -70,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except DatasetError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
