@@ -19,6 +19,7 @@ examples:
 
 import argparse
 import os
+import sys
 
 from pipeline.cli import add_config_arguments
 
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             config=config,
         )
     except (DatasetError, EvaluationDataError, RegistryError) as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     from evaluate.report import markdown_table
 
