@@ -31,6 +31,8 @@ class EvaluateConfig:
     threads_per_worker: int = 1
     """torch threads per actor. Fixed (not derived from the worker count) so that a run with one
     worker computes every batch bit-for-bit like a run with several."""
+    use_gpu: bool = False
+    """One GPU per actor (the paper preset): the model and the batches go to cuda."""
     batch_size: int = 8
     """Images per forward pass (and per task sent to an actor)."""
     mask_threshold: float = 0.1

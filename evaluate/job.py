@@ -120,10 +120,11 @@ def _start_actors(checkpoint: Path, cfg: EvaluateConfig, pixel: dict[str, Any]) 
     total = ray.cluster_resources().get("CPU", 1.0)
     # Never ask for more CPUs than the cluster has: the actors would wait forever.
     cpus = min(float(cfg.threads_per_worker), total / cfg.workers)
-    remote = ray.remote(num_cpus=cpus, max_restarts=0)(EvalWorker)
+    remote = ray.remote(num_cpus=cpus, num_gpus=1 if cfg.use_gpu else 0, max_restarts=0)(EvalWorker)
     pixel = {**pixel, "threshold": cfg.mask_threshold}
+    device = "cuda" if cfg.use_gpu else "cpu"
     actors = [
-        remote.remote(str(checkpoint), cfg.threads_per_worker, pixel, cfg.write_maps)
+        remote.remote(str(checkpoint), cfg.threads_per_worker, pixel, cfg.write_maps, device)
         for _ in range(cfg.workers)
     ]
     refs = [a.info.remote() for a in actors]

@@ -23,13 +23,16 @@ class EvalWorker:
     """One model replica. ``threads`` torch threads: fixed so every batch computes the same bits
     whichever actor runs it."""
 
-    def __init__(self, checkpoint: str, threads: int, pixel: dict[str, Any], write_maps: bool) -> None:
+    def __init__(
+        self, checkpoint: str, threads: int, pixel: dict[str, Any], write_maps: bool, device: str = "cpu"
+    ) -> None:
         import torch
 
         from train.model.checkpoint import load_checkpoint
 
         torch.set_num_threads(threads)
-        self.model, self.model_cfg = load_checkpoint(checkpoint)
+        self.device = device
+        self.model, self.model_cfg = load_checkpoint(checkpoint, device=device)
         self.model.eval()
         self.size = int(self.model_cfg.image_size)
         self.pixel = pixel  # PixelMetricState arguments: bins, lo, hi
@@ -51,7 +54,9 @@ class EvalWorker:
 
         images = np.stack([load_image(p, self.size) for p in paths])
         tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-        return self.model.build_memory_bank(tensor, category)
+        bank = self.model.build_memory_bank(tensor.to(self.device), category)
+        bank.features = [f.cpu() for f in bank.features]  # travels through the object store
+        return bank
 
     def predict(
         self, items: list[EvalItem], bank: Any, question: str, generate: bool
@@ -68,7 +73,7 @@ class EvalWorker:
                 rows.append(_row(item, error=f"unreadable image: {type(exc).__name__}: {exc}"))
         if not loaded:
             return rows
-        tensor = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+        tensor = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0).to(self.device)
         predictions = self.model.predict(
             tensor, [i.category for i in loaded], memory_bank=bank, question=question, generate=generate
         )
