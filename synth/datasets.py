@@ -91,10 +91,13 @@ def load_rgb(path: str | Path) -> np.ndarray:
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             arr = np.asarray(im, dtype=np.float64)
-            top = 65535.0 if im.mode.startswith("I") and arr.max() > 255 else max(float(arr.max()), 1.0)
-            if im.mode == "F" and arr.max() <= 1.0:
-                top = 1.0
-            gray = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
+            # 16-bit: full range is 65535. "I"/"F" holding 8-bit values stay as they are; floats in
+            # [0, 1] are scaled up. No per-image stretching, so dark images stay dark.
+            if im.mode.startswith("I;16") or (im.mode == "I" and arr.max() > 255):
+                arr = arr / 65535.0 * 255.0
+            elif im.mode == "F" and arr.max() <= 1.0:
+                arr = arr * 255.0
+            gray = np.clip(np.round(arr), 0, 255).astype(np.uint8)
             return np.repeat(gray[:, :, None], 3, axis=2)
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             im = im.convert("RGBA")  # drop alpha by compositing on black, like most viewers' export

@@ -124,6 +124,8 @@ def test_load_rgb_converts_every_mode(tmp_path):
     _png(tmp_path / "g16.png", sixteen)
     assert Image.open(tmp_path / "g16.png").mode.startswith("I")
     assert (load_rgb(tmp_path / "g16.png")[:, :, 0] == gray).all()
+    _png(tmp_path / "dark16.png", (sixteen // 64).astype(np.uint16))  # a dark 16-bit image stays dark
+    assert load_rgb(tmp_path / "dark16.png").max() == 4
 
     rgba = np.dstack([_rgb(1), np.full((16, 16), 255, np.uint8)])
     rgba[0, 0, 3] = 0
