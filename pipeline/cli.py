@@ -18,6 +18,10 @@ COMMANDS = (
     "synth",
     "train",
     "evaluate",
+    "run",
+    "demo",
+    "retrain",
+    "ask",
 )
 
 

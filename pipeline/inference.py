@@ -23,24 +23,36 @@ def load_model(checkpoint: str | Path) -> tuple[Any, Any]:
 
 
 def read_image(source: str | Path, size: int) -> Any:
-    """float32 (3, size, size) RGB in [0, 1] from a path or a ``data:image/...;base64,`` URI."""
-    import numpy as np
-    import torch
-    from PIL import Image
+    """uint8 (size, size, 3) RGB from a path or a ``data:image/...;base64,`` URI, resized as training
+    and evaluation do (evaluate.data.load_image)."""
+    from evaluate.data import load_image
 
     text = str(source)
     if text.startswith("data:"):
         _, _, payload = text.partition(",")
-        handle: Any = io.BytesIO(base64.b64decode(payload))
-    else:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        handle = path
-    with Image.open(handle) as im:
-        rgb = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-    array = np.asarray(rgb, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        return load_image(io.BytesIO(base64.b64decode(payload)), size)  # type: ignore[arg-type]
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    return load_image(path, size)
+
+
+def to_tensor(images: Sequence[Any]) -> Any:
+    """float32 (B, 3, H, W) in [0, 1] from uint8 HxWx3 arrays (the model's Batch.images contract)."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def write_overlay(rgb: Any, prediction: Any, path: str | Path, title: str) -> Path:
+    """The anomaly-map overlay PNG (evaluate.overlay's picture) for one prediction."""
+    from evaluate.overlay import encode_png, render_overlay
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_png(render_overlay(rgb, prediction.anomaly_map, None, title, prediction.answer)))
+    return path
 
 
 def default_question(category: str) -> str:
@@ -62,6 +74,16 @@ def chat_question(history: Sequence[dict[str, str]], question: str) -> str:
     return render(list(history)) + tables()["conversation"]["human"].split("{}")[0] + question
 
 
+def build_bank(model: Any, cfg: Any, references: Sequence[str | Path], category: str) -> Any:
+    """The few-shot memory bank of ``references`` (normal images of ``category``); build it once."""
+    import torch
+
+    with torch.no_grad():
+        return model.build_memory_bank(
+            to_tensor([read_image(r, cfg.image_size) for r in references]), category
+        )
+
+
 def predict_one(
     model: Any,
     cfg: Any,
@@ -71,20 +93,19 @@ def predict_one(
     references: Sequence[str | Path] = (),
     generate: bool = True,
     history: Sequence[dict[str, str]] = (),
+    memory_bank: Any = None,
 ) -> Any:
     """One :class:`train.model.batch.Prediction` (map, score, answer) for one image.
 
-    ``references`` are normal images of the same category: with them the map is the few-shot
-    (memory-bank) map. ``history`` is the earlier turns of a chat about this image.
+    ``references`` (or a ``memory_bank`` built from them) are normal images of the same category:
+    with them the map is the few-shot map. ``history`` is the earlier turns of a chat about this image.
     """
     import torch
 
-    size = cfg.image_size
-    images = read_image(image, size).unsqueeze(0)
-    bank = None
-    if references:
-        refs = torch.stack([read_image(r, size) for r in references])
-        bank = model.build_memory_bank(refs, category)
+    images = to_tensor([read_image(image, cfg.image_size)])
+    bank = memory_bank
+    if bank is None and references:
+        bank = build_bank(model, cfg, references, category)
     text = chat_question(history, question or default_question(category))
     with torch.no_grad():
         return model.predict(images, [category], memory_bank=bank, question=text, generate=generate)[0]

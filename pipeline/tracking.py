@@ -6,6 +6,8 @@ Always explicit: MLflow's own default drops ``mlflow.db`` into the working direc
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI (for subprocesses); remember the value this
@@ -45,3 +47,22 @@ def configure_mlflow(run_root: str | Path, experiment: str) -> str:
         mlflow.create_experiment(experiment, artifact_location=artifacts)
     mlflow.set_experiment(experiment)
     return uri
+
+
+@contextmanager
+def shared_store(uri: str) -> Iterator[str]:
+    """Within the block, every stage (and subprocess) of this process logs to ``uri``: it is set as
+    ``MLFLOW_TRACKING_URI``, as a user would, so each stage's ``configure_mlflow`` keeps it. Restores
+    the previous setting afterwards."""
+    global _exported_uri
+    saved = os.environ.get("MLFLOW_TRACKING_URI"), _exported_uri
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    _exported_uri = None
+    try:
+        yield uri
+    finally:
+        if saved[0] is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved[0]
+        _exported_uri = saved[1]

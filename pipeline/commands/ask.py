@@ -1,0 +1,152 @@
+"""Ask the model about one image: it prints the answer and writes the anomaly-map overlay.
+
+The model is a checkpoint folder (model.safetensors + config.yaml) or an MLflow URI; the default
+is the registered champion, looked up in MLFLOW_TRACKING_URI or the MLflow store of --store
+(a run folder, default runs/demo). With --reference NORMAL ... the map is the few-shot map
+(distance to those normal images of the same category) instead of the zero-shot one.
+
+With --question it answers once. Without, it answers the default question (the class description
++ "Is there any anomaly in the image?") and then chats: type follow-up questions about the same
+image, an empty line or `exit` ends. Earlier turns are kept as the conversation context.
+
+examples:
+  python -m pipeline ask --image runs/demo/data/bottle/test/scratch/000.png
+  python -m pipeline ask --model runs/demo/train --image part.png --category bottle \\
+      --reference good1.png good2.png --question "Where is the defect?"
+"""
+
+import argparse
+
+HELP = "answer a question about an image and write its anomaly-map overlay (chat without --question)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="models:/anomalygpt@champion",
+        metavar="PATH_OR_URI",
+        help="checkpoint folder or models:/ / runs:/ URI (default: models:/anomalygpt@champion)",
+    )
+    parser.add_argument("--image", required=True, metavar="PATH", help="the image to ask about")
+    parser.add_argument(
+        "--reference",
+        nargs="+",
+        default=[],
+        metavar="NORMAL",
+        help="normal images of the same category (few-shot)",
+    )
+    parser.add_argument("--question", metavar="TEXT", help="ask once (default: chat in the terminal)")
+    parser.add_argument(
+        "--category",
+        metavar="NAME",
+        help="object class for the prompt (default: taken from an MVTec-style path, else 'object')",
+    )
+    parser.add_argument(
+        "--overlay",
+        metavar="PATH",
+        help="where to write the overlay PNG (default: <image stem>_anomaly.png here)",
+    )
+    parser.add_argument(
+        "--store",
+        default="runs/demo",
+        metavar="DIR",
+        help="run folder whose MLflow store resolves models:/ URIs when MLFLOW_TRACKING_URI is unset "
+        "(default: runs/demo)",
+    )
+
+
+def guess_category(image: str) -> str:
+    """``<root>/<category>/(train|test)/<defect>/<file>`` -> category; else "object"."""
+    from pathlib import Path
+
+    parts = Path(image).parts
+    for i in range(len(parts) - 2, 0, -1):
+        if parts[i] in ("train", "test"):
+            return parts[i - 1]
+    return "object"
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from pipeline.registry import RegistryError
+
+    for path in [args.image, *args.reference]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+    category = args.category or guess_category(args.image)
+    try:
+        checkpoint = _checkpoint(args.model, args.store)
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+
+    from pipeline.inference import (
+        build_bank,
+        default_question,
+        load_model,
+        predict_one,
+        read_image,
+        write_overlay,
+    )
+
+    print(f"loading {checkpoint} ...", file=sys.stderr)
+    model, cfg = load_model(checkpoint)
+    bank = build_bank(model, cfg, args.reference, category) if args.reference else None
+    question = args.question or default_question(category)
+    pred = predict_one(model, cfg, args.image, category=category, question=question, memory_bank=bank)
+    overlay = Path(args.overlay or f"{Path(args.image).stem}_anomaly.png")
+    title = f"{category}: score {pred.score:.3f}" if pred.score is not None else category
+    write_overlay(read_image(args.image, cfg.image_size), pred, overlay, title)
+    print(f"Q: {question}")
+    print(f"A: {pred.answer}")
+    print(
+        f"anomaly score {pred.score:.4f}; overlay: {overlay}"
+        if pred.score is not None
+        else f"overlay: {overlay}"
+    )
+    if args.question:
+        return 0
+    history = [{"from": "human", "value": question}, {"from": "gpt", "value": pred.answer or ""}]
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        text = line.strip()
+        if not line or not text or text in ("exit", "quit"):
+            return 0
+        turn = predict_one(
+            model, cfg, args.image, category=category, question=text, memory_bank=bank, history=history
+        )
+        print(f"A: {turn.answer}")
+        history += [{"from": "human", "value": text}, {"from": "gpt", "value": turn.answer or ""}]
+
+
+def _checkpoint(model: str, store: str):
+    """A local checkpoint folder for --model (MLflow URIs resolved against the store)."""
+    import os
+
+    from pipeline.registry import ensure_reachable, resolve_model
+
+    if model.startswith(("models:/", "runs:/")):
+        from pathlib import Path
+
+        import mlflow
+
+        from pipeline.registry import RegistryError
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            db = Path(store).expanduser().resolve() / "mlflow.db"
+            if not db.is_file():
+                raise RegistryError(
+                    f"no MLflow store at {db} to resolve {model}: run `make demo` first, or pass "
+                    "--store RUN_FOLDER, --model CHECKPOINT_DIR, or set MLFLOW_TRACKING_URI"
+                )
+            uri = f"sqlite:///{db}"
+        ensure_reachable(uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+    return resolve_model(model)

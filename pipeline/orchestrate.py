@@ -1,0 +1,313 @@
+"""synth -> train -> evaluate -> register as one Ray job, in one run folder, with one MLflow parent run.
+
+Run folder (``--out``)::
+
+    mlflow.db, mlartifacts/   the MLflow store (unless MLFLOW_TRACKING_URI is set)
+    synth/  train/  evaluate/  register/   each stage's outputs and its stage.json
+    pipeline.lock             held for the whole run (a second run/retrain waits or exits)
+    run.json                  the last run's summary; run_state.json: the open parent run
+
+A stage whose key (input fingerprints + its config + seed) matches a complete stage.json is skipped
+and says so; one interrupted with the same key resumes (synth writes only missing shards, training
+continues from its last Ray Train checkpoint); a changed key starts that stage over. Registration is
+idempotent (keyed by the checkpoint's sha256), so a run killed at any point and run again ends with
+one registered version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import to_dict
+from pipeline.fingerprint import (
+    HashCache,
+    dataset_fingerprint,
+    hash_json,
+    read_stage,
+    stage_key,
+    stage_status,
+)
+from pipeline.fingerprint import write_stage as _write_stage
+from pipeline.pipeline_config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+STAGES = ("synth", "train", "evaluate", "register")
+# Evaluation settings that change how fast, not what is measured.
+EVAL_SPEED_KEYS = ("workers", "threads_per_worker", "write_maps", "mlflow_overlays")
+
+
+@dataclass
+class RunRequest:
+    """What ``run`` and ``retrain`` were asked to do."""
+
+    config: PipelineConfig
+    data: Path
+    out: Path
+    workers: int = 1
+    instruct: Path | None = None
+    lock_wait: float = 0.0
+    force: bool = False
+    """Start every stage over even when its inputs are unchanged."""
+
+
+def model_fingerprint(cfg: PipelineConfig) -> str:
+    """What defines a trained model besides the data: seed, synth, model and training settings."""
+    from train.job import RESUMABLE_KEYS
+
+    train = {k: v for k, v in to_dict(cfg.train).items() if k not in RESUMABLE_KEYS}
+    synth = {k: v for k, v in to_dict(cfg.synth).items() if k != "workers"}
+    return hash_json({"seed": cfg.seed, "synth": synth, "model": to_dict(cfg.model), "train": train})
+
+
+def eval_identity(cfg: PipelineConfig, eval_data: str) -> str:
+    """The evaluation data and protocol: figures with equal identities are comparable."""
+    protocol = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in EVAL_SPEED_KEYS}
+    return hash_json({"data": eval_data, "protocol": protocol})
+
+
+def fingerprints(cfg: PipelineConfig, data: Path, out: Path) -> dict[str, str]:
+    """Normal training images, evaluation set + protocol, model config (content hashes, cached)."""
+    cache = HashCache(out / "hashes.json")
+    normals = dataset_fingerprint(data, cfg.synth.format, "train", cfg.synth.categories, cache)
+    test = dataset_fingerprint(data, cfg.evaluate.format, "test", cfg.evaluate.categories, cache)
+    cache.save()
+    return {"normals": normals, "eval": eval_identity(cfg, test), "model": model_fingerprint(cfg)}
+
+
+def run_pipeline(req: RunRequest, retrain: bool = False) -> dict[str, Any]:
+    """Check the store, take the lock, run the four stages; returns the run summary (run.json).
+
+    ``retrain``: first compare the normal images and model config with those of the champion and
+    the newest registered version; when one matches (and not ``force``), return at once with
+    ``{"up_to_date": message}``.
+    """
+    from pipeline.lock import workspace_lock
+    from pipeline.registry import ensure_reachable
+    from pipeline.runtime import configure_environment
+    from pipeline.tracking import configure_mlflow, shared_store, tracking_uri
+
+    configure_environment()
+    req.out.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(req.out)
+    ensure_reachable(uri)  # before any work
+    with workspace_lock(req.out, req.lock_wait), shared_store(uri):
+        fps = fingerprints(req.config, req.data, req.out)
+        if retrain and not req.force:
+            configure_mlflow(req.out, req.config.name)
+            message = up_to_date(req.config, fps)
+            if message:
+                return {"up_to_date": message, "fingerprints": fps}
+        return Pipeline(req, uri).execute(fps)
+
+
+def up_to_date(cfg: PipelineConfig, fps: dict[str, str]) -> str | None:
+    """Why no retraining is needed, or None: the champion or the newest version was trained on
+    these normal images with this model config."""
+    from mlflow import MlflowClient
+
+    from pipeline.registry import alias_version
+
+    client = MlflowClient()
+    name = cfg.registry.model_name
+    versions = client.search_model_versions(f"name = '{name}'")
+    newest = max(versions, key=lambda v: int(v.version), default=None)
+    champion = alias_version(client, name, cfg.registry.champion_alias)
+    for label, version in (("champion", champion), ("newest version", newest)):
+        if version is None:
+            continue
+        tags = version.tags
+        if (
+            tags.get("normals_fingerprint") == fps["normals"]
+            and tags.get("model_fingerprint") == fps["model"]
+        ):
+            return (
+                f"up to date: {name} {label} v{version.version} was trained on these normal images with "
+                f"this config (normals {fps['normals'][:12]}); nothing to do (--force retrains anyway)"
+            )
+    return None
+
+
+class Pipeline:
+    """One execution of the stages inside an MLflow parent run (resumed if the last one died)."""
+
+    def __init__(self, req: RunRequest, uri: str, prints: Callable[[str], None] = print) -> None:
+        self.req, self.cfg, self.out, self.uri, self.say = req, req.config, req.out, uri, prints
+        self.summary: dict[str, Any] = {"stages": {}}
+
+    def execute(self, fps: dict[str, str]) -> dict[str, Any]:
+        import mlflow
+
+        from pipeline.runtime import init_ray
+        from pipeline.tracking import configure_mlflow
+
+        started = time.perf_counter()
+        configure_mlflow(self.out, self.cfg.name)
+        init_ray()  # one Ray session for every stage (the cluster's, under `ray job submit`)
+        state_file = self.out / "run_state.json"
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        resume = state.get("status") == "running" and _run_exists(state.get("parent_run_id"))
+        with mlflow.start_run(
+            run_id=state["parent_run_id"] if resume else None,
+            run_name=None if resume else f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
+        ) as parent:
+            if resume:
+                self.say(f"resuming pipeline run {parent.info.run_id} (the last one did not finish)")
+            _atomic_json(state_file, {"parent_run_id": parent.info.run_id, "status": "running"})
+            mlflow.set_tags({"stage": "pipeline", "data": str(self.req.data)})
+            mlflow.set_tags({f"fingerprint.{k}": v for k, v in fps.items()})
+            mlflow.log_params({"config": self.cfg.name, "workers": self.req.workers, "out": str(self.out)})
+            self.fps, self.parent_id = fps, parent.info.run_id
+            self.stages(fps)
+            self.summary.update(
+                parent_run_id=parent.info.run_id,
+                tracking_uri=self.uri,
+                fingerprints=fps,
+                wall_time_s=round(time.perf_counter() - started, 1),
+            )
+        _atomic_json(state_file, {"parent_run_id": self.parent_id, "status": "complete"})
+        _atomic_json(self.out / "run.json", self.summary)
+        return self.summary
+
+    def stages(self, fps: dict[str, str]) -> None:
+        """The four stages; each key names exactly what its output depends on."""
+        from pipeline.registry import checkpoint_digest
+
+        synth_cfg = {k: v for k, v in to_dict(self.cfg.synth).items() if k != "workers"}
+        key = stage_key(normals=fps["normals"], synth=synth_cfg, seed=self.cfg.seed)
+        manifest = self._stage(1, "synth", key, self._synth)
+
+        key = stage_key(
+            shards=manifest["plan_id"],
+            model=fps["model"],
+            workers=self.req.workers,
+            instruct=self._instruct_id(),
+        )
+        train = self._stage(2, "train", key, self._train, own_run=True)
+        self.summary["train"] = {k: train.get(k) for k in ("steps", "wall_time_s", "mlflow_run_id")}
+
+        digest = checkpoint_digest(self.out / "train")
+        self.metrics = self._stage(3, "evaluate", stage_key(model=digest, eval=fps["eval"]), self._evaluate)
+        self.summary["mean"] = self.metrics.get("mean", {})
+
+        key = stage_key(model=digest, eval=fps["eval"], registry=to_dict(self.cfg.registry))
+        self.summary["registry"] = self._stage(4, "register", key, self._register)
+
+    def _instruct_id(self) -> str:
+        if self.req.instruct is None:
+            return ""
+        from pipeline.fingerprint import file_sha256
+        from train.instruct import resolve
+
+        return file_sha256(resolve(self.req.instruct)[0])
+
+    def _stage(self, n: int, name: str, key: str, fn: Callable[[Path], dict], own_run: bool = False) -> dict:
+        """Skip, resume or (re)start one stage, inside a child MLflow run (``own_run``: the stage
+        makes its own run, which is then attached to the parent)."""
+        import mlflow
+
+        folder = self.out / name
+        status = "fresh" if self.req.force else stage_status(folder, key)
+        start = time.perf_counter()
+        if status == "complete":
+            self.say(f"[{n}/4] {name}: skipped, inputs and config unchanged since {folder} was completed")
+            with mlflow.start_run(run_name=name, nested=True):
+                mlflow.set_tags({"stage": name, "skipped": "true"})
+            self.summary["stages"][name] = {"status": "skipped", "dir": str(folder)}
+            return read_stage(folder)["summary"]
+        if status == "fresh" and folder.exists():
+            shutil.rmtree(folder)  # outputs of other inputs: never mixed with this run's
+        self.say(f"[{n}/4] {name}: {'resuming' if status == 'resume' else 'running'} -> {folder}")
+        _write_stage(folder, key, "running")
+        if own_run:
+            result = fn(folder)
+            run_id = result.get("mlflow_run_id")
+            if run_id:
+                mlflow.MlflowClient().set_tag(run_id, "mlflow.parentRunId", self.parent_id)
+        else:
+            with mlflow.start_run(run_name=name, nested=True):
+                mlflow.set_tag("stage", name)
+                result = fn(folder)
+        _write_stage(folder, key, "complete", result)
+        took = time.perf_counter() - start
+        self.summary["stages"][name] = {"status": "done", "dir": str(folder), "wall_time_s": round(took, 1)}
+        self.say(f"[{n}/4] {name}: done in {took:.0f} s")
+        return result
+
+    def _synth(self, folder: Path) -> dict:
+        import mlflow
+
+        from synth.job import run_synth
+
+        manifest = run_synth(self.cfg.synth, self.req.data, folder, seed=self.cfg.seed)
+        mlflow.log_params({f"synth.{k}": v for k, v in to_dict(self.cfg.synth).items()})
+        mlflow.log_metrics({"samples": manifest["samples"], "shards": len(manifest["shards"])})
+        return {k: manifest[k] for k in ("plan_id", "samples", "source_fingerprint", "categories")}
+
+    def _train(self, folder: Path) -> dict:
+        from train.job import run_training
+
+        shards = self.out / "synth"
+        return run_training(self.cfg, shards, folder, instruct=self.req.instruct, workers=self.req.workers)
+
+    def _evaluate(self, folder: Path) -> dict:
+        from evaluate.job import run_evaluation
+
+        return run_evaluation(self.out / "train", self.req.data, folder, config=self.cfg.evaluate)
+
+    def _register(self, folder: Path) -> dict:
+        from pipeline.registry import register_and_promote
+
+        tags = {
+            "pipeline_run_id": self.parent_id,
+            "config_name": self.cfg.name,
+            "data": str(self.req.data),
+            "normals_fingerprint": self.fps["normals"],
+            "model_fingerprint": self.fps["model"],
+            "train_run_id": str(read_stage(self.out / "train")["summary"].get("mlflow_run_id") or ""),
+        }
+        return register_and_promote(
+            self.out / "train",
+            self.metrics,
+            self.fps["eval"],
+            self.cfg.registry,
+            tags=tags,
+            rescore=self._rescore,
+        )
+
+    def _rescore(self, model_uri: str) -> dict:
+        """The champion evaluated on this run's data (it was scored on other data)."""
+        import mlflow
+
+        from evaluate.job import run_evaluation
+
+        folder = self.out / "register" / ("champion-" + model_uri.rsplit("/", 1)[-1])
+        with mlflow.start_run(run_name="evaluate-champion", nested=True):
+            mlflow.set_tags({"stage": "evaluate", "model": model_uri})
+            return run_evaluation(model_uri, self.req.data, folder, config=self.cfg.evaluate)
+
+
+def _run_exists(run_id: str | None) -> bool:
+    if not run_id:
+        return False
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().get_run(run_id)
+        return True
+    except MlflowException:
+        return False
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
