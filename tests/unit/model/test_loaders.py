@@ -9,6 +9,55 @@ import torch.nn.functional as F
 from train.model.imagebind import HEAD, PRE, TRUNK, ImageBindVisionEncoder
 
 WIDTH, DEPTH, HEADS, OUT = 32, 4, 4, 24
+TEXT_WIDTH, TEXT_OUT = 16, 24
+# A small CLIP BPE merge table in the format of bpe_simple_vocab_16e6.txt.gz.
+MERGES = [
+    "p h",
+    "ph o",
+    "t o</w>",
+    "pho to</w>",
+    "d a",
+    "da m",
+    "dam a",
+    "g e",
+    "dama ge",
+    "ge d</w>",
+    "t h",
+    "th e</w>",
+    "n u",
+    "nu t</w>",
+    "m e",
+    "me t",
+    "met a",
+    "meta l</w>",
+    "o f</w>",
+]
+TEXT_VOCAB = 512 + len(MERGES) + 2
+
+
+def _block(b: str, width: int, r) -> dict[str, torch.Tensor]:
+    return {
+        b + "attn.in_proj_weight": r(3 * width, width),
+        b + "attn.in_proj_bias": r(3 * width),
+        b + "attn.out_proj.weight": r(width, width),
+        b + "attn.out_proj.bias": r(width),
+        b + "norm_1.weight": 1 + r(width),
+        b + "norm_1.bias": r(width),
+        b + "mlp.fc1.weight": r(4 * width, width),
+        b + "mlp.fc1.bias": r(4 * width),
+        b + "mlp.fc2.weight": r(width, 4 * width),
+        b + "mlp.fc2.bias": r(width),
+        b + "norm_2.weight": 1 + r(width),
+        b + "norm_2.bias": r(width),
+    }
+
+
+def write_bpe(path):
+    import gzip
+
+    with gzip.open(path, "wt") as fh:
+        fh.write("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+    return path
 
 
 def imagebind_state(width=WIDTH, depth=DEPTH, out=OUT) -> dict[str, torch.Tensor]:
@@ -27,24 +76,21 @@ def imagebind_state(width=WIDTH, depth=DEPTH, out=OUT) -> dict[str, torch.Tensor
         HEAD + "0.weight": 1 + r(width),
         HEAD + "0.bias": r(width),
         HEAD + "2.weight": r(out, width),
-        "modality_trunks.text.blocks.0.norm_1.weight": r(8),
+    }
+    text = "modality_preprocessors.text."
+    state |= {
+        text + "token_embedding.weight": r(TEXT_VOCAB, TEXT_WIDTH),
+        text + "pos_embed": r(1, 77, TEXT_WIDTH),
+        text + "mask": torch.full((77, 77), float("-inf")).triu(1),
+        "modality_heads.text.proj.0.weight": 1 + r(TEXT_WIDTH),
+        "modality_heads.text.proj.0.bias": r(TEXT_WIDTH),
+        "modality_heads.text.proj.1.weight": r(TEXT_OUT, TEXT_WIDTH),
+        "modality_postprocessors.text.1.log_logit_scale": torch.tensor(4.6),
     }
     for i in range(depth):
-        b = f"{TRUNK}blocks.{i}."
-        state |= {
-            b + "attn.in_proj_weight": r(3 * width, width),
-            b + "attn.in_proj_bias": r(3 * width),
-            b + "attn.out_proj.weight": r(width, width),
-            b + "attn.out_proj.bias": r(width),
-            b + "norm_1.weight": 1 + r(width),
-            b + "norm_1.bias": r(width),
-            b + "mlp.fc1.weight": r(4 * width, width),
-            b + "mlp.fc1.bias": r(4 * width),
-            b + "mlp.fc2.weight": r(width, 4 * width),
-            b + "mlp.fc2.bias": r(width),
-            b + "norm_2.weight": 1 + r(width),
-            b + "norm_2.bias": r(width),
-        }
+        state |= _block(f"modality_trunks.text.blocks.{i}.", TEXT_WIDTH, r)
+    for i in range(depth):
+        state |= _block(f"{TRUNK}blocks.{i}.", width, r)
     return state
 
 
@@ -58,7 +104,7 @@ def test_imagebind_loads_official_layout(tmp_path):
     # every vision tensor landed where the official name says
     own = dict(enc.named_parameters())
     for key, value in state.items():
-        if key.startswith("modality_trunks.text"):
+        if "text" in key:
             continue
         ours = next(n for n in own if ImageBindVisionEncoder.to_official(n) == key)
         assert torch.equal(own[ours], value), key
@@ -197,3 +243,102 @@ def test_vicuna_with_pandagpt_delta(make_cfg, tmp_path, model_cache):
     )
     with pytest.raises(KeyError, match="LoRA keys not in the model"):
         build_model(bad)
+
+
+def test_clip_bpe_tokenizer(tmp_path):
+    from train.model.imagebind_text import ClipBPETokenizer
+
+    tok = ClipBPETokenizer(write_bpe(tmp_path / "bpe.txt.gz"))
+    assert tok.vocab_size == TEXT_VOCAB
+    inverse = {i: t for t, i in tok.encoder.items()}
+    ids = tok(["A photo of  the DAMAGED metal nut."])[0]
+    assert ids.shape == (77,)
+    pieces = [inverse[int(i)] for i in ids if i != 0]
+    assert pieces == [
+        "<|startoftext|>",
+        "a</w>",
+        "photo</w>",
+        "of</w>",
+        "the</w>",
+        "damage",  # "dama ge" (rank 8) wins over "ge d</w>" (rank 9): merges apply by rank
+        "d</w>",
+        "metal</w>",
+        "nut</w>",
+        ".</w>",
+        "<|endoftext|>",
+    ]
+    assert pieces and ids[len(pieces) :].eq(0).all()
+    # unmerged words fall back to bytes; the base vocabulary starts with the printable bytes
+    assert [inverse[i] for i in tok.encode("xy!")] == ["x", "y</w>", "!</w>"]
+    assert tok.encoder["!"] == 0 and tok.encoder["!</w>"] == 256
+
+
+def test_imagebind_text_tower_matches_a_direct_computation(tmp_path):
+    from train.model.imagebind_text import ClipBPETokenizer, ImageBindTextEncoder
+
+    state = imagebind_state()
+    tower = ImageBindTextEncoder.from_state_dict(state, heads=HEADS)
+    assert tower.out_dim == TEXT_OUT and len(tower.blocks) == DEPTH
+    tokens = ClipBPETokenizer(write_bpe(tmp_path / "bpe.txt.gz"))(
+        ["a photo of the metal nut.", "damaged nut"]
+    )
+    got = tower(tokens)
+    # ImageBind: sequence-first MultiheadAttention with an additive causal mask, EOS = argmax id
+    p = "modality_trunks.text.blocks."
+    x = (
+        state["modality_preprocessors.text.token_embedding.weight"][tokens]
+        + state["modality_preprocessors.text.pos_embed"]
+    )
+    x = x.transpose(0, 1)
+    mask = state["modality_preprocessors.text.mask"]
+    for i in range(DEPTH):
+        mha = torch.nn.MultiheadAttention(TEXT_WIDTH, HEADS)
+        mha.load_state_dict(
+            {k[len(f"{p}{i}.attn.") :]: v for k, v in state.items() if k.startswith(f"{p}{i}.attn.")}
+        )
+        h = F.layer_norm(x, (TEXT_WIDTH,), state[f"{p}{i}.norm_1.weight"], state[f"{p}{i}.norm_1.bias"], 1e-6)
+        x = x + mha(h, h, h, need_weights=False, attn_mask=mask)[0]
+        h = F.layer_norm(x, (TEXT_WIDTH,), state[f"{p}{i}.norm_2.weight"], state[f"{p}{i}.norm_2.bias"], 1e-6)
+        h = F.linear(
+            F.gelu(F.linear(h, state[f"{p}{i}.mlp.fc1.weight"], state[f"{p}{i}.mlp.fc1.bias"])),
+            state[f"{p}{i}.mlp.fc2.weight"],
+            state[f"{p}{i}.mlp.fc2.bias"],
+        )
+        x = x + h
+    x = x.transpose(0, 1)[torch.arange(2), tokens.argmax(-1)]
+    x = F.layer_norm(
+        x,
+        (TEXT_WIDTH,),
+        state["modality_heads.text.proj.0.weight"],
+        state["modality_heads.text.proj.0.bias"],
+        1e-6,
+    )
+    expected = F.normalize(x @ state["modality_heads.text.proj.1.weight"].T, dim=-1)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_paper_preset_text_features_from_imagebind(make_cfg, tmp_path):
+    from safetensors.torch import save_file
+
+    from train.model import build_model
+
+    path = tmp_path / "imagebind.safetensors"
+    save_file(imagebind_state(), str(path))
+    cfg = make_cfg(
+        encoder__name="imagebind_huge",
+        encoder__checkpoint=path,
+        encoder__heads=HEADS,
+        encoder__layers=[0, 1, 2, 3],
+        text_encoder="imagebind",
+        text_bpe=write_bpe(tmp_path / "bpe.txt.gz"),
+        use_llm=False,
+        use_prompt_learner=False,
+    )
+    model = build_model(cfg)
+    assert model.decoder.proj[0].out_features == TEXT_OUT
+    feats = model.text_features(["metal_nut"])
+    assert feats.shape == (1, 2, TEXT_OUT)
+    assert torch.allclose(feats.norm(dim=-1), torch.ones(1, 2), atol=1e-5)
+    assert model.predict(torch.rand(1, 3, 224, 224), ["metal_nut"])[0].anomaly_map.shape == (224, 224)
+    with pytest.raises(ValueError, match="text_encoder imagebind needs"):
+        make_cfg(text_encoder="imagebind")
