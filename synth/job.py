@@ -124,6 +124,7 @@ def write_shard(
     sha, size = write_tar(Path(out) / name, members)
     stats = {
         "name": name,
+        "planned": len(items),
         "samples": len(members) // 3,
         "sha256": sha,
         "bytes": size,
@@ -157,7 +158,7 @@ def _run_tasks(pending, shards, sources, cfg: SynthConfig, seed: int, out: str, 
                 running.append(remote.remote(i, shards[i], sources_ref, cfg_ref, seed, out))
             done, running = ray.wait(running, num_returns=1)
             for stats in ray.get(done):
-                bar.update(stats["samples"] + len(stats["skipped"]))
+                bar.update(stats["planned"])
     finally:
         bar.close()
     return time.perf_counter() - start
