@@ -12,10 +12,11 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+Result = tuple[np.ndarray, np.ndarray]
 DefectFn = Callable[[np.ndarray, np.random.Generator, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
 
 
-def scratch(image: np.ndarray, rng: np.random.Generator, foreign: np.ndarray | None = None):
+def scratch(image: np.ndarray, rng: np.random.Generator, foreign: np.ndarray | None = None) -> Result:
     """A thin dark or bright polyline across part of the image."""
     h, w = image.shape[:2]
     n = int(rng.integers(2, 5))
@@ -31,7 +32,7 @@ def scratch(image: np.ndarray, rng: np.random.Generator, foreign: np.ndarray | N
     return out, mask
 
 
-def hole(image: np.ndarray, rng: np.random.Generator, foreign: np.ndarray | None = None):
+def hole(image: np.ndarray, rng: np.random.Generator, foreign: np.ndarray | None = None) -> Result:
     """A dark elliptical hole with a lighter rim."""
     h, w = image.shape[:2]
     r = rng.uniform(0.04, 0.09, size=2) * min(h, w)
@@ -49,7 +50,7 @@ def hole(image: np.ndarray, rng: np.random.Generator, foreign: np.ndarray | None
     return np.clip(out, 0, 255).astype(np.uint8), mask
 
 
-def stain(image: np.ndarray, rng: np.random.Generator, foreign: np.ndarray | None = None):
+def stain(image: np.ndarray, rng: np.random.Generator, foreign: np.ndarray | None = None) -> Result:
     """A soft irregular discolouration (blob of a few Gaussians, blended with a stain colour)."""
     h, w = image.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -67,7 +68,7 @@ def stain(image: np.ndarray, rng: np.random.Generator, foreign: np.ndarray | Non
     return np.clip(out, 0, 255).astype(np.uint8), mask
 
 
-def foreign_patch(image: np.ndarray, rng: np.random.Generator, foreign: np.ndarray | None = None):
+def foreign_patch(image: np.ndarray, rng: np.random.Generator, foreign: np.ndarray | None = None) -> Result:
     """An irregular polygon of another material, pasted with hard edges."""
     if foreign is None:
         raise ValueError("foreign_patch needs a foreign texture image")

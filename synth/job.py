@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.config import ConfigError, to_dict
 from synth.config import SynthConfig
-from synth.datasets import Skipped, read_dataset
+from synth.datasets import ImageRecord, Skipped, read_dataset
 from synth.samples import SampleMaker, Source, sources_from_records
 from synth.shards import MANIFEST, MANIFEST_FORMAT, atomic_write, file_sha256, shard_name, write_tar
 
@@ -135,7 +135,15 @@ def write_shard(
     return stats
 
 
-def _run_tasks(pending, shards, sources, cfg: SynthConfig, seed: int, out: str, progress: bool) -> float:
+def _run_tasks(
+    pending: list[int],
+    shards: list[list[tuple[int, int, int]]],
+    sources: list[Source],
+    cfg: SynthConfig,
+    seed: int,
+    out: str,
+    progress: bool,
+) -> float:
     """Run the pending shards, at most ``cfg.workers`` at once; returns seconds spent (Ray start excluded)."""
     if not pending:
         return 0.0
@@ -169,7 +177,16 @@ def _done(out: Path, shard: int) -> bool:
     return (out / name).is_file() and (out / PARTS / f"{name}.json").is_file()
 
 
-def _manifest(cfg, settings, seed, data_root, fingerprint, plan_id, stats, skipped) -> dict[str, Any]:
+def _manifest(
+    cfg: SynthConfig,
+    settings: dict[str, Any],
+    seed: int,
+    data_root: Path,
+    fingerprint: str,
+    plan_id: str,
+    stats: list[dict[str, Any]],
+    skipped: list[Skipped],
+) -> dict[str, Any]:
     categories: dict[str, dict[str, int]] = {}
     for s in stats:
         for cat, c in s["counts"].items():
@@ -192,7 +209,7 @@ def _manifest(cfg, settings, seed, data_root, fingerprint, plan_id, stats, skipp
     }
 
 
-def _fingerprint(records) -> str:
+def _fingerprint(records: list[ImageRecord]) -> str:
     """sha256 over (relpath, content hash) of every normal image used: changes when the data does."""
     digest = hashlib.sha256()
     for r in records:

@@ -114,7 +114,17 @@ def synthesize(
     return Synthesis(image, np.where(mask, 255, 0).astype(np.uint8), regions)
 
 
-def _paste_one(image, source, target_fg, source_fg, spec, cfg, rng, augment):
+def _paste_one(
+    image: np.ndarray,
+    source: np.ndarray,
+    target_fg: np.ndarray | None,
+    source_fg: np.ndarray | None,
+    spec: CategorySpec,
+    cfg: SynthConfig,
+    rng: np.random.Generator,
+    augment: Augment | None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Paste one patch into ``image``: (blended image, changed-pixel region) or None if the attempt failed."""
     h, w = image.shape[:2]
     (h_lo, h_hi), (w_lo, w_hi) = spec.width
     ph = int(np.clip(0.03 + rng.gamma(2.0, 0.05), h_lo, h_hi) * h)
@@ -171,7 +181,13 @@ def _paste_one(image, source, target_fg, source_fg, spec, cfg, rng, augment):
     return blended, region
 
 
-def _changed_region(before, after, box, spec, cfg) -> np.ndarray:
+def _changed_region(
+    before: np.ndarray,
+    after: np.ndarray,
+    box: tuple[int, int, int, int],
+    spec: CategorySpec,
+    cfg: SynthConfig,
+) -> np.ndarray:
     """Pixels inside the pasted box whose mean |RGB change| exceeds the tolerance (median-filtered)."""
     dy, dx, nh, nw = box
     region = np.zeros(before.shape[:2], bool)
@@ -188,7 +204,7 @@ def _changed_region(before, after, box, spec, cfg) -> np.ndarray:
     return region
 
 
-def _spec(data, where: str) -> CategorySpec:
+def _spec(data: object, where: str) -> CategorySpec:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: must be a mapping")
     allowed = {"kind", "width", "resize", "background", "logistic"}

@@ -18,7 +18,7 @@ import numpy as np
 
 from synth import text
 from synth.config import SynthConfig
-from synth.datasets import load_rgb
+from synth.datasets import ImageRecord, load_rgb
 from synth.nsa import category_spec, synthesize
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,16 @@ class SampleMaker:
                 return j
         return None
 
-    def _encode(self, key, src: Source, image, mask, positions, kind, donor) -> Encoded:
+    def _encode(
+        self,
+        key: str,
+        src: Source,
+        image: np.ndarray,
+        mask: np.ndarray | None,
+        positions: list[str],
+        kind: str,
+        donor: str | None,
+    ) -> Encoded:
         if mask is None:
             mask = np.zeros(image.shape[:2], np.uint8)
         level = [cv2.IMWRITE_PNG_COMPRESSION, self.cfg.png_compression]
@@ -165,7 +174,9 @@ class _Augmenter:
             seed=0,
         )
 
-    def __call__(self, patch: np.ndarray, fg: np.ndarray | None, rng: np.random.Generator):
+    def __call__(
+        self, patch: np.ndarray, fg: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """(patch, fg) transformed together; flips only, so the planned patch shape is kept."""
         self.transform.set_random_seed(int(rng.integers(2**31 - 1)))
         if fg is None:
@@ -174,5 +185,5 @@ class _Augmenter:
         return out["image"], out["mask"] > 0
 
 
-def sources_from_records(records) -> list[Source]:
+def sources_from_records(records: list[ImageRecord]) -> list[Source]:
     return [Source(str(Path(r.path)), r.relpath, r.category) for r in records]
