@@ -65,6 +65,7 @@ def run_evaluation(
     )
     lo, hi = cfg.resolved_score_range()
     actors = _start_actors(checkpoint, cfg, {"bins": cfg.pixel_bins, "lo": lo, "hi": hi})
+    scoring_started = time.perf_counter()
     info = actors[0][1]
     generate = cfg.use_llm and info["has_llm"]
     rows: list[dict[str, Any]] = []
@@ -78,6 +79,7 @@ def run_evaluation(
             )
             per_category[category.category]["seen_in_training"] = category.seen_in_training
             _log_category(category.category, per_category[category.category])
+        scoring_s = time.perf_counter() - scoring_started
     finally:
         import ray
 
@@ -100,6 +102,8 @@ def run_evaluation(
         "unreadable": unreadable,
         "workers": cfg.workers,
         "wall_time_s": round(time.perf_counter() - started, 2),
+        "scoring_time_s": round(scoring_s, 2),
+        "images_per_s": round(len(rows) / scoring_s, 3),
         "config": dataclasses.asdict(cfg),
     }
     report.write_outputs(out, result, rows)
