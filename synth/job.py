@@ -56,7 +56,10 @@ def run_synth(
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
     if manifest_path.exists():
-        existing = json.loads(manifest_path.read_text())
+        try:
+            existing = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{manifest_path}: unreadable ({exc}); use --force to rebuild") from exc
         if existing.get("plan_id") == plan_id:
             log.info("synth: %s is complete and up to date; nothing to do (--force rebuilds)", out)
             return {**existing, "status": "up_to_date"}
