@@ -27,6 +27,7 @@ from train.shards import DataError, ShardIndex, index_shards
 log = logging.getLogger(__name__)
 
 SUMMARY = "train_summary.json"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train 2.60's record of registered checkpoints
 # Settings that may change between a run and its resumption without changing what is trained.
 RESUMABLE_KEYS = ("max_failures", "log_every", "keep_checkpoints", "checkpoint_every", "storage_path")
 
@@ -109,7 +110,7 @@ def prepare(
     storage = cfg.train.storage(out)
     name = f"{cfg.name}-{hashlib.sha1(str(out).encode()).hexdigest()[:10]}"
     fingerprint = _fingerprint(cfg, shards, instruct, workers, fraction)
-    previous, previous_dir = _latest_checkpoint(storage, name)
+    previous, previous_dir = latest_checkpoint(storage, name)
     if previous and previous.get("fingerprint") != fingerprint:
         raise ConfigError(
             f"{Path(storage) / name} holds checkpoints of a different run (config, data, instruction set "
@@ -250,16 +251,23 @@ def _mlflow_client(uri: str | None):
     return MlflowClient(tracking_uri=uri)
 
 
-def _latest_checkpoint(storage: str, name: str) -> tuple[dict[str, Any] | None, Path | None]:
-    """State and folder of the newest checkpoint under a local storage path (None for remote URIs)."""
-    if "://" in storage:
+def latest_checkpoint(storage: str, name: str) -> tuple[dict[str, Any] | None, Path | None]:
+    """State and folder of the run's latest checkpoint that Ray Train registered (None if none yet).
+
+    Read from Ray Train's own snapshot, the record it restores from: a checkpoint folder can exist
+    on disk before every rank has uploaded its part, and such a folder must not count.
+    """
+    if "://" in storage:  # remote storage: Ray restores by itself; nothing to check up front
         return None, None
-    best: tuple[dict[str, Any] | None, Path | None] = (None, None)
-    for path in (Path(storage) / name).glob(f"*/{STATE}"):
-        state = json.loads(path.read_text())
-        if best[0] is None or state["step"] > best[0]["step"]:
-            best = (state, path.parent)
-    return best
+    run = Path(storage) / name
+    snapshot = run / RAY_SNAPSHOT
+    if not snapshot.is_file():
+        return None, None
+    latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+    if not latest:
+        return None, None
+    folder = run / latest["checkpoint_dir_name"]
+    return json.loads((folder / STATE).read_text()), folder
 
 
 def _fingerprint(cfg: PipelineConfig, shards, instruct, workers: int, fraction: float) -> str:

@@ -73,6 +73,11 @@ def test_rerun_finds_its_checkpoint_and_refuses_a_different_run(tiny_config, tin
     ckpt = Path(plan.storage) / plan.name / "checkpoint_2026-01-01_00-00-00.000000"
     ckpt.mkdir(parents=True)
     (ckpt / "train_state.json").write_text(json.dumps({"step": 10, "fingerprint": plan.fingerprint}))
+    assert (
+        prepare(tiny_config, tiny_shards, tmp_path / "out", None, workers=2).previous is None
+    )  # not registered
+    snapshot = {"latest_checkpoint_result": {"checkpoint_dir_name": ckpt.name, "metrics": {}}}
+    (ckpt.parent / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
     again = prepare(tiny_config, tiny_shards, tmp_path / "out", None, workers=2)
     assert again.previous["step"] == 10 and again.previous_dir == ckpt
     # Settings that do not change what is trained may differ on resume ...
