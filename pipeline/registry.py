@@ -119,17 +119,26 @@ def pip_requirements() -> list[str]:
 
 
 def log_pyfunc(checkpoint_dir: str | Path) -> Any:
-    """Log the checkpoint as pyfunc model ``model`` of the active run (code stored, nothing pickled)."""
+    """Log the checkpoint as pyfunc model ``model`` of the active run (code stored, nothing pickled).
+
+    Only the checkpoint files are logged (a training folder also holds Ray Train checkpoints)."""
+    import tempfile
+
     import mlflow
 
     from pipeline import pyfunc_model
 
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=pyfunc_model.__file__,
-        artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir)},
-        pip_requirements=pip_requirements(),
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / CHECKPOINT_ARTIFACT
+        staged.mkdir()
+        for name in CHECKPOINT_FILES:
+            shutil.copy2(Path(checkpoint_dir) / name, staged / name)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=pyfunc_model.__file__,
+            artifacts={CHECKPOINT_ARTIFACT: str(staged)},
+            pip_requirements=pip_requirements(),
+        )
 
 
 def find_version(client: Any, name: str, digest: str) -> Any | None:
@@ -259,16 +268,13 @@ def resolve_model(ref: str | Path, dst: str | Path | None = None) -> Path:
         return _checkpoint_in(path, text)
     import mlflow
 
-    uri = text
-    if text.startswith("models:/") and "@" in text:
-        name, alias = text.removeprefix("models:/").split("@", 1)
-        version = alias_version(mlflow.MlflowClient(), name, alias)
-        if version is None:
-            raise RegistryError(f"model {ref}: no version of {name!r} has alias {alias!r}")
-        uri = f"models:/{name}/{version.version}"
+    uri, expected = _pin_version(text)
     if dst is None:
-        safe = uri.replace(":/", "_").replace("/", "_").strip("_")
-        dst = Path(os.environ.get("ANOMALYGPT_CACHE", "~/.cache/anomalygpt")).expanduser() / safe
+        # Keyed by the store as well as the name: two stores may each have an "anomalygpt" v1.
+        store = mlflow.get_registry_uri() if uri.startswith("models:/") else mlflow.get_tracking_uri()
+        key = hashlib.sha256(f"{store}\0{uri}\0{expected}".encode()).hexdigest()[:16]
+        label = uri.replace(":/", "_").replace("/", "_").strip("_")
+        dst = Path(os.environ.get("ANOMALYGPT_CACHE", "~/.cache/anomalygpt")).expanduser() / f"{label}-{key}"
     dst = Path(dst)
     try:
         return _checkpoint_in(dst, text)
@@ -279,12 +285,40 @@ def resolve_model(ref: str | Path, dst: str | Path | None = None) -> Path:
     partial.mkdir(parents=True)
     try:
         mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(partial))
+        found = _checkpoint_in(partial, text)
+        if expected and checkpoint_digest(found) != expected:
+            raise RegistryError(f"model {ref}: downloaded weights do not match the registered sha256")
     except Exception as exc:
         shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, RegistryError):
+            raise
         raise RegistryError(f"model {ref}: download failed: {exc}") from exc
     shutil.rmtree(dst, ignore_errors=True)
     partial.rename(dst)
     return _checkpoint_in(dst, text)
+
+
+def _pin_version(ref: str) -> tuple[str, str]:
+    """``models:/name@alias`` -> ``models:/name/N`` and the version's checkpoint sha256 tag
+    (a version URI keeps its number; ``runs:/`` URIs pass through with no expected digest)."""
+    if not ref.startswith("models:/"):
+        return ref, ""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    name, _, rest = ref.removeprefix("models:/").partition("/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        version = alias_version(client, name, alias)
+        if version is None:
+            raise RegistryError(f"model {ref}: no version of {name!r} has alias {alias!r}")
+    else:
+        try:
+            version = client.get_model_version(name, rest)
+        except MlflowException as exc:
+            raise RegistryError(f"model {ref}: no such registered version ({exc.message})") from exc
+    return f"models:/{name}/{version.version}", version.tags.get("checkpoint_sha256", "")
 
 
 def _checkpoint_in(path: Path, ref: str) -> Path:

@@ -84,7 +84,8 @@ def report(summary: dict) -> None:
         took = f" ({stage['wall_time_s']:.0f} s)" if "wall_time_s" in stage else ""
         print(f"  {name:<9} {stage['status']}{took}  {stage['dir']}")
     mean = summary.get("mean") or {}
-    figures = ", ".join(f"{k} {v:.3f}" for k, v in mean.items() if isinstance(v, float))
+    keys = ("image_auroc", "pixel_auroc", "accuracy", "aupro", "f1_max")
+    figures = ", ".join(f"{k} {mean[k]:.3f}" for k in keys if isinstance(mean.get(k), float))
     print(f"  mean: {figures}")
     reg = summary.get("registry") or {}
     if reg:

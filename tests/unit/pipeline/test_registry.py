@@ -20,8 +20,6 @@ from pipeline.registry import (
     resolve_model,
 )
 
-CFG = RegistryConfig()
-
 
 def _metrics(value: float | None) -> dict:
     return {"setting": "unsupervised", "mean": {"image_auroc": value, "pixel_auroc": 0.5}}
@@ -39,33 +37,55 @@ def _checkpoint(root: Path, seed: int) -> Path:
     return root
 
 
-@pytest.fixture()
-def store(tmp_path, monkeypatch):
+class Registry:
+    """A test's view of the store: its checkpoint folder and its own registered model name."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path, self.cfg = path, RegistryConfig(model_name=name)
+
+    def register(self, seed: int, value: float | None, fp: str = "eval-a", **kw) -> dict:
+        import mlflow
+
+        ckpt = self.path / f"ckpt{seed}"
+        if not ckpt.exists():
+            _checkpoint(ckpt, seed)
+        with mlflow.start_run():
+            return register_and_promote(ckpt, _metrics(value), fp, self.cfg, **kw)
+
+    def alias(self, alias: str) -> str:
+        from mlflow import MlflowClient
+
+        return str(MlflowClient().get_model_version_by_alias(self.cfg.model_name, alias).version)
+
+    def versions(self) -> list[str]:
+        from mlflow import MlflowClient
+
+        found = MlflowClient().search_model_versions(f"name = '{self.cfg.model_name}'")
+        return sorted(str(v.version) for v in found)
+
+    def uri(self, suffix: str) -> str:
+        return f"models:/{self.cfg.model_name}{suffix}"
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory):
+    """One sqlite store for the module (creating one costs a schema migration, seconds on a busy
+    machine); each test registers under its own model name."""
     import mlflow
 
-    from pipeline.tracking import configure_mlflow
-
-    monkeypatch.setenv("ANOMALYGPT_CACHE", str(tmp_path / "cache"))
-    configure_mlflow(tmp_path / "runs", "registry-test")
-    yield tmp_path
+    root = tmp_path_factory.mktemp("registry")
+    yield root
     while mlflow.active_run():
         mlflow.end_run()
 
 
-def _register(tmp_path: Path, seed: int, value: float | None, fp: str = "eval-a", **kw) -> dict:
-    import mlflow
+@pytest.fixture()
+def reg(store_root, tmp_path, request, monkeypatch) -> Registry:
+    from pipeline.tracking import configure_mlflow
 
-    ckpt = tmp_path / f"ckpt{seed}"
-    if not ckpt.exists():
-        _checkpoint(ckpt, seed)
-    with mlflow.start_run():
-        return register_and_promote(ckpt, _metrics(value), fp, CFG, **kw)
-
-
-def _alias(alias: str) -> str:
-    from mlflow import MlflowClient
-
-    return str(MlflowClient().get_model_version_by_alias(CFG.model_name, alias).version)
+    monkeypatch.setenv("ANOMALYGPT_CACHE", str(tmp_path / "cache"))
+    configure_mlflow(store_root / "runs", "registry-test")
+    return Registry(tmp_path, request.node.name.replace("_", "-"))
 
 
 def test_decide_rule():
@@ -79,56 +99,54 @@ def test_decide_rule():
     assert decide(0.1, math.nan).promote
 
 
-def test_better_challenger_promoted_worse_kept(store):
-    first = _register(store, 1, 0.70)
+def test_better_challenger_promoted_worse_kept(reg):
+    first = reg.register(1, 0.70)
     assert first["version"] == "1" and first["promoted"]
     assert first["tags"]["promotion_reason"] == "no champion yet"
 
-    better = _register(store, 2, 0.80)
+    better = reg.register(2, 0.80)
     assert better["promoted"] and better["champion_version"] == "2"
     assert better["tags"]["promotion_challenger_image_auroc"] == "0.800000"
     assert better["tags"]["promotion_champion_image_auroc"] == "0.700000"
     assert better["tags"]["promotion_champion_version"] == "1"
 
-    worse = _register(store, 3, 0.75)
+    worse = reg.register(3, 0.75)
     assert not worse["promoted"]
     assert worse["tags"]["promotion_decision"] == "kept_champion"
     assert worse["tags"]["promotion_champion_image_auroc"] == "0.800000"
-    assert _alias("champion") == "2"
-    assert _alias("challenger") == "3"
+    assert reg.alias("champion") == "2"
+    assert reg.alias("challenger") == "3"
 
 
-def test_same_checkpoint_registers_once(store):
-    a = _register(store, 1, 0.7)
-    b = _register(store, 1, 0.7)
+def test_same_checkpoint_registers_once(reg):
+    a = reg.register(1, 0.7)
+    b = reg.register(1, 0.7)
     assert b["already_registered"] and b["version"] == a["version"]
-    from mlflow import MlflowClient
-
-    assert len(MlflowClient().search_model_versions(f"name = '{CFG.model_name}'")) == 1
+    assert reg.versions() == ["1"]
 
 
-def test_champion_rescored_on_new_data(store):
-    _register(store, 1, 0.90, fp="old-data")
+def test_champion_rescored_on_new_data(reg):
+    reg.register(1, 0.90, fp="old-data")
     seen = []
 
     def rescore(uri: str) -> dict:
         seen.append(uri)
         return _metrics(0.60)
 
-    result = _register(store, 2, 0.65, fp="new-data", rescore=rescore)
-    assert seen == [f"models:/{CFG.model_name}/1"]
+    result = reg.register(2, 0.65, fp="new-data", rescore=rescore)
+    assert seen == [reg.uri("/1")]
     assert result["promoted"]
     assert result["tags"]["promotion_champion_image_auroc"] == "0.600000"
 
     # Without a way to re-score, a champion from other data is kept.
-    kept = _register(store, 3, 0.99, fp="newer-data")
+    kept = reg.register(3, 0.99, fp="newer-data")
     assert not kept["promoted"] and "other data" in kept["tags"]["promotion_reason"]
 
 
-def test_failed_registration_leaves_registry_as_it_was(store, monkeypatch):
+def test_failed_registration_leaves_registry_as_it_was(reg, monkeypatch):
     from mlflow import MlflowClient
 
-    _register(store, 1, 0.7)
+    reg.register(1, 0.7)
     real = MlflowClient.set_registered_model_alias
 
     def fail_on_champion(self, name, alias, version):
@@ -138,27 +156,26 @@ def test_failed_registration_leaves_registry_as_it_was(store, monkeypatch):
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail_on_champion)
     with pytest.raises(RuntimeError, match="store went away"):
-        _register(store, 2, 0.9)
+        reg.register(2, 0.9)
     monkeypatch.undo()
-    versions = MlflowClient().search_model_versions(f"name = '{CFG.model_name}'")
-    assert [str(v.version) for v in versions] == ["1"]
-    assert _alias("champion") == "1" and _alias("challenger") == "1"
+    assert reg.versions() == ["1"]
+    assert reg.alias("champion") == "1" and reg.alias("challenger") == "1"
 
 
-def test_resolve_model_round_trip(store):
-    _register(store, 1, 0.7)
-    local = resolve_model(f"models:/{CFG.model_name}@champion")
-    original = store / "ckpt1"
+def test_resolve_model_round_trip(reg):
+    reg.register(1, 0.7)
+    local = resolve_model(reg.uri("@champion"))
+    original = reg.path / "ckpt1"
     assert checkpoint_digest(local) == checkpoint_digest(original)
     assert resolve_model(original) == original
     # Cached: a second resolve returns the same folder without downloading again.
     mtime = (local / "model.safetensors").stat().st_mtime_ns
-    assert resolve_model(f"models:/{CFG.model_name}/1") == local
+    assert resolve_model(reg.uri("/1")) == local
     assert (local / "model.safetensors").stat().st_mtime_ns == mtime
     with pytest.raises(RegistryError, match="no version"):
-        resolve_model(f"models:/{CFG.model_name}@nope")
+        resolve_model(reg.uri("@nope"))
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
-        resolve_model(store / "missing")
+        resolve_model(reg.path / "missing")
 
 
 def test_unreachable_server_fails_fast(tmp_path):
@@ -172,3 +189,17 @@ def test_unreachable_server_fails_fast(tmp_path):
     with pytest.raises(RegistryError, match=r"not writable|does not exist"):
         ensure_reachable(f"sqlite:///{tmp_path}/nowhere/mlflow.db")
     ensure_reachable(f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_resolve_cache_keeps_stores_apart(reg):
+    from pipeline.tracking import configure_mlflow
+
+    reg.register(1, 0.7)
+    first = resolve_model(reg.uri("@champion"))
+    configure_mlflow(reg.path / "other-runs", "registry-test")  # another store, also with a v1
+    reg.register(2, 0.7)
+    second = resolve_model(reg.uri("@champion"))
+    assert first != second
+    assert checkpoint_digest(first) == checkpoint_digest(reg.path / "ckpt1")
+    assert checkpoint_digest(second) == checkpoint_digest(reg.path / "ckpt2")
+    assert sorted(p.name for p in second.iterdir()) == ["config.yaml", "model.safetensors"]
