@@ -62,8 +62,13 @@ class AnomalyGPT(nn.Module):
 
     def encode(self, images: torch.Tensor):
         self.encoder_calls += images.shape[0]
+        dtype = next(self.encoder.parameters()).dtype  # bf16/fp16 under DeepSpeed, else float32
         with torch.no_grad():
-            return self.encoder(images)
+            return self.encoder(images.to(dtype))
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The training losses: DDP and DeepSpeed engines call ``forward``."""
+        return self.training_losses(batch)
 
     def text_map(self, patch_maps, categories, size):
         """Per-layer probabilities and the decoder's anomaly map (B, 1, H, W)."""

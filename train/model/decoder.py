@@ -27,7 +27,7 @@ class AnomalyDecoder(nn.Module):
         for proj, fmap in zip(self.proj, patch_maps, strict=True):
             b, _, h, w = fmap.shape
             tokens = F.normalize(proj(fmap.flatten(2).transpose(1, 2)), dim=-1)  # (B, hw, D)
-            logits = self.logit_scale * tokens @ text.transpose(1, 2)  # (B, hw, 2)
+            logits = self.logit_scale * tokens @ text.to(tokens.dtype).transpose(1, 2)  # (B, hw, 2)
             logits = logits.transpose(1, 2).reshape(b, 2, h, w)
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
             layer_probs.append(logits.softmax(dim=1))

@@ -96,7 +96,7 @@ def test_loss_weights_apply(make_cfg, tiny_batch):
     model = build_model(make_cfg(loss__ce=0.0, loss__focal=2.0, loss__dice=0.5))
     losses = model.training_losses(tiny_batch)
     expected = 2.0 * losses["focal"] + 0.5 * losses["dice"]
-    assert float(losses["loss"]) == pytest.approx(float(expected), rel=1e-6)
+    assert float(losses["loss"].detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
 
 
 def test_memory_bank_built_once_per_category(tiny_model):
@@ -221,3 +221,15 @@ def test_few_shot_training_swaps_the_prompt_input(make_cfg, tiny_batch):
     losses = model.training_losses(tiny_batch)
     assert model.encoder_calls - calls == 2 + 2 * 4  # the batch + one rotated reference per image
     assert torch.isfinite(losses["loss"])
+
+
+def test_runs_in_bfloat16_as_deepspeed_casts_it(make_cfg, tiny_batch):
+    torch.manual_seed(0)
+    model = build_model(make_cfg()).to(torch.bfloat16)
+    losses = model(tiny_batch)  # forward == training_losses (what DDP/DeepSpeed engines call)
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    assert model.decoder.proj[0].weight.grad.dtype == torch.bfloat16
+    bank = model.build_memory_bank(torch.rand(1, 3, 64, 64), "grass")
+    pred = model.predict(torch.rand(1, 3, 64, 64), ["grass"], memory_bank=bank)[0]
+    assert pred.anomaly_map.dtype.name == "float32" and isinstance(pred.answer, str)
