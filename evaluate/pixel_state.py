@@ -37,8 +37,12 @@ class PixelMetricState:
         self.region_weight: np.ndarray | None = None  # (bins,) int64: region coverage, fixed point
         self.n_regions = 0  # ground-truth connected components seen
         self.n_images = 0
+        # Not yet in the histograms: binned pixels (bin, label, region weight) and occupied-bin
+        # sums received from other states (bins, (n, 2) counts, region weights); a small state
+        # never allocates the dense arrays at all.
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
         self._pending_pixels = 0
+        self._sparse: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
 
     # ---- accumulating -------------------------------------------------------------------------
     def update(self, anomaly_map: np.ndarray, mask: np.ndarray) -> None:
@@ -105,56 +109,89 @@ class PixelMetricState:
         return self.region_weight
 
     def _flush(self) -> None:
-        if not self._pending:
-            return
-        counts = self._counts()
-        idx = np.concatenate([p[0] for p in self._pending])
-        idx <<= 1
-        idx |= np.concatenate([p[1] for p in self._pending])
-        counts += np.bincount(idx, minlength=2 * self.bins).reshape(self.bins, 2)
-        del idx
-        weighted = [(i[lab], w[lab]) for i, lab, w in self._pending if w is not None]
-        if weighted:  # integer adds: the sums do not depend on the order images arrive in
-            np.add.at(
-                self._region_weight(),
-                np.concatenate([i for i, _ in weighted]),
-                np.concatenate([w for _, w in weighted]),
-            )
-        self._pending, self._pending_pixels = [], 0
+        if self._pending:
+            counts = self._counts()
+            idx = np.concatenate([p[0] for p in self._pending])
+            idx <<= 1
+            idx |= np.concatenate([p[1] for p in self._pending])
+            counts += np.bincount(idx, minlength=2 * self.bins).reshape(self.bins, 2)
+            del idx
+            weighted = [(i[lab], w[lab]) for i, lab, w in self._pending if w is not None]
+            if weighted:  # integer adds: the sums do not depend on the order images arrive in
+                np.add.at(
+                    self._region_weight(),
+                    np.concatenate([i for i, _ in weighted]),
+                    np.concatenate([w for _, w in weighted]),
+                )
+            self._pending, self._pending_pixels = [], 0
+        for occupied, counts, weight in self._sparse:  # occupied bins are unique: plain fancy adds
+            self._counts()[occupied] += counts
+            if weight is not None:
+                self._region_weight()[occupied] += weight
+        self._sparse = []
 
     def merge(self, other: PixelMetricState) -> PixelMetricState:
-        """Add ``other``'s pixels into this state (same bins and range); returns self."""
+        """Add ``other``'s pixels into this state (same bins and range); returns self.
+        ``other`` is consumed: do not update it afterwards."""
         if (other.bins, other.lo, other.hi) != (self.bins, self.lo, self.hi):
             raise ValueError("cannot merge pixel states with different bins or score ranges")
-        other._flush()
-        self._flush()
+        self._pending += other._pending
+        self._pending_pixels += other._pending_pixels
+        self._sparse += other._sparse
         if other.counts is not None:
             self._counts()[:] += other.counts
         if other.region_weight is not None:
             self._region_weight()[:] += other.region_weight
         self.n_regions += other.n_regions
         self.n_images += other.n_images
+        if self._pending_pixels >= _FLUSH_PIXELS:
+            self._flush()
         return self
 
     # ---- transport: only occupied bins travel -------------------------------------------------
+    def _occupied(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        """(occupied bins, their (n, 2) counts, their region weights or None); None when empty.
+        A small state is reduced with np.unique, never touching the dense arrays."""
+        entries = self._pending_pixels + sum(len(o) for o, _, _ in self._sparse)
+        if self.counts is not None or entries > self.bins // 8:
+            self._flush()
+            if self.counts is None:
+                return None
+            rw = self.region_weight
+            occupied = np.flatnonzero(self.counts.any(axis=1) | (rw != 0 if rw is not None else False))
+            return occupied, self.counts[occupied], rw[occupied] if rw is not None else None
+        if not entries:
+            return None
+        bins = [p[0] for p in self._pending] + [o.astype(np.int64) for o, _, _ in self._sparse]
+        pos = [p[1].astype(np.int64) for p in self._pending] + [c[:, 1] for _, c, _ in self._sparse]
+        neg = [1 - p[1].astype(np.int64) for p in self._pending] + [c[:, 0] for _, c, _ in self._sparse]
+        weight = [p[2] if p[2] is not None else np.zeros(p[0].size, np.int64) for p in self._pending]
+        weight += [w if w is not None else np.zeros(o.size, np.int64) for o, _, w in self._sparse]
+        occupied, inverse = np.unique(np.concatenate(bins), return_inverse=True)
+        counts = np.zeros((occupied.size, 2), np.int64)
+        np.add.at(counts[:, 0], inverse, np.concatenate(neg))
+        np.add.at(counts[:, 1], inverse, np.concatenate(pos))
+        weights = np.concatenate(weight)
+        has_regions = bool(weights.any())
+        region = np.zeros(occupied.size, np.int64)
+        if has_regions:
+            np.add.at(region, inverse, weights)
+        return occupied, counts, region if has_regions else None
+
     def __getstate__(self) -> dict:
-        self._flush()
         state = {k: getattr(self, k) for k in ("bins", "lo", "hi", "n_regions", "n_images")}
-        if self.counts is not None:
-            occupied = np.flatnonzero(self.counts.any(axis=1)).astype(np.uint32)
-            state["occupied"] = occupied
-            state["counts"] = self.counts[occupied]
-            if self.region_weight is not None:
-                state["region_weight"] = self.region_weight[occupied]
+        occupied = self._occupied()
+        if occupied is not None:
+            state["occupied"] = occupied[0].astype(np.uint32)
+            state["counts"], state["region_weight"] = occupied[1], occupied[2]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["bins"], state["lo"], state["hi"])
         self.n_regions, self.n_images = state["n_regions"], state["n_images"]
         if "occupied" in state:
-            self._counts()[state["occupied"]] = state["counts"]
-        if "region_weight" in state:
-            self._region_weight()[state["occupied"]] = state["region_weight"]
+            occupied = state["occupied"].astype(np.int64)
+            self._sparse = [(occupied, state["counts"], state["region_weight"])]
 
     # ---- results ------------------------------------------------------------------------------
     def pixel_counts(self) -> tuple[int, int]:

@@ -191,3 +191,17 @@ def test_region_weights_sum_exactly_per_region_and_merge_order_does_not_matter()
     assert forward.aupro() == backward.aupro()  # also adds the buffered pixels
     assert forward.region_weight.sum() == forward.n_regions * (1 << 42)
     assert np.array_equal(forward.region_weight, backward.region_weight)
+
+
+@pytest.mark.parametrize("bins", [1 << 22, 64])  # sparse transport of a small state / dense of a full one
+def test_pickled_states_merge_to_the_same_histograms_either_way(bins):
+    rng = np.random.default_rng(5)
+    maps, masks = _random_maps(rng, n_images=4, quantise=32)
+    whole, parts = PixelMetricState(bins), [PixelMetricState(bins), PixelMetricState(bins)]
+    for i, (s, m) in enumerate(zip(maps, masks, strict=True)):
+        whole.update(s, m)
+        parts[i % 2].update(s, m)
+    merged = pickle.loads(pickle.dumps(parts[0])).merge(pickle.loads(pickle.dumps(parts[1])))
+    assert (merged.auroc(), merged.aupro(), merged.f1_max()) == (whole.auroc(), whole.aupro(), whole.f1_max())
+    assert np.array_equal(merged.counts, whole.counts)
+    assert np.array_equal(merged.region_weight, whole.region_weight)
