@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ def test_smollm2_converts_once_caches_and_answers(tmp_path):
     from train.model import build_model
     from train.model.llm import load_smollm2
 
-    cfg = load_pipeline_config("configs/demo.yaml", [f"model.llm.cache_dir={tmp_path}"]).model
+    root = Path(__file__).resolve().parents[3]
+    cfg = load_pipeline_config(root / "configs" / "demo.yaml", [f"model.llm.cache_dir={tmp_path}"]).model
     model = build_model(cfg)  # converts the GGUF into tmp_path (~30 s on 2 cores)
     cached = list(tmp_path.glob("smollm2-*/model.safetensors"))
     assert len(cached) == 1 and cached[0].stat().st_size > 400e6
