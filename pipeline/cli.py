@@ -18,6 +18,7 @@ COMMANDS = (
     "synth",
     "train",
     "evaluate",
+    "ablation",
     "run",
     "demo",
     "retrain",
