@@ -185,6 +185,8 @@ class AnomalyGPT(nn.Module):
             questions = (
                 [question] * len(categories) if question is None or isinstance(question, str) else question
             )
+            if len(questions) != len(categories):
+                raise ValueError(f"{len(categories)} images but {len(questions)} questions")
             prompts = self._prompts(amap, enc.global_embed)
             prefix = self._prefix(enc.global_embed, prompts)
             default = tables()["default_question"]
