@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -168,6 +169,7 @@ class Pipeline:
             self.summary.update(
                 parent_run_id=parent.info.run_id,
                 tracking_uri=self.uri,
+                ray_address=os.environ.get("RAY_ADDRESS"),  # set by `ray job submit`; None: local Ray
                 fingerprints=fps,
                 wall_time_s=round(time.perf_counter() - started, 1),
             )
