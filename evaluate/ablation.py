@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +93,7 @@ def run_ablation(
 ) -> dict[str, Any]:
     """Train + evaluate the chosen rows (default all) on ``data_root``; writes ablation.json/.md."""
     from pipeline.pipeline_config import load_pipeline_config
-    from pipeline.tracking import tracking_uri
+    from pipeline.tracking import shared_store, tracking_uri
     from synth.job import run_synth
 
     spec = load_table(table)
@@ -104,7 +103,6 @@ def run_ablation(
         raise ConfigError(f"{table}: no row {unknown[0]!r} (rows: {', '.join(r.name for r in spec.rows)})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(out))  # one store for every row
     configs = {r.name: load_pipeline_config(config, [*overrides, *r.config_overrides()]) for r in chosen}
     base = load_pipeline_config(config, overrides)
     shards = out / "shards"
@@ -112,14 +110,15 @@ def run_ablation(
     if instruct is None and base.train.instruction_fraction > 0:
         instruct = _instruction_set(base, data_root, out)
     results: dict[str, Any] = {}
-    for row in chosen:
-        cfg = configs[row.name]
-        log.info("ablation: row %s (%s)", row.name, row.switches)
-        row_instruct = instruct if cfg.train.instruction_fraction > 0 else None
-        checkpoint = _train(cfg, shards, out / row.name / "train", row_instruct, train_workers)
-        results[row.name] = {}
-        for setting in spec.settings:
-            results[row.name][setting["name"]] = _evaluate(cfg, checkpoint, data_root, out, row, setting)
+    with shared_store(tracking_uri(out)):  # every row's training run in one MLflow store
+        for row in chosen:
+            cfg = configs[row.name]
+            log.info("ablation: row %s (%s)", row.name, row.switches)
+            row_instruct = instruct if cfg.train.instruction_fraction > 0 else None
+            checkpoint = _train(cfg, shards, out / row.name / "train", row_instruct, train_workers)
+            results[row.name] = {
+                s["name"]: _evaluate(cfg, checkpoint, data_root, out, row, s) for s in spec.settings
+            }
     summary = {"data": str(data_root), "config": str(config), "settings": spec.settings, "rows": []}
     for row in chosen:
         summary["rows"].append(

@@ -50,13 +50,15 @@ class CategoryPlan:
     missing_masks: list[str] = field(default_factory=list)
     """Anomalous images left out of the pixel metrics (allow_missing_masks)."""
     seen_in_training: bool | None = None
+    n_unreadable: int = 0
+    """Test files of this category the reader could not open (listed in EvaluationPlan.unreadable)."""
 
 
 @dataclass
 class EvaluationPlan:
     categories: list[CategoryPlan]
     unreadable: list[dict[str, str]]
-    """Files the readers could not open: {"path", "reason"}; never silently dropped."""
+    """Files the readers could not open: {"path", "split", "reason"}; never silently dropped."""
 
 
 def trained_categories(checkpoint: Path) -> list[str] | None:
@@ -75,6 +77,7 @@ def plan_evaluation(root: str | Path, cfg: EvaluateConfig, known: list[str] | No
 
     skipped: list[Skipped] = []
     records = read_dataset(root, cfg.format, split="test", categories=cfg.categories, skipped=skipped)
+    unreadable = [{"path": s.path, "split": "test", "reason": s.reason} for s in skipped]
     categories = sorted({r.category for r in records})
     if known is not None and cfg.shots == 0 and not set(known) & set(categories):
         raise EvaluationDataError(
@@ -85,8 +88,11 @@ def plan_evaluation(root: str | Path, cfg: EvaluateConfig, known: list[str] | No
     for category in categories:
         plans.append(_plan_category(category, [r for r in records if r.category == category], cfg))
         plans[-1].seen_in_training = None if known is None else category in known
+        plans[-1].n_unreadable = sum(u["path"].startswith(f"{category}/") for u in unreadable)
     if cfg.shots:
+        skipped = []
         train = read_dataset(root, cfg.format, split="train", categories=categories, skipped=skipped)
+        unreadable += [{"path": s.path, "split": "train", "reason": s.reason} for s in skipped]
         for plan in plans:
             normals = [r for r in train if r.category == plan.category and r.label == 0]
             chosen = normals[cfg.reference_start : cfg.reference_start + cfg.shots]
@@ -98,7 +104,6 @@ def plan_evaluation(root: str | Path, cfg: EvaluateConfig, known: list[str] | No
                 )
             plan.references = [r.relpath for r in chosen]
             plan.reference_paths = [str(r.path) for r in chosen]
-    unreadable = [{"path": s.path, "reason": s.reason} for s in skipped]
     return EvaluationPlan(plans, unreadable)
 
 

@@ -75,7 +75,12 @@ def run_evaluation(
             cat_rows, state = _score_category(category, actors, cfg, generate, out)
             rows += cat_rows
             per_category[category.category] = report.category_metrics(
-                cat_rows, state, generate, cfg.aupro_max_fpr, len(category.missing_masks)
+                cat_rows,
+                state,
+                generate,
+                cfg.aupro_max_fpr,
+                len(category.missing_masks),
+                category.n_unreadable,
             )
             per_category[category.category]["seen_in_training"] = category.seen_in_training
             _log_category(category.category, per_category[category.category])
@@ -85,7 +90,9 @@ def run_evaluation(
 
         for actor, _ in actors:
             ray.kill(actor)
-    unreadable = plan.unreadable + [{"path": r["image"], "reason": r["error"]} for r in rows if r["error"]]
+    unreadable = plan.unreadable + [
+        {"path": r["image"], "split": "test", "reason": r["error"]} for r in rows if r["error"]
+    ]
     result = {
         "setting": "unsupervised" if not cfg.shots else "few_shot",
         "shots": cfg.shots,

@@ -33,6 +33,7 @@ def category_metrics(
     answers_used: bool,
     max_fpr: float,
     n_without_mask: int = 0,
+    n_skipped: int = 0,
 ) -> dict[str, Any]:
     """Metrics of one category; ``null`` for every metric its data cannot define.
 
@@ -64,7 +65,7 @@ def category_metrics(
         if out["pixel_auroc"] is not None:
             out["pixel_auroc_error_bound"] = state.auroc_error_bound()
     out["n_images"] = len(ok)
-    out["n_unreadable"] = len(rows) - len(ok)
+    out["n_unreadable"] = len(rows) - len(ok) + n_skipped  # failed to decode + failed the header check
     out["n_without_mask"] = n_without_mask
     return out
 

@@ -45,7 +45,11 @@ def test_unreadable_image_is_listed_not_dropped_silently(data):
     (data / "grass" / "test" / "good" / "999.png").write_bytes(b"not a png")
     plan = plan_evaluation(data, EvaluateConfig())
     assert [u["path"] for u in plan.unreadable] == ["grass/test/good/999.png"]
-    assert "unreadable" in plan.unreadable[0]["reason"]
+    assert "unreadable" in plan.unreadable[0]["reason"] and plan.unreadable[0]["split"] == "test"
+    counts = {c.category: c.n_unreadable for c in plan.categories}
+    assert counts == {"brick": 0, "coin": 0, "grass": 1, "gravel": 0}
+    row = {"label": 0, "score": 0.1, "answer": None, "error": None}
+    assert category_metrics([row], None, False, 0.3, n_skipped=1)["n_unreadable"] == 1
 
 
 def test_no_category_in_common_is_an_error_unless_k_shot(data, tmp_path):

@@ -1,0 +1,107 @@
+"""Output files and MLflow logging of an evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from evaluate.overlay import encode_png, render_overlay
+from evaluate.report import log_to_mlflow, map_path, markdown_table, write_outputs
+
+
+def _result():
+    m = {
+        "image_auroc": 0.9,
+        "pixel_auroc": None,
+        "accuracy": 0.75,
+        "aupro": None,
+        "f1_max": 0.8,
+        "n_images": 4,
+    }
+    return {
+        "shots": 0,
+        "setting": "unsupervised",
+        "model": "ckpt",
+        "data": "data",
+        "format": "mvtec",
+        "image_size": 64,
+        "accuracy_rule": "max_normal_score_threshold",
+        "per_category": {"brick": m},
+        "mean": m,
+        "unreadable": [{"path": "brick/test/good/9.png", "split": "test", "reason": "unreadable image: x"}],
+    }
+
+
+def _rows():
+    return [
+        {"image": f"brick/test/{d}/00{i}.png", "category": "brick", "label": int(d != "good"), "defect": d,
+         "score": s, "answer": None, "error": None}
+        for i, (d, s) in enumerate([("good", 0.2), ("good", 0.6), ("hole", 0.5), ("stain", 0.9)])
+    ]  # fmt: skip
+
+
+def test_outputs_follow_the_schema_and_null_prints_as_a_dash(tmp_path):
+    write_outputs(tmp_path, _result(), _rows())
+    assert json.loads((tmp_path / "metrics.json").read_text())["per_category"]["brick"]["pixel_auroc"] is None
+    lines = [json.loads(x) for x in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert [x["image"] for x in lines] == sorted(r["image"] for r in _rows())
+    assert set(lines[0]) == {"image", "category", "label", "defect", "score", "answer", "error"}
+    table = (tmp_path / "metrics.md").read_text()
+    assert "| brick | 90.0 | – | 75.0 | – | 80.0 | 4 |" in table
+    assert "brick/test/good/9.png" in table
+    assert map_path(tmp_path, _rows()[2]) == tmp_path / "maps" / "brick" / "hole_002.png"
+    assert markdown_table(_result()) == table
+
+
+def test_overlay_shows_image_heatmap_contour_and_text():
+    image = np.full((64, 64, 3), 128, np.uint8)
+    amap = np.zeros((64, 64), np.float32)
+    amap[20:30, 20:30] = 1.0
+    gt = np.zeros((64, 64), bool)
+    gt[20:30, 20:30] = True
+    pic = render_overlay(image, amap, gt, "brick/test/hole/000.png", "Yes, there is an anomaly.")
+    assert pic.shape[1] == 512 and pic.shape[0] > 256 and pic.dtype == np.uint8
+    left, right = pic[:256, :256], pic[:256, 256:]
+    green = (pic[:256, :, 1] == 255) & (pic[:256, :, 0] == 0) & (pic[:256, :, 2] == 0)
+    assert green[:, :256].any() and green[:, 256:].any()  # the ground-truth contour on both panels
+    assert right[100, 100, 2] > right[10, 10, 2]  # hot (red) where the map is high
+    assert (left[10, 10] == 128).all()
+    assert (pic[256:] < 128).any()  # text drawn
+    assert encode_png(pic)[:4] == b"\x89PNG"
+
+
+def test_metrics_and_a_few_overlays_go_to_the_active_mlflow_run(tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        _log_and_check(mlflow, tmp_path)
+    finally:
+        mlflow.set_tracking_uri(None)  # also clears the MLFLOW_TRACKING_URI it exported
+
+
+def _log_and_check(mlflow, tmp_path):
+    mlflow.set_experiment("eval-test")
+    rows = _rows()
+    out = tmp_path / "out"
+    write_outputs(out, _result(), rows)
+    for row in rows:
+        path = map_path(out, row)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"png")
+    assert not log_to_mlflow(out, _result(), rows, 2)  # no active run: nothing logged
+    with mlflow.start_run() as run:
+        assert log_to_mlflow(out, _result(), rows, 2)
+    client = mlflow.MlflowClient()
+    data = client.get_run(run.info.run_id).data
+    assert data.metrics["eval/mean/image_auroc"] == 0.9
+    assert data.metrics["eval/brick/accuracy"] == 0.75
+    assert "eval/brick/pixel_auroc" not in data.metrics  # null is not logged as a number
+    logged = [f.path for f in client.list_artifacts(run.info.run_id, "eval/maps/brick")]
+    # the two most instructive: the lowest-scored anomaly and the highest-scored normal
+    assert sorted(logged) == ["eval/maps/brick/good_001.png", "eval/maps/brick/hole_002.png"]
+    assert {f.path for f in client.list_artifacts(run.info.run_id, "eval")} >= {
+        "eval/metrics.json",
+        "eval/metrics.md",
+    }
