@@ -44,4 +44,6 @@ def init_ray(num_cpus: int | None = None) -> None:
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        # address="local": without it ray.init() joins whatever cluster /tmp/ray/ray_current_cluster
+        # names (left by any `ray start`, even one that has since died: then it hangs).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)

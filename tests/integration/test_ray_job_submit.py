@@ -1,17 +1,20 @@
 """The cluster path on one machine: `ray start --head` on 127.0.0.1, `ray job submit` of `run` with
 the tiny config, the job succeeds and the model is in the registry; the head is then stopped.
 
-The head runs in its own process group and is stopped by signalling that group (never `ray stop`,
-which would stop every Ray instance on the machine)."""
+The head runs in its own process group and temp dir, and is stopped by signalling that group:
+`ray stop` would stop every Ray instance on the machine, and a head in the default /tmp/ray leaves
+/tmp/ray/ray_current_cluster behind, which a later bare `ray.init()` on the machine would follow."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -55,12 +58,14 @@ def test_ray_job_submit_runs_the_pipeline(sample_data_root, tmp_path):
     # The job's `python` is the head's PATH python: start the head with the venv first on PATH.
     env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="disabled")
     head_log = (tmp_path / "head.log").open("w")
+    temp_dir = tempfile.mkdtemp(prefix="rayjs-", dir="/tmp")  # short: Ray's socket paths live in it
     head = subprocess.Popen(
         [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
          f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
          f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env_agent}",
-         f"--ray-client-server-port={client}", "--num-cpus=2", "--disable-usage-stats"],
+         f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}", "--num-cpus=2",
+         "--disable-usage-stats"],
         env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     out = tmp_path / "run"
@@ -87,7 +92,12 @@ def test_ray_job_submit_runs_the_pipeline(sample_data_root, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
+    assert (
+        not Path("/tmp/ray/ray_current_cluster").exists()
+        or f":{gcs}" not in Path("/tmp/ray/ray_current_cluster").read_text()
+    )
     summary = json.loads((out / "run.json").read_text())
     assert summary["ray_address"], "the job's stages did not run on the submitted-to cluster"
     from mlflow import MlflowClient
