@@ -161,9 +161,10 @@ class Pipeline:
             if resume:
                 self.say(f"resuming pipeline run {parent.info.run_id} (the last one did not finish)")
             _atomic_json(state_file, {"parent_run_id": parent.info.run_id, "status": "running"})
-            mlflow.set_tags({"stage": "pipeline", "data": str(self.req.data)})
+            # Tags, not params: a resumed run may be called with other --workers (params are write-once).
+            mlflow.set_tags({"stage": "pipeline", "config": self.cfg.name, "data": str(self.req.data)})
+            mlflow.set_tags({"out": str(self.out), "workers": str(self.req.workers)})
             mlflow.set_tags({f"fingerprint.{k}": v for k, v in fps.items()})
-            mlflow.log_params({"config": self.cfg.name, "workers": self.req.workers, "out": str(self.out)})
             self.fps, self.parent_id = fps, parent.info.run_id
             self.stages(fps)
             self.summary.update(
