@@ -63,6 +63,10 @@ def test_killed_run_resumes_and_registers_once(sample_data_root, tmp_path):
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     assert not (out / "register" / "stage.json").exists()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    assert client.search_model_versions("name = 'anomalygpt'") == []  # the dead run registered nothing
 
     second = subprocess.run(
         _command("run", sample_data_root, out), capture_output=True, text=True, timeout=600
@@ -76,11 +80,6 @@ def test_killed_run_resumes_and_registers_once(sample_data_root, tmp_path):
     assert isinstance(metrics["mean"]["image_auroc"], float)
     assert sorted(p.name for p in (out / "evaluate" / "maps").iterdir()) == ["brick", "coin"]
 
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
-    client = MlflowClient()
     versions = client.search_model_versions("name = 'anomalygpt'")
     assert [str(v.version) for v in versions] == ["1"]
     v1 = versions[0]
