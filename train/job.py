@@ -222,8 +222,13 @@ def _mlflow_run(plan: Plan) -> tuple[str, str]:
     client = _mlflow_client(uri)
     run_id = (plan.previous or {}).get("mlflow_run_id")
     if run_id:
-        client.update_run(run_id, status="RUNNING")
-        return run_id, uri
+        try:
+            client.update_run(run_id, status="RUNNING")
+            return run_id, uri
+        except mlflow_exceptions().MlflowException:
+            log.warning(
+                "train: MLflow run %s of the checkpoint is not in %s; logging to a new run", run_id, uri
+            )
     import mlflow
     from mlflow.entities import Param
 
@@ -243,6 +248,12 @@ def _mlflow_run(plan: Plan) -> tuple[str, str]:
         client.log_batch(run.info.run_id, params=items[i : i + 100])
     client.set_tag(run.info.run_id, "stage", "train")
     return run.info.run_id, uri
+
+
+def mlflow_exceptions():
+    import mlflow.exceptions
+
+    return mlflow.exceptions
 
 
 def _mlflow_client(uri: str | None):
