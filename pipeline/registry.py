@@ -143,10 +143,7 @@ def log_pyfunc(checkpoint_dir: str | Path) -> Any:
 
 def find_version(client: Any, name: str, digest: str) -> Any | None:
     """The version already registered for this checkpoint digest, if any."""
-    try:
-        found = client.search_model_versions(f"name = '{name}' and tag.checkpoint_sha256 = '{digest}'")
-    except Exception:  # the registered model may not exist yet
-        return None
+    found = client.search_model_versions(f"name = '{name}' and tag.checkpoint_sha256 = '{digest}'")
     return found[0] if found else None
 
 
