@@ -101,8 +101,8 @@ class TrainConfig:
     use_gpu: bool = False
     """One GPU per worker (NCCL); false trains on CPU with gloo."""
     cpus_per_worker: float = 1.0
-    """Ray CPUs reserved per worker. Fractions work: 0.5 keeps 2 workers from taking every CPU of a
-    2-core machine."""
+    """Ray CPUs reserved per worker; on CPU also its torch thread count (at least 1). Fractions
+    work: 0.5 lets 2 workers share a core with other Ray tasks on a small machine."""
     log_every: int = 1
     """Optimizer steps between MLflow metric logs."""
     storage_path: str | None = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -41,8 +40,8 @@ def train_loop(ctx: dict[str, Any]) -> None:
     cfg = from_dict(PipelineConfig, ctx["config"], source="train job")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    if not cfg.train.use_gpu:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
+    if not cfg.train.use_gpu:  # use what Ray reserved: more threads than CPUs thrash on a busy node
+        torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     engine, model = _setup(cfg, ctx)
     start = _restore(engine)
     source = _batches(cfg, ctx, rank, world)
