@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from evaluate import report
 from evaluate.config import EvaluateConfig
-from evaluate.data import CategoryPlan, EvalItem, plan_evaluation, trained_categories
+from evaluate.data import (
+    CategoryPlan,
+    EvalItem,
+    EvaluationDataError,
+    plan_evaluation,
+    trained_categories,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,13 @@ def run_evaluation(
     scoring_started = time.perf_counter()
     info = actors[0][1]
     generate = cfg.use_llm and info["has_llm"]
+    if cfg.use_llm and not info["has_llm"]:
+        log.info("evaluate: the model has no LLM; accuracy by the max-normal-score threshold rule")
+    if not (info["has_map"] or cfg.shots or generate):
+        _stop(actors)
+        raise EvaluationDataError("the model has no decoder and answers are off: nothing to measure")
+    if cfg.write_maps and (out / "maps").is_dir():
+        shutil.rmtree(out / "maps")  # overlays of an earlier run in the same folder would mislead
     rows: list[dict[str, Any]] = []
     per_category: dict[str, dict[str, Any]] = {}
     try:
@@ -86,10 +100,7 @@ def run_evaluation(
             _log_category(category.category, per_category[category.category])
         scoring_s = time.perf_counter() - scoring_started
     finally:
-        import ray
-
-        for actor, _ in actors:
-            ray.kill(actor)
+        _stop(actors)
     unreadable = plan.unreadable + [
         {"path": r["image"], "split": "test", "reason": r["error"]} for r in rows if r["error"]
     ]
@@ -148,6 +159,13 @@ def _start_actors(checkpoint: Path, cfg: EvaluateConfig, pixel: dict[str, Any]) 
             f"{_ACTOR_START_TIMEOUT_S} s ({cpus:g} CPU each, cluster has {total:g})"
         )
     return list(zip(actors, ray.get(refs), strict=True))
+
+
+def _stop(actors: list[tuple[Any, dict]]) -> None:
+    import ray
+
+    for actor, _ in actors:
+        ray.kill(actor)
 
 
 def _batches(items: list[EvalItem], size: int) -> list[list[EvalItem]]:
