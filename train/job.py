@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -116,6 +117,11 @@ def prepare(
             f"{Path(storage) / name} holds checkpoints of a different run (config, data, instruction set "
             f"or worker count changed). Use another --out, or delete that folder to start over."
         )
+    if os.environ.get("RAY_ADDRESS") not in (None, "", "local"):
+        if cfg.train.storage_path is None:
+            log.warning("train: on a cluster, checkpoints go to %s; every node must reach it", storage)
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            log.warning("train: on a cluster, set MLFLOW_TRACKING_URI to a server rank 0 can reach")
     out.mkdir(parents=True, exist_ok=True)
     print(
         f"train: {len(index)} anomaly samples, {len(instructions)} instruction samples, {total} steps of "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ def train_loop(ctx: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker; ``ctx`` is built by ``train.job``."""
     from pipeline.runtime import configure_environment
 
+    if ctx["config"]["train"]["use_gpu"]:  # before deepspeed is imported: the local default is cpu
+        os.environ["DS_ACCELERATOR"] = "cuda"
     configure_environment()
     import ray.train
     import torch
