@@ -103,3 +103,32 @@ def test_category_metrics_are_null_where_undefined_and_both_accuracies_reported(
     assert m2["accuracy"] == 1.0 and m2["image_auroc"] is None and m2["pixel_auroc"] is None
     mean = mean_metrics({"a": m, "b": m2})
     assert mean["accuracy"] == 0.75 and mean["image_auroc"] is None and mean["n_images"] == 3
+
+
+def test_visa_layout_is_planned_with_its_0_1_masks(tmp_path):
+    root = tmp_path / "visa"
+    rows = ["object,split,label,image,mask"]
+    for split, label, name in [("train", "normal", "a"), ("test", "normal", "b"), ("test", "anomaly", "c")]:
+        image = root / "candle" / "Data" / "Images" / f"{name}.JPG"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(image, format="JPEG")
+        mask = ""
+        if label == "anomaly":
+            m = np.zeros((40, 48), np.uint8)
+            m[10:20, 10:30] = 1  # VisA masks are 0/1, not 0/255
+            (root / "candle" / "Data" / "Masks").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(m).save(root / "candle" / "Data" / "Masks" / f"{name}.png")
+            mask = f"candle/Data/Masks/{name}.png"
+        rows.append(f"candle,{split},{label},candle/Data/Images/{name}.JPG,{mask}")
+    (root / "split_csv").mkdir()
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    plan = plan_evaluation(root, EvaluateConfig(format="visa", shots=1))
+    (candle,) = plan.categories
+    assert [(i.relpath, i.label, i.in_pixel_metrics) for i in candle.items] == [
+        ("candle/Data/Images/b.JPG", 0, True),
+        ("candle/Data/Images/c.JPG", 1, True),
+    ]
+    assert candle.references == ["candle/Data/Images/a.JPG"]
+    gt = load_ground_truth(candle.items[1].mask_path, 32, 0.1)
+    # 200 of 1920 px (10.4 %); read as raw 0/1 values they would all fall under the 0.1 cut
+    assert 0.10 < gt.mean() < 0.14
