@@ -55,6 +55,9 @@ def build(train: TrainConfig, workers: int) -> dict[str, Any]:
     """The full DeepSpeed config for ``workers`` data-parallel workers (validated section inside)."""
     validate_section(train.deepspeed)
     config = _merge(copy.deepcopy(schema()["defaults"]), train.deepspeed)
+    low = precision(config)
+    if low != "fp32":  # buffers too (e.g. the encoder's normalisation), or fp32 buffers upcast the input
+        config.setdefault("data_types", {}).setdefault("buffer_dtype", low)
     try:
         accumulation = train.accumulation_steps(workers)
     except ValueError as exc:

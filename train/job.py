@@ -157,6 +157,7 @@ def fit(plan: Plan, run_id: str | None, uri: str | None) -> Path:
         "total_steps": plan.total_steps,
         "accumulation": plan.deepspeed["gradient_accumulation_steps"],
         "offload_optimizer": ds_config.offloads_optimizer(plan.deepspeed),
+        "precision": ds_config.precision(plan.deepspeed),
         "fingerprint": plan.fingerprint,
         "mlflow_run_id": run_id,
         "mlflow_uri": uri,

@@ -50,7 +50,7 @@ def train_loop(ctx: dict[str, Any]) -> None:
     source = _batches(cfg, ctx, rank, world)
     logger = _MetricLogger(ctx, rank) if rank == 0 else None
     total, accumulation, fraction = ctx["total_steps"], ctx["accumulation"], ctx["fraction"]
-    dtype = next(p for p in engine.module.parameters()).dtype
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(ctx["precision"], torch.float32)
     device = engine.device
     if rank == 0:
         log.info(

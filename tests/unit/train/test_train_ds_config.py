@@ -35,6 +35,10 @@ def test_user_section_merges_over_defaults():
     cfg = build({"zero_optimization": {"overlap_comm": False}, "bf16": {"enabled": True}})
     assert cfg["zero_optimization"] == {"stage": 2, "overlap_comm": False}
     assert ds_config.precision(cfg) == "bf16"
+    assert cfg["data_types"] == {"buffer_dtype": "bf16"}  # buffers follow the precision ...
+    kept = build({"fp16": {"enabled": True}, "data_types": {"buffer_dtype": "fp32"}})
+    assert kept["data_types"] == {"buffer_dtype": "fp32"}  # ... unless set
+    assert "data_types" not in build({})
 
 
 @pytest.mark.parametrize(
