@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from train.schedule import count_instruction_steps, is_instruction_step
+from train.schedule import micro_step_plan
 
 log = logging.getLogger(__name__)
 
@@ -48,38 +48,14 @@ def train_loop(ctx: dict[str, Any]) -> None:
     engine, model = _setup(cfg, ctx)
     start = _restore(engine)
     source = _batches(cfg, ctx, rank, world)
-    logger = _MetricLogger(ctx, rank) if rank == 0 else None
-    total, accumulation, fraction = ctx["total_steps"], ctx["accumulation"], ctx["fraction"]
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(ctx["precision"], torch.float32)
-    device = engine.device
+    logger = _MetricLogger(ctx) if rank == 0 else None
+    total = ctx["total_steps"]
     if rank == 0:
-        log.info(
-            "train: %s step %d/%d on %d worker(s)",
-            "resuming at" if start else "starting",
-            start,
-            total,
-            world,
-        )
+        how = "resuming at" if start else "starting"
+        log.info("train: %s step %d/%d on %d worker(s)", how, start, total, world)
     window: dict[str, list[float]] = {}
     for step in range(start, total):
-        began = time.perf_counter()
-        sums = torch.zeros(
-            2 * len(PARTS) + 2, dtype=torch.float64
-        )  # anomaly parts, instruction parts, counts
-        for k in range(accumulation):
-            micro = step * accumulation + k
-            instruction = fraction > 0 and is_instruction_step(micro, fraction)
-            n_instr = count_instruction_steps(micro, fraction) if fraction > 0 else 0
-            batch = source.instruction(n_instr) if instruction else source.anomaly(micro - n_instr)
-            batch = _to(batch, device, dtype)
-            losses = engine(batch)
-            engine.backward(losses["loss"])
-            engine.step()
-            offset = len(PARTS) if instruction else 0
-            for i, name in enumerate(PARTS):
-                sums[offset + i] += float(losses[name].detach())
-            sums[2 * len(PARTS) + int(instruction)] += 1
-        metrics = _step_metrics(sums, world, engine, cfg.train.global_batch_size, time.perf_counter() - began)
+        metrics = _train_step(engine, source, step, ctx, world, cfg.train.global_batch_size)
         for key, value in metrics.items():
             window.setdefault(key, []).append(value)
         done = step + 1
@@ -91,6 +67,28 @@ def train_loop(ctx: dict[str, Any]) -> None:
             window = {}
     if logger:
         logger.close()
+
+
+def _train_step(
+    engine, source, step: int, ctx: dict[str, Any], world: int, global_batch: int
+) -> dict[str, float]:
+    """One optimizer step: ``accumulation`` micro-steps, each an anomaly or an instruction batch."""
+    import torch
+
+    began = time.perf_counter()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(ctx["precision"], torch.float32)
+    sums = torch.zeros(2 * len(PARTS) + 2, dtype=torch.float64)  # loss parts per kind, then counts
+    for k in range(ctx["accumulation"]):
+        instruction, j = micro_step_plan(step * ctx["accumulation"] + k, ctx["fraction"])
+        batch = _to(source.instruction(j) if instruction else source.anomaly(j), engine.device, dtype)
+        losses = engine(batch)
+        engine.backward(losses["loss"])
+        engine.step()  # DeepSpeed steps the optimizer and the LR schedule at the last micro-step
+        offset = len(PARTS) if instruction else 0
+        for i, name in enumerate(PARTS):
+            sums[offset + i] += float(losses[name].detach())
+        sums[2 * len(PARTS) + int(instruction)] += 1
+    return _step_metrics(sums, world, engine, global_batch, time.perf_counter() - began)
 
 
 def _setup(cfg, ctx):
@@ -219,7 +217,7 @@ def _save(engine, model, cfg, ctx, step: int, summary: dict[str, float], start: 
 class _MetricLogger:
     """Rank 0 only: per-step metrics to MLflow (asynchronously) and a progress line to the log."""
 
-    def __init__(self, ctx: dict[str, Any], rank: int) -> None:
+    def __init__(self, ctx: dict[str, Any]) -> None:
         self.run_id = ctx.get("mlflow_run_id")
         self.every = max(1, ctx["total_steps"] // 20)
         if self.run_id:

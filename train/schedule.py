@@ -51,3 +51,12 @@ def is_instruction_step(micro_step: int, fraction: float) -> bool:
 def count_instruction_steps(micro_steps: int, fraction: float) -> int:
     """Instruction micro-steps among the first ``micro_steps`` (closed form of the rule above)."""
     return math.floor(micro_steps * fraction)
+
+
+def micro_step_plan(micro_step: int, fraction: float) -> tuple[bool, int]:
+    """(is it an instruction step, its index among the micro-steps of its kind)."""
+    if fraction <= 0:
+        return False, micro_step
+    instruction = is_instruction_step(micro_step, fraction)
+    before = count_instruction_steps(micro_step, fraction)
+    return instruction, before if instruction else micro_step - before

@@ -8,7 +8,13 @@ import math
 import pytest
 
 from train.config import ScheduleConfig, TrainConfig
-from train.schedule import WarmupDecay, count_instruction_steps, is_instruction_step, total_steps
+from train.schedule import (
+    WarmupDecay,
+    count_instruction_steps,
+    is_instruction_step,
+    micro_step_plan,
+    total_steps,
+)
 
 
 def test_warmup_then_cosine_to_floor():
@@ -49,3 +55,12 @@ def test_total_steps_from_epochs_counts_anomaly_samples_only():
     cfg = TrainConfig(epochs=2, global_batch_size=8, micro_batch_size=2, instruction_fraction=0.5)
     assert total_steps(cfg, 100) == math.ceil(2 * 100 / 4)  # 4 anomaly samples per step
     assert total_steps(TrainConfig(max_steps=7), 100) == 7
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 2 / 3])
+def test_each_stream_reads_consecutive_batches(fraction):
+    plans = [micro_step_plan(m, fraction) for m in range(30)]
+    for kind in (False, True):
+        indices = [j for instruction, j in plans if instruction == kind]
+        assert indices == list(range(len(indices)))
+    assert sum(instruction for instruction, _ in plans) == count_instruction_steps(30, fraction)
