@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, dump_yaml, flatten, to_dict
+from pipeline.config import ConfigError, dump_yaml, to_dict
 from pipeline.pipeline_config import PipelineConfig
-from train import ds_config
+from train import ds_config, tracking
 from train.instruct import InstructionSample, read_instruction_set
 from train.loop import STATE
 from train.schedule import total_steps
@@ -63,7 +63,19 @@ def run_training(
     """Train ``config`` on the shards with ``workers`` Ray Train workers; returns the summary."""
     started = time.perf_counter()
     plan = prepare(config, shards, out, instruct, workers)
-    run_id, uri = _mlflow_run(plan)
+    run_id, uri = tracking.open_run(
+        plan.out,
+        plan.cfg,
+        (plan.previous or {}).get("mlflow_run_id"),
+        {
+            "workers": plan.workers,
+            "total_steps": plan.total_steps,
+            "accumulation_steps": plan.deepspeed["gradient_accumulation_steps"],
+            "instruction_fraction": plan.fraction,
+            "anomaly_samples": len(plan.index),
+            "instruction_samples": len(plan.instructions),
+        },
+    )
     try:
         if plan.previous and plan.previous["step"] >= plan.total_steps:
             log.info("train: %s already finished (%d steps); writing its outputs", plan.out, plan.total_steps)
@@ -72,8 +84,7 @@ def run_training(
             checkpoint_dir = fit(plan, run_id, uri)
         summary = finish(plan, checkpoint_dir, run_id, uri, time.perf_counter() - started)
     except BaseException:
-        if run_id:
-            _mlflow_client(uri).set_terminated(run_id, "FAILED")
+        tracking.fail_run(uri, run_id)
         raise
     return summary
 
@@ -137,7 +148,7 @@ def prepare(
     )  # fmt: skip
 
 
-def fit(plan: Plan, run_id: str | None, uri: str | None) -> Path:
+def fit(plan: Plan, run_id: str, uri: str) -> Path:
     """Run the workers; returns the final checkpoint folder."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -181,9 +192,7 @@ def fit(plan: Plan, run_id: str | None, uri: str | None) -> Path:
     return Path(result.checkpoint.path)
 
 
-def finish(
-    plan: Plan, checkpoint_dir: Path, run_id: str | None, uri: str | None, wall: float
-) -> dict[str, Any]:
+def finish(plan: Plan, checkpoint_dir: Path, run_id: str, uri: str, wall: float) -> dict[str, Any]:
     """Copy the final weights and config to ``out``, write the summary, close the MLflow run."""
     from train.model.checkpoint import CONFIG, WEIGHTS
 
@@ -211,62 +220,11 @@ def finish(
         "checkpoint": str(checkpoint_dir),
     }
     (plan.out / SUMMARY).write_text(json.dumps(summary, indent=1))
-    if run_id:
-        client = _mlflow_client(uri)
-        for name in (WEIGHTS, CONFIG, "pipeline_config.yaml", "deepspeed.json", SUMMARY):
-            client.log_artifact(run_id, str(plan.out / name))
-        client.set_terminated(run_id, "FINISHED")
+    files = (WEIGHTS, CONFIG, "pipeline_config.yaml", "deepspeed.json", SUMMARY)
+    tracking.close_run(uri, run_id, [plan.out / name for name in files])
     loss = state["metrics"].get("loss", float("nan"))
     print(f"train: {summary['steps']} steps, final loss {loss:.4f} -> {plan.out}")
     return summary
-
-
-def _mlflow_run(plan: Plan) -> tuple[str, str]:
-    """The MLflow run of this training: the resumed one, or a new one with the config as params."""
-    from pipeline.tracking import configure_mlflow
-
-    uri = configure_mlflow(plan.out, plan.cfg.name)
-    client = _mlflow_client(uri)
-    run_id = (plan.previous or {}).get("mlflow_run_id")
-    if run_id:
-        try:
-            client.update_run(run_id, status="RUNNING")
-            return run_id, uri
-        except mlflow_exceptions().MlflowException:
-            log.warning(
-                "train: MLflow run %s of the checkpoint is not in %s; logging to a new run", run_id, uri
-            )
-    import mlflow
-    from mlflow.entities import Param
-
-    experiment = mlflow.get_experiment_by_name(plan.cfg.name)
-    run = client.create_run(experiment.experiment_id, run_name=f"train-{plan.out.name}")
-    params = {
-        **flatten(to_dict(plan.cfg)),
-        "run.workers": plan.workers,
-        "run.total_steps": plan.total_steps,
-        "run.accumulation_steps": plan.deepspeed["gradient_accumulation_steps"],
-        "run.instruction_fraction": plan.fraction,
-        "run.anomaly_samples": len(plan.index),
-        "run.instruction_samples": len(plan.instructions),
-    }
-    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i : i + 100])
-    client.set_tag(run.info.run_id, "stage", "train")
-    return run.info.run_id, uri
-
-
-def mlflow_exceptions():
-    import mlflow.exceptions
-
-    return mlflow.exceptions
-
-
-def _mlflow_client(uri: str | None):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
 
 
 def latest_checkpoint(storage: str, name: str) -> tuple[dict[str, Any] | None, Path | None]:

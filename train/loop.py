@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from train.schedule import micro_step_plan
+from train.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def train_loop(ctx: dict[str, Any]) -> None:
     engine, model = _setup(cfg, ctx)
     start = _restore(engine)
     source = _batches(cfg, ctx, rank, world)
-    logger = _MetricLogger(ctx) if rank == 0 else None
+    logger = MetricLogger(ctx) if rank == 0 else None
     total = ctx["total_steps"]
     if rank == 0:
         how = "resuming at" if start else "starting"
@@ -204,7 +205,7 @@ def _save(engine, model, cfg, ctx, step: int, summary: dict[str, float], start: 
                 "total_steps": ctx["total_steps"],
                 "samples": step * cfg.train.global_batch_size,
                 "fingerprint": ctx["fingerprint"],
-                "mlflow_run_id": ctx.get("mlflow_run_id"),
+                "mlflow_run_id": ctx["mlflow_run_id"],
                 "started_at_step": start,
                 "metrics": summary,
             }
@@ -212,32 +213,6 @@ def _save(engine, model, cfg, ctx, step: int, summary: dict[str, float], start: 
         ray.train.report(
             {"step": step, "started_at_step": start, **summary}, checkpoint=Checkpoint.from_directory(d)
         )
-
-
-class _MetricLogger:
-    """Rank 0 only: per-step metrics to MLflow (asynchronously) and a progress line to the log."""
-
-    def __init__(self, ctx: dict[str, Any]) -> None:
-        self.run_id = ctx.get("mlflow_run_id")
-        self.every = max(1, ctx["total_steps"] // 20)
-        if self.run_id:
-            import mlflow
-
-            mlflow.set_tracking_uri(ctx["mlflow_uri"])
-            self.mlflow = mlflow
-
-    def log(self, metrics: dict[str, float], step: int, total: int) -> None:
-        if self.run_id:
-            self.mlflow.log_metrics(metrics, step=step, run_id=self.run_id, synchronous=False)
-        if step % self.every == 0 or step == total:
-            log.info(
-                "train: step %d/%d loss %.4f lr %.2e %.1f samples/s",
-                *(step, total, metrics["loss"], metrics["lr"], metrics["samples_per_s"]),
-            )
-
-    def close(self) -> None:
-        if self.run_id:
-            self.mlflow.flush_async_logging()
 
 
 class LossModule(nn.Module):
