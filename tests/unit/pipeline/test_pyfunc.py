@@ -61,3 +61,32 @@ def test_pyfunc_matches_direct_prediction(tiny_checkpoint, sample_data_root, tmp
 
     with pytest.raises(Exception, match="image"):
         pyfunc.predict([{"category": category}])
+
+
+def test_ask_answers_writes_overlay_and_chats(tiny_checkpoint, sample_data_root, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    image = sorted((sample_data_root / "coin" / "test" / "scratch").glob("*.png"))[0]
+    overlay = tmp_path / "overlay.png"
+    args = [sys.executable, "-m", "pipeline", "ask", "--model", str(tiny_checkpoint), "--image", str(image)]
+    proc = subprocess.run(
+        [*args, "--overlay", str(overlay)],
+        input="Where is it?\nAnd the colour?\n\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("Q: ") and "coin" in lines[0]  # category taken from the MVTec path
+    assert sum(line.startswith("A: ") for line in lines) == 3  # first answer + two chat turns
+    with Image.open(overlay) as im:
+        assert im.size[0] >= 2 * 64  # image | heatmap panels
+
+    missing = subprocess.run(
+        [*args, "--reference", str(tmp_path / "nope.png")], capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "image not found" in missing.stderr
