@@ -8,8 +8,8 @@ and LLM come from the installed packages or the configured paths when the checkp
     model.predict([{"image": "bottle.png", "category": "bottle", "references": ["good.png"]}])
 
 Each row: ``image`` (a file path or a ``data:image/...;base64,`` URI), optional ``category``,
-``question`` and ``references`` (normal images for few-shot). Each result: ``score``,
-``anomaly_map`` (H x W floats in [0, 1]) and ``answer`` (None with ``params={"generate": False}``).
+``question``, ``references`` (normal images for few-shot) and ``generate`` (false: map and score
+only, no answer). Each result: ``score``, ``anomaly_map`` (H x W floats) and ``answer``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class Row(pydantic.BaseModel):
     category: str = "object"
     question: str | None = None
     references: list[str] = []
+    generate: bool = True
 
 
 class Result(pydantic.BaseModel):
@@ -43,10 +44,9 @@ class AnomalyGPTPyfunc(mlflow.pyfunc.PythonModel):
 
         self.model, self.cfg = load_model(context.artifacts[CHECKPOINT_ARTIFACT])
 
-    def predict(self, model_input: list[Row], params: dict[str, Any] | None = None) -> list[Result]:
+    def predict(self, model_input: list[Row]) -> list[Result]:
         from pipeline.inference import predict_one
 
-        generate = bool((params or {}).get("generate", True))
         out = []
         for row in model_input:
             pred = predict_one(
@@ -56,7 +56,7 @@ class AnomalyGPTPyfunc(mlflow.pyfunc.PythonModel):
                 category=row.category,
                 question=row.question,
                 references=row.references,
-                generate=generate,
+                generate=row.generate,
             )
             out.append(Result(score=pred.score, anomaly_map=pred.anomaly_map.tolist(), answer=pred.answer))
         return out

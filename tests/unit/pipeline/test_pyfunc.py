@@ -58,6 +58,8 @@ def test_pyfunc_matches_direct_prediction(tiny_checkpoint, sample_data_root, tmp
         assert got.score == pytest.approx(want.score, abs=1e-5)
         assert got.answer == want.answer and isinstance(got.answer, str)
     assert not np.allclose(out[0].anomaly_map, out[1].anomaly_map)  # references change the map
+    quiet = pyfunc.predict([{"image": str(test_image), "category": category, "generate": False}])[0]
+    assert quiet.answer is None and quiet.score == pytest.approx(direct.score, abs=1e-5)
 
     with pytest.raises(Exception, match="image"):
         pyfunc.predict([{"category": category}])
