@@ -92,3 +92,20 @@ def test_run_command_names_a_missing_dataset(tmp_path):
     assert proc.returncode == 2
     assert f"dataset root not found: {tmp_path / 'run' / 'data'}" in proc.stderr
     assert "sample-data" in proc.stderr
+
+
+def test_second_retrain_exits_naming_the_running_one(sample_data_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.lock import workspace_lock
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pipeline", "retrain", "--config", str(ROOT / "configs" / "tiny.yaml"),
+           "--data", str(sample_data_root), "--out", str(out)]  # fmt: skip
+    with workspace_lock(out):  # a run in progress
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3
+    assert f"{out} is in use by another pipeline run (pid {os.getpid()}" in proc.stderr
+    assert not (out / "synth").exists()
