@@ -39,7 +39,6 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="Ray Train worker counts to time")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    os.environ.setdefault("RAY_ADDRESS", "local")  # a fresh local Ray unless a cluster is named
     os.environ.setdefault("TQDM_DISABLE", "1")
     from pipeline.runtime import configure_environment, init_ray
 

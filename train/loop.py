@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from train.schedule import micro_step_plan
 from train.tracking import MetricLogger
 
@@ -105,7 +103,6 @@ def _setup(cfg, ctx):
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model)
-    wrapper = LossModule(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (check the model section)")
@@ -118,7 +115,7 @@ def _setup(cfg, ctx):
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     schedule = WarmupDecay(cfg.train.schedule, ctx["total_steps"])
     engine, *_ = deepspeed.initialize(
-        model=wrapper,
+        model=model,  # its forward() is training_losses()
         optimizer=optimizer,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
         config=ctx["deepspeed"],
@@ -213,14 +210,3 @@ def _save(engine, model, cfg, ctx, step: int, summary: dict[str, float], start: 
         ray.train.report(
             {"step": step, "started_at_step": start, **summary}, checkpoint=Checkpoint.from_directory(d)
         )
-
-
-class LossModule(nn.Module):
-    """Lets DeepSpeed's forward run ``model.training_losses`` (so the engine's hooks see the pass)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch):
-        return self.model.training_losses(batch)

@@ -141,9 +141,7 @@ def test_two_workers_zero2_survive_a_killed_worker(shards, instruct, tmp_path):
         Path(summary["checkpoint"]) / "ds" / "mp_rank_00_model_states.pt", weights_only=False
     )
     from_engine = build_model(model_cfg)
-    result = from_engine.load_state_dict(
-        {k.removeprefix("model."): v for k, v in engine_state["module"].items()}, strict=False
-    )
+    result = from_engine.load_state_dict(engine_state["module"], strict=False)
     assert not result.unexpected_keys
     trainable = {n for n, p in from_engine.named_parameters() if p.requires_grad}
     assert trainable and not trainable & set(result.missing_keys)
@@ -176,9 +174,8 @@ def test_rerun_after_the_whole_job_died_resumes(shards, tmp_path):
     command = [sys.executable, "-m", "pipeline", "train", "--config", str(TINY), "--shards", str(shards)]
     command += ["--out", str(out), "--workers", "1"] + [a for o in overrides for a in ("--set", o)]
     log = (tmp_path / "first.log").open("w")
-    # As from a fresh shell: its own Ray whatever else runs on the machine, and no MLflow URI that an
-    # earlier test exported into this process's environment.
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"RAY_ADDRESS": "local"}
+    # As from a fresh shell: no MLflow URI that an earlier test exported into this process's environment.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
