@@ -80,7 +80,9 @@ def head(tmp_path):
     """A Ray head on 127.0.0.1 started from the venv (the job's `python` is the head's PATH python);
     yields (dashboard address, environment for the `ray` client)."""
     gcs, dashboard, agent, agent_grpc, metrics, runtime_env_agent, client = _free_ports(7)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    # Earlier tests in this process may have exported MLflow URIs (mlflow.set_*_uri does): drop them.
+    dropped = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="disabled")
     temp_dir = tempfile.mkdtemp(prefix="rayjs-", dir="/tmp")  # short: Ray's socket paths live in it
     log = (tmp_path / "head.log").open("w")
@@ -135,7 +137,8 @@ def test_submitted_run_stopped_during_training_resumes_once(head, sample_data_ro
     assert stop.returncode == 0, stop.stderr[-2000:]
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    store = f"sqlite:///{out / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     assert client.search_model_versions("name = 'anomalygpt'") == []  # the stopped run registered nothing
 
     second = _ray(env, *submit, "--submission-id", "tiny-2", "--", *_pipeline("run", sample_data_root, out))
@@ -170,13 +173,13 @@ def test_submitted_run_stopped_during_training_resumes_once(head, sample_data_ro
     assert len(client.search_runs([parent.info.experiment_id], "tags.stage = 'pipeline'")) == 1
 
     local = [sys.executable if a == "python" else a for a in _pipeline("run", sample_data_root, out)]
-    third = subprocess.run(local, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    third = subprocess.run(local, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert third.returncode == 0, third.stderr[-3000:]
     for stage in ("synth", "train", "evaluate", "register"):
         assert f"{stage}: skipped" in third.stdout
     assert len(client.search_model_versions("name = 'anomalygpt'")) == 1
     retrain = subprocess.run(
-        [*local[:3], "retrain", *local[4:]], capture_output=True, text=True, timeout=300, cwd=ROOT
+        [*local[:3], "retrain", *local[4:]], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
     )
     assert retrain.returncode == 0, retrain.stderr[-3000:]
     assert "up to date: anomalygpt champion v1" in retrain.stdout
