@@ -46,4 +46,19 @@ def init_ray(num_cpus: int | None = None) -> None:
     else:
         # address="local": without it ray.init() joins whatever cluster /tmp/ray/ray_current_cluster
         # names (left by any `ray start`, even one that has since died: then it hangs).
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        # Without the dashboard (no state API), Ray Train's placement-group cleaner warns every few
+        # seconds that it cannot query the controller; the hook mutes that one logger in workers.
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=True,
+            runtime_env={"worker_process_setup_hook": "pipeline.runtime.quiet_ray_worker"},
+        )
+
+
+def quiet_ray_worker() -> None:
+    """Runs in every local Ray worker process at start-up."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
+        logging.ERROR
+    )

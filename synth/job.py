@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, to_dict
+from pipeline.fingerprint import records_fingerprint
 from synth.config import SynthConfig
-from synth.datasets import ImageRecord, Skipped, read_dataset
+from synth.datasets import Skipped, read_dataset
 from synth.samples import SampleMaker, Source, sources_from_records
-from synth.shards import MANIFEST, MANIFEST_FORMAT, atomic_write, file_sha256, shard_name, write_tar
+from synth.shards import MANIFEST, MANIFEST_FORMAT, atomic_write, shard_name, write_tar
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def run_synth(
     records = read_dataset(data_root, cfg.format, split="train", categories=cfg.categories, skipped=skipped)
     records = [r for r in records if r.label == 0]
     sources = sources_from_records(records)
-    fingerprint = _fingerprint(records)
+    fingerprint = records_fingerprint(records)
     settings = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # workers never change output
     plan_id = _hash({"seed": seed, "config": settings, "source": fingerprint, "format": MANIFEST_FORMAT})
     parts = out / PARTS
@@ -210,14 +211,6 @@ def _manifest(
         "fallback_normal": sum(c["fallback_normal"] for c in categories.values()),
         "skipped": sorted(dropped, key=lambda d: d["path"]),
     }
-
-
-def _fingerprint(records: list[ImageRecord]) -> str:
-    """sha256 over (relpath, content hash) of every normal image used: changes when the data does."""
-    digest = hashlib.sha256()
-    for r in records:
-        digest.update(f"{r.relpath}\0{file_sha256(r.path)}\n".encode())
-    return digest.hexdigest()
 
 
 def _hash(obj: Any) -> str:

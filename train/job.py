@@ -73,6 +73,7 @@ def run_training(
             "accumulation_steps": plan.deepspeed["gradient_accumulation_steps"],
             "instruction_fraction": plan.fraction,
             "anomaly_samples": len(plan.index),
+        "categories": sorted(plan.index.categories()),
             "instruction_samples": len(plan.instructions),
         },
     )
@@ -102,7 +103,10 @@ def prepare(
     index = index_shards(shards)
     instructions: list[InstructionSample] = []
     fraction = cfg.train.instruction_fraction
-    if instruct is not None:
+    if instruct is not None and not cfg.model.use_llm:
+        log.warning("train: model.use_llm is false: instruction data has nothing to train; ignoring it")
+        fraction = 0.0
+    elif instruct is not None:
         instructions = read_instruction_set(instruct, cfg.train.instruction_turns)
     elif fraction > 0:
         log.warning(
@@ -212,6 +216,7 @@ def finish(plan: Plan, checkpoint_dir: Path, run_id: str, uri: str, wall: float)
         "zero_stage": plan.deepspeed["zero_optimization"].get("stage", 0),
         "instruction_fraction": plan.fraction,
         "anomaly_samples": len(plan.index),
+        "categories": sorted(plan.index.categories()),
         "instruction_samples": len(plan.instructions),
         "resumed_from_step": state["started_at_step"],
         "final_losses": state["metrics"],

@@ -19,7 +19,12 @@ HELP = "sample data + the full pipeline with the demo preset, then metrics, an a
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder (default: runs/demo)")
-    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="Ray Train workers (default 2: one per core of a small machine)",
+    )
     add_config_arguments(parser)
 
 

@@ -14,6 +14,7 @@ from train.model.encoders import build_encoder
 from train.model.imagebind import ImageBindVisionEncoder, read_checkpoint
 from train.model.imagebind_text import ClipBPETokenizer, ImageBindTextEncoder
 from train.model.llm import (
+    copy_tensors,
     load_smollm2,
     load_tensors,
     load_tiny_llama,
@@ -132,10 +133,4 @@ def _load_delta(cfg: ModelConfig, llm: nn.Module, image_proj: nn.Linear) -> None
     missing = sorted(k for k in own if "lora_" in k and k not in lora)
     if missing:
         raise KeyError(f"{source}: the delta lacks LoRA weights for {missing[:5]}")
-    with torch.no_grad():
-        for key, value in lora.items():
-            if own[key].shape != value.shape:
-                raise ValueError(
-                    f"{source}: {key} is {tuple(value.shape)}, model has {tuple(own[key].shape)}"
-                )
-            own[key].copy_(value)
+    copy_tensors(own, lora, source)

@@ -28,11 +28,11 @@ def save_checkpoint(model: AnomalyGPT, cfg: ModelConfig, directory: str | Path) 
 def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[AnomalyGPT, ModelConfig]:
     """Rebuild the model from ``config.yaml`` (frozen parts from their packages/paths), then load
     the trained tensors; every trainable tensor must be present and nothing else."""
-    import torch
     from safetensors.torch import load_file
 
     from pipeline.config import load_config
     from train.model.build import build_model
+    from train.model.llm import copy_tensors
 
     directory = Path(directory)
     for name in (WEIGHTS, CONFIG):
@@ -46,11 +46,5 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[Anomaly
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise KeyError(f"checkpoint {directory}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    with torch.no_grad():
-        for key, value in state.items():
-            if own[key].shape != value.shape:
-                raise ValueError(
-                    f"checkpoint {directory}: {key} {tuple(value.shape)} != {tuple(own[key].shape)}"
-                )
-            own[key].copy_(value)
+    copy_tensors(own, state, f"checkpoint {directory}")
     return model.to(device), cfg

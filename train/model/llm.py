@@ -137,6 +137,16 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def copy_tensors(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into the model's tensors ``own`` in place; a shape mismatch names the key."""
+    with torch.no_grad():
+        for key, value in state.items():
+            if own[key].shape != value.shape:
+                shapes = f"{tuple(value.shape)}, model has {tuple(own[key].shape)}"
+                raise ValueError(f"{source}: {key} is {shapes}")
+            own[key].copy_(value)
+
+
 def split_pandagpt_delta(state: dict[str, torch.Tensor], source: str = "") -> tuple[dict, dict]:
     """PandaGPT delta -> (llama_proj weights, LoRA weights keyed as in our peft-wrapped LLM).
 
