@@ -15,6 +15,7 @@ import sys
 # Order is the order shown by --help.
 COMMANDS = (
     "sample-data",
+    "instruct-data",
     "synth",
     "train",
     "evaluate",

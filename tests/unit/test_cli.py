@@ -30,3 +30,12 @@ def test_each_command_has_help(command):
     )
     assert out.returncode == 0, out.stderr
     assert "usage: python -m pipeline " + command in out.stdout
+
+
+def test_instruct_data_writes_a_set_the_trainer_reads(sample_data_root, tmp_path):
+    from pipeline.cli import main
+    from train.instruct import read_instruction_set
+
+    assert main(["instruct-data", "--data", str(sample_data_root), "--out", str(tmp_path / "set")]) == 0
+    items = read_instruction_set(tmp_path / "set")
+    assert len(items) == 4 * 6  # one item per train/good image of the fixture's 4 categories
