@@ -73,7 +73,7 @@ def run_training(
             "accumulation_steps": plan.deepspeed["gradient_accumulation_steps"],
             "instruction_fraction": plan.fraction,
             "anomaly_samples": len(plan.index),
-            "categories": sorted(plan.index.categories()),
+            "categories": ",".join(plan.index.categories()),
             "instruction_samples": len(plan.instructions),
         },
     )
