@@ -28,7 +28,7 @@ VENV_BIN = Path(sys.executable).parent
 FAST = [
     "--set", "synth.categories=[brick,coin]",
     "--set", "evaluate.categories=[brick,coin]",
-    "--set", "train.max_steps=6",
+    "--set", "train.max_steps=40",  # long enough that the stop lands during training
     "--set", "train.checkpoint_every=2",
     "--set", "evaluate.use_llm=false",
 ]  # fmt: skip
@@ -150,7 +150,7 @@ def test_submitted_run_stopped_during_training_resumes_once(head, sample_data_ro
     summary = json.loads((out / "run.json").read_text())
     assert summary["ray_address"], "the stages did not run on the cluster the job was submitted to"
     train = json.loads((out / "train" / "train_summary.json").read_text())
-    assert train["resumed_from_step"] > 0 and train["steps"] == 6
+    assert train["resumed_from_step"] > 0 and train["steps"] == 40
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
     assert isinstance(metrics["mean"]["image_auroc"], float)
     assert sorted(p.name for p in (out / "evaluate" / "maps").iterdir()) == ["brick", "coin"]
