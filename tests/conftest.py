@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from pipeline.runtime import RUNTIME_ENV_DEFAULTS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 for _key, _value in RUNTIME_ENV_DEFAULTS.items():
     os.environ[_key] = _value
@@ -38,3 +41,29 @@ def sample_data_root(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("sample_data")
     return write_sample_dataset(root, seed=0, size=64, n_train=6, n_test_good=3, n_per_defect=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from pipeline.pipeline_config import load_pipeline_config
+
+    return load_pipeline_config(ROOT / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(ray_session, sample_data_root, tiny_config, tmp_path_factory) -> Path:
+    """48 samples (24 normal, 24 synthetic) in 3 shards at 64 px, made by the real synth job."""
+    from synth.job import run_synth
+
+    out = tmp_path_factory.mktemp("train_shards")
+    run_synth(tiny_config.synth, sample_data_root, out, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def instruct_set(sample_data_root, tmp_path_factory) -> Path:
+    from train.instruct import write_instruction_set
+
+    out = tmp_path_factory.mktemp("instruct")
+    write_instruction_set(sample_data_root, out, seed=0, size=64)
+    return out

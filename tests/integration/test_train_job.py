@@ -25,24 +25,6 @@ TINY = ROOT / "configs" / "tiny.yaml"
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-@pytest.fixture(scope="module")
-def shards(ray_session, sample_data_root, tmp_path_factory) -> Path:
-    from synth.job import run_synth
-
-    out = tmp_path_factory.mktemp("shards")
-    run_synth(load_pipeline_config(TINY).synth, sample_data_root, out, seed=0, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def instruct(sample_data_root, tmp_path_factory) -> Path:
-    from train.instruct import write_instruction_set
-
-    out = tmp_path_factory.mktemp("instruct")
-    write_instruction_set(sample_data_root, out, seed=0, size=64)
-    return out
-
-
 def tiny(*overrides: str) -> PipelineConfig:
     return from_dict(PipelineConfig, apply_overrides(to_dict(load_pipeline_config(TINY)), overrides))
 
@@ -83,7 +65,7 @@ def metric(client, run_id: str, key: str) -> dict[int, float]:
     }
 
 
-def test_two_workers_zero2_survive_a_killed_worker(shards, instruct, tmp_path):
+def test_two_workers_zero2_survive_a_killed_worker(tiny_shards, instruct_set, tmp_path):
     from mlflow import MlflowClient
 
     from train.data import BatchSource
@@ -104,7 +86,7 @@ def test_two_workers_zero2_survive_a_killed_worker(shards, instruct, tmp_path):
 
     killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
     killer.start()
-    summary = run_training(cfg, shards, out, instruct=instruct, workers=2)
+    summary = run_training(cfg, tiny_shards, out, instruct=instruct_set, workers=2)
     killer.join(timeout=5)
 
     # The run finished despite the kill, resuming from a checkpoint rather than from scratch.
@@ -150,7 +132,14 @@ def test_two_workers_zero2_survive_a_killed_worker(shards, instruct, tmp_path):
     assert any(not torch.equal(initial[k], v) for k, v in loaded.trainable_state_dict().items())
 
     batch = BatchSource(
-        index_shards(shards), [], image_size=64, micro=4, rank=0, world=1, seed=1, augment=cfg.train.augment
+        index_shards(tiny_shards),
+        [],
+        image_size=64,
+        micro=4,
+        rank=0,
+        world=1,
+        seed=1,
+        augment=cfg.train.augment,
     ).anomaly(0)
     loaded.eval()
     from_engine.eval()
@@ -164,14 +153,14 @@ def test_two_workers_zero2_survive_a_killed_worker(shards, instruct, tmp_path):
     )
 
 
-def test_rerun_after_the_whole_job_died_resumes(shards, tmp_path):
+def test_rerun_after_the_whole_job_died_resumes(tiny_shards, tmp_path):
     from mlflow import MlflowClient
 
     from train.job import run_training
 
     out = tmp_path / "out"
     overrides = ["train.max_steps=24", "train.checkpoint_every=6", "train.cpus_per_worker=1"]
-    command = [sys.executable, "-m", "pipeline", "train", "--config", str(TINY), "--shards", str(shards)]
+    command = [sys.executable, "-m", "pipeline", "train", "--config", str(TINY), "--shards", str(tiny_shards)]
     command += ["--out", str(out), "--workers", "1"] + [a for o in overrides for a in ("--set", o)]
     log = (tmp_path / "first.log").open("w")
     # As from a fresh shell: no MLflow URI that an earlier test exported into this process's environment.
@@ -190,7 +179,7 @@ def test_rerun_after_the_whole_job_died_resumes(shards, tmp_path):
     assert not (out / "train_summary.json").exists()
 
     # The same command again (here in-process, on the test session's Ray) resumes.
-    summary = run_training(tiny(*overrides), shards, out, instruct=None, workers=1)
+    summary = run_training(tiny(*overrides), tiny_shards, out, instruct=None, workers=1)
     assert summary["steps"] == 24
     assert summary["resumed_from_step"] >= state["step"] >= 6
     assert summary["mlflow_run_id"] == state["mlflow_run_id"]  # the same MLflow run continues
