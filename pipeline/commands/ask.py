@@ -10,7 +10,7 @@ With --question it answers once. Without, it answers the default question (the c
 image, an empty line or `exit` ends. Earlier turns are kept as the conversation context.
 
 examples:
-  python -m pipeline ask --image runs/demo/data/bottle/test/scratch/000.png
+  python -m pipeline ask --image runs/demo/data/coin/test/scratch/000.png
   python -m pipeline ask --model runs/demo/train --image part.png --category bottle \\
       --reference good1.png good2.png --question "Where is the defect?"
 """
