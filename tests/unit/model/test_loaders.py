@@ -151,19 +151,25 @@ def test_imagebind_rejects_a_foreign_checkpoint(tmp_path):
         ImageBindVisionEncoder.from_checkpoint(tmp_path / "absent.pth")
 
 
-def test_imagebind_in_the_full_model(make_cfg, tmp_path):
-    from train.model import build_model
-
-    path = tmp_path / "imagebind.safetensors"
+def imagebind_cfg(make_cfg, tmp_path, **extra):
+    """A model config whose encoder is a small ImageBind checkpoint written in the official layout."""
     from safetensors.torch import save_file
 
+    path = tmp_path / "imagebind.safetensors"
     save_file(imagebind_state(), str(path))
-    cfg = make_cfg(
+    return make_cfg(
         encoder__name="imagebind_huge",
         encoder__checkpoint=path,
         encoder__heads=HEADS,
         encoder__layers=[0, 1, 2, 3],
+        **extra,
     )
+
+
+def test_imagebind_in_the_full_model(make_cfg, tmp_path):
+    from train.model import build_model
+
+    cfg = imagebind_cfg(make_cfg, tmp_path)
     cfg.image_size = 224
     model = build_model(cfg)
     pred = model.predict(torch.rand(1, 3, 224, 224), ["grass"], generate=False)[0]
@@ -318,17 +324,11 @@ def test_imagebind_text_tower_matches_a_direct_computation(tmp_path):
 
 
 def test_paper_preset_text_features_from_imagebind(make_cfg, tmp_path):
-    from safetensors.torch import save_file
-
     from train.model import build_model
 
-    path = tmp_path / "imagebind.safetensors"
-    save_file(imagebind_state(), str(path))
-    cfg = make_cfg(
-        encoder__name="imagebind_huge",
-        encoder__checkpoint=path,
-        encoder__heads=HEADS,
-        encoder__layers=[0, 1, 2, 3],
+    cfg = imagebind_cfg(
+        make_cfg,
+        tmp_path,
         text_encoder="imagebind",
         text_bpe=write_bpe(tmp_path / "bpe.txt.gz"),
         use_llm=False,
