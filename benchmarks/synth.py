@@ -61,7 +61,7 @@ def step_costs(root: Path, size: int) -> dict[str, float]:
     mask = np.zeros((size, size), np.uint8)
     mask[50:90, 60:100] = 255
     maker = SampleMaker(sources_from_records(records), cfg, 0)
-    encoded = [maker.make(i, i, 1) for i in range(len(records))]
+    encoded = [maker.make(2 * i + 1, i, 1, 2 * i) for i in range(len(records))]
     members = [(f"{s.key}.{ext}", data) for s in encoded for ext, data in s.files]
     with tempfile.TemporaryDirectory() as tmp:
         write_ms = _ms(lambda i: write_tar(Path(tmp) / f"b{i}.tar", members), range(3)) / len(encoded)

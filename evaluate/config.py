@@ -17,9 +17,12 @@ class EvaluateConfig:
     """Dataset layout of the evaluation data (see synth.datasets)."""
     categories: list[str] = field(default_factory=list)
     """Categories to evaluate; empty: every category the data has."""
-    shots: int = 0
-    """0: unsupervised (the decoder's map). k > 0: k-shot, a memory bank of k normal references
-    from the category's train split (the map becomes 1 - nearest-neighbour similarity)."""
+    shots: int | Literal["all"] = "all"
+    """``all`` (default): a memory bank of every normal image of the category's train split,
+    coreset-reduced, fused with the decoder's map; a category without train normals falls back to
+    the decoder's map. k > 0: k-shot, a bank of k normal references (the paper's few-shot
+    protocol). 0: unsupervised, the decoder's map alone. With a bank, the decoder's own figures are
+    reported beside (``decoder_only`` in metrics.json)."""
     reference_start: int = 0
     """k-shot references are the train images at sorted positions reference_start ...
     reference_start + k - 1 of the category (deterministic; recorded in metrics.json)."""
@@ -44,7 +47,7 @@ class EvaluateConfig:
     category with no masks at all always gets image metrics only."""
     score_range: list[float] | None = None
     """[lo, hi] that every anomaly-map value must lie in (the pixel histograms span it); null:
-    [0, 1] unsupervised, [0, 2] k-shot (1 - cosine similarity)."""
+    [0, 1], where the decoder's and the calibrated bank maps lie."""
     pixel_bins: int = 1 << 22
     """Bins of the mergeable pixel-score histograms (see evaluate.pixel_state)."""
     aupro_max_fpr: float = 0.3
@@ -56,7 +59,9 @@ class EvaluateConfig:
     highest-scored normal images first)."""
 
     def __post_init__(self) -> None:
-        if self.shots < 0 or self.reference_start < 0:
+        if self.shots != "all" and (isinstance(self.shots, bool) or not isinstance(self.shots, int)):
+            raise ValueError(f"shots must be an integer >= 0 or 'all', got {self.shots!r}")
+        if (self.shots != "all" and self.shots < 0) or self.reference_start < 0:
             raise ValueError("shots and reference_start must be >= 0")
         if self.workers < 1 or self.threads_per_worker < 1 or self.batch_size < 1:
             raise ValueError("workers, threads_per_worker and batch_size must be >= 1")
@@ -74,4 +79,16 @@ class EvaluateConfig:
     def resolved_score_range(self) -> tuple[float, float]:
         if self.score_range is not None:
             return float(self.score_range[0]), float(self.score_range[1])
-        return (0.0, 2.0) if self.shots else (0.0, 1.0)
+        return (0.0, 1.0)
+
+    @property
+    def uses_bank(self) -> bool:
+        """Whether the maps come from a memory bank (k-shot or all-shot)."""
+        return self.shots == "all" or self.shots > 0
+
+    @property
+    def setting(self) -> str:
+        """``unsupervised``, ``all_shot`` or ``few_shot`` (metrics.json's ``setting``)."""
+        if self.shots == "all":
+            return "all_shot"
+        return "few_shot" if self.shots else "unsupervised"

@@ -79,7 +79,7 @@ def plan_evaluation(root: str | Path, cfg: EvaluateConfig, known: list[str] | No
     records = read_dataset(root, cfg.format, split="test", categories=cfg.categories, skipped=skipped)
     unreadable = [{"path": s.path, "split": "test", "reason": s.reason} for s in skipped]
     categories = sorted({r.category for r in records})
-    if known is not None and cfg.shots == 0 and not set(known) & set(categories):
+    if known is not None and not cfg.uses_bank and not set(known) & set(categories):
         raise EvaluationDataError(
             f"the model was trained on {known} and {root} has {categories}: no category in common "
             "(evaluate k-shot with --shots K for categories the model has not seen)"
@@ -89,12 +89,18 @@ def plan_evaluation(root: str | Path, cfg: EvaluateConfig, known: list[str] | No
         plans.append(_plan_category(category, [r for r in records if r.category == category], cfg))
         plans[-1].seen_in_training = None if known is None else category in known
         plans[-1].n_unreadable = sum(u["path"].startswith(f"{category}/") for u in unreadable)
-    if cfg.shots:
+    if cfg.uses_bank:
         skipped = []
-        train = read_dataset(root, cfg.format, split="train", categories=categories, skipped=skipped)
+        train = _train_normals(root, cfg, categories, skipped)
         unreadable += [{"path": s.path, "split": "train", "reason": s.reason} for s in skipped]
         for plan in plans:
             normals = [r for r in train if r.category == plan.category and r.label == 0]
+            if cfg.shots == "all":
+                if not normals:
+                    log.info("evaluate: %s has no normal train images; decoder map only", plan.category)
+                plan.references = [r.relpath for r in normals]
+                plan.reference_paths = [str(r.path) for r in normals]
+                continue
             chosen = normals[cfg.reference_start : cfg.reference_start + cfg.shots]
             if len(chosen) < cfg.shots:
                 raise EvaluationDataError(
@@ -105,6 +111,18 @@ def plan_evaluation(root: str | Path, cfg: EvaluateConfig, known: list[str] | No
             plan.references = [r.relpath for r in chosen]
             plan.reference_paths = [str(r.path) for r in chosen]
     return EvaluationPlan(plans, unreadable)
+
+
+def _train_normals(root, cfg: EvaluateConfig, categories: list[str], skipped: list) -> list:
+    """The train split's records; none (not an error) for all-shot on data without a train split."""
+    from synth.datasets import read_dataset
+
+    try:
+        return read_dataset(root, cfg.format, split="train", categories=categories, skipped=skipped)
+    except (FileNotFoundError, ValueError):
+        if cfg.shots == "all":
+            return []
+        raise
 
 
 def _plan_category(category: str, records: list, cfg: EvaluateConfig) -> CategoryPlan:
@@ -153,3 +171,26 @@ def load_ground_truth(path: str | Path | None, size: int, threshold: float) -> n
     if mask.shape != (size, size):
         mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.BILINEAR))
     return mask.astype(np.float32) / 255.0 > threshold
+
+
+MIN_REGION_PIXELS = 4
+"""Ground-truth components smaller than this (at the evaluation size) are resize specks, not regions."""
+
+
+def gt_positions(gt: np.ndarray) -> list[str]:
+    """Grid-cell word of each ground-truth region: the 8-connected components of the mask at the
+    evaluation size, named by their centroids with the training text's rule (synth.text), so the
+    answers are checked against the words the model was taught. Specks under MIN_REGION_PIXELS are
+    left out unless nothing else is there (then the largest component stands for the defect)."""
+    import cv2
+
+    from synth.text import region_positions
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(gt.astype(np.uint8), connectivity=8)
+    areas = stats[1:n, cv2.CC_STAT_AREA]
+    if not areas.size:
+        return []
+    keep = np.flatnonzero(areas >= MIN_REGION_PIXELS) + 1
+    if not keep.size:
+        keep = np.array([int(np.argmax(areas)) + 1])
+    return region_positions([labels == k for k in keep])

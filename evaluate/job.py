@@ -39,7 +39,7 @@ def run_evaluation(
     data_root: str | Path,
     out: str | Path,
     fmt: str | None = None,
-    shots: int | None = None,
+    shots: int | str | None = None,
     workers: int | None = None,
     categories: list[str] | None = None,
     use_llm: bool | None = None,
@@ -67,7 +67,7 @@ def run_evaluation(
         "evaluate: %d test images in %d categories, %s, %d worker(s)",
         n_images,
         len(plan.categories),
-        f"{cfg.shots}-shot" if cfg.shots else "unsupervised",
+        cfg.setting.replace("_", "-") if cfg.shots in (0, "all") else f"{cfg.shots}-shot",
         cfg.workers,
     )
     lo, hi = cfg.resolved_score_range()
@@ -77,17 +77,22 @@ def run_evaluation(
     generate = cfg.use_llm and info["has_llm"]
     if cfg.use_llm and not info["has_llm"]:
         log.info("evaluate: the model has no LLM; accuracy by the max-normal-score threshold rule")
-    if not (info["has_map"] or cfg.shots or generate):
+    if not (info["has_map"] or cfg.uses_bank or generate):
         _stop(actors)
         raise EvaluationDataError("the model has no decoder and answers are off: nothing to measure")
     if cfg.write_maps and (out / "maps").is_dir():
         shutil.rmtree(out / "maps")  # overlays of an earlier run in the same folder would mislead
     rows: list[dict[str, Any]] = []
     per_category: dict[str, dict[str, Any]] = {}
+    decoder_only: dict[str, dict[str, Any]] = {}
     try:
         for category in plan.categories:
-            cat_rows, state = _score_category(category, actors, cfg, generate, out)
+            cat_rows, state, decoder_state = _score_category(category, actors, cfg, generate, out)
             rows += cat_rows
+            if decoder_state is not None or any(r.get("decoder_score") is not None for r in cat_rows):
+                decoder_only[category.category] = report.decoder_metrics(
+                    cat_rows, decoder_state, cfg.aupro_max_fpr
+                )
             per_category[category.category] = report.category_metrics(
                 cat_rows,
                 state,
@@ -105,7 +110,7 @@ def run_evaluation(
         {"path": r["image"], "split": "test", "reason": r["error"]} for r in rows if r["error"]
     ]
     result = {
-        "setting": "unsupervised" if not cfg.shots else "few_shot",
+        "setting": cfg.setting,
         "shots": cfg.shots,
         "model": str(model_ref),
         "checkpoint": str(checkpoint),
@@ -115,6 +120,11 @@ def run_evaluation(
         "accuracy_rule": "llm_answer_strict" if generate else "max_normal_score_threshold",
         "per_category": per_category,
         "mean": report.mean_metrics(per_category),
+        "decoder_only": (
+            {"per_category": decoder_only, "mean": report.mean_metrics(decoder_only)}
+            if decoder_only
+            else None
+        ),
         "references": {c.category: c.references for c in plan.categories if c.references},
         "without_mask": {c.category: c.missing_masks for c in plan.categories if c.missing_masks},
         "unreadable": unreadable,
@@ -174,8 +184,9 @@ def _batches(items: list[EvalItem], size: int) -> list[list[EvalItem]]:
 
 def _score_category(
     category: CategoryPlan, actors: list[tuple[Any, dict]], cfg: EvaluateConfig, generate: bool, out: Path
-) -> tuple[list[dict[str, Any]], Any]:
-    """Rows of every test image of the category and its merged pixel histogram (or None)."""
+) -> tuple[list[dict[str, Any]], Any, Any]:
+    """Rows of every test image of the category and its merged pixel histograms (or None): the
+    reported map's and, with a memory bank, the decoder map's."""
     import ray
     from tqdm import tqdm
 
@@ -203,11 +214,22 @@ def _score_category(
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(picture)
             rows += batch_rows
+    return (
+        rows,
+        _merged_state(actors, category.category, "main"),
+        _merged_state(actors, category.category, "decoder"),
+    )
+
+
+def _merged_state(actors: list[tuple[Any, dict]], category: str, which: str) -> Any:
+    """The actors' pixel histograms of one category and map, added up (None if none has any)."""
+    import ray
+
     state = None
-    for part in ray.get([actor.take_state.remote(category.category) for actor, _ in actors]):
+    for part in ray.get([actor.take_state.remote(category, which) for actor, _ in actors]):
         if part is not None:
             state = part if state is None else state.merge(part)
-    return rows, state
+    return state
 
 
 def _log_category(name: str, m: dict[str, Any]) -> None:

@@ -12,15 +12,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from evaluate.curves import auroc_from_counts, f1_max_from_counts
+from evaluate.curves import auroc_from_counts
 from evaluate.pixel_state import PixelMetricState
 
 __all__ = [
     "PixelMetricState",
     "answer_accuracy",
+    "answer_agreement",
     "auroc",
+    "best_threshold_accuracy",
     "f1_max",
+    "f1_max_threshold",
     "has_both_classes",
+    "position_accuracy",
     "substring_accuracy",
     "threshold_accuracy",
 ]
@@ -67,13 +71,43 @@ def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarr
     return auroc_from_counts(pos, neg)
 
 
-def f1_max(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
-    """Maximum F1 over all thresholds (every distinct score); needs at least one anomalous sample."""
-    s, y = _as_arrays(scores, labels)
+def _best_f1(s: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) of the best rule "anomalous when score >= threshold" over every distinct
+    score; among equal F1 the highest threshold (the fewest alarms)."""
     if not y.any():
         raise ValueError("F1-max needs at least one anomalous sample")
     pos, neg = _tie_groups(s, y)
-    return f1_max_from_counts(pos, neg)
+    tp = np.cumsum(pos[::-1].astype(np.float64))  # thresholds from the highest score down
+    fp = np.cumsum(neg[::-1].astype(np.float64))
+    f1 = 2.0 * tp / (tp + fp + tp[-1])  # 2TP / (TP+FP + TP+FN); every level holds a sample
+    best = int(np.argmax(f1))  # the first maximum: the highest threshold
+    return float(np.unique(s)[::-1][best]), float(f1[best])
+
+
+def f1_max(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """Maximum F1 over all thresholds (every distinct score); needs at least one anomalous sample."""
+    return _best_f1(*_as_arrays(scores, labels))[1]
+
+
+def f1_max_threshold(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """The threshold where :func:`f1_max` is reached (a sample is anomalous when its score is
+    ``>=`` it): the map's own yes/no decision, against which the answers are compared."""
+    return _best_f1(*_as_arrays(scores, labels))[0]
+
+
+def best_threshold_accuracy(
+    scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
+) -> float:
+    """The best accuracy any threshold on the score reaches: the ceiling for answers that follow
+    the map. Thresholds are every distinct score (">= level") and one above them all (nothing
+    anomalous), so with a single class present it is 1.0, which that threshold truly reaches."""
+    s, y = _as_arrays(scores, labels)
+    if not y.size:
+        raise ValueError("accuracy of zero samples is undefined")
+    pos, neg = _tie_groups(s, y)
+    tp = np.r_[0, np.cumsum(pos[::-1])]  # called anomalous: nothing, then the top levels
+    fp = np.r_[0, np.cumsum(neg[::-1])]
+    return float((tp + neg.sum() - fp).max() / y.size)
 
 
 def threshold_accuracy(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
@@ -112,3 +146,24 @@ def substring_accuracy(answers: Sequence[str | None], labels: Sequence[int] | np
         raise ValueError("accuracy of zero answers is undefined")
     correct = [("Yes" if t else "No") in (a or "") for a, t in zip(answers, y, strict=True)]
     return float(np.mean(correct))
+
+
+def answer_agreement(verdicts: Sequence[bool | None], decisions: Sequence[bool] | np.ndarray) -> float:
+    """Share of answers whose yes/no equals the map's decision; an answer that says neither
+    (``None``) disagrees, as it counts wrong in :func:`answer_accuracy`."""
+    d = np.asarray(decisions).astype(bool).ravel()
+    if len(verdicts) != d.size:
+        raise ValueError(f"verdicts and decisions differ in length: {len(verdicts)} vs {d.size}")
+    if not d.size:
+        raise ValueError("agreement of zero answers is undefined")
+    return float(np.mean([v is not None and v == t for v, t in zip(verdicts, d, strict=True)]))
+
+
+def position_accuracy(answered: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> float:
+    """Share of images whose answer names at least one grid cell that holds a ground-truth
+    region's centroid; an answer that names no cell misses."""
+    if len(answered) != len(truth):
+        raise ValueError(f"answers and truths differ in length: {len(answered)} vs {len(truth)}")
+    if not truth:
+        raise ValueError("position accuracy of zero images is undefined")
+    return float(np.mean([bool(set(a) & set(t)) for a, t in zip(answered, truth, strict=True)]))

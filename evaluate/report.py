@@ -2,8 +2,21 @@
 
 ``metrics.json``: ``setting``, ``shots``, ``per_category`` -> {image_auroc, pixel_auroc, accuracy,
 aupro, f1_max, n_images, ...}, ``mean`` -> the same keys (mean over the categories where the metric
-is defined; ``null`` where it is defined for none). ``metrics.md`` is the same as a table,
-``answers.jsonl`` one line per test image; the overlays are written by evaluate.job as they arrive.
+is defined; ``null`` where it is defined for none). ``metrics.md`` is the same as tables,
+``answers.jsonl`` one line per test image (with ``gt_positions``, the grid cells of an anomalous
+image's ground-truth regions, and ``answer_positions``, the cells its answer names); the overlays
+are written by evaluate.job as they arrive.
+
+Whether the answers follow the map (``ANSWER_METRICS``, per category and their mean):
+
+- ``answer_map_agreement``: share of answers whose strict yes/no equals the map's decision at its
+  F1-optimal image threshold (the one of ``f1_max``); an answer with neither counts as disagreeing.
+  ``null`` without answers, without scores or without an anomalous image (no F1 threshold).
+- ``position_accuracy``: among anomalous images with ground-truth regions answered "yes", the share
+  whose answer names the grid cell of at least one region's centroid. ``null`` when there are none;
+  ``n_position_answers`` counts them.
+- ``map_best_accuracy``: the best accuracy any image-score threshold reaches, the ceiling for answers
+  that follow the map; 1.0 with a single class (a threshold beyond all scores). ``null`` without scores.
 """
 
 from __future__ import annotations
@@ -24,7 +37,8 @@ log = logging.getLogger(__name__)
 # The DESIGN.md keys first, then what we report beside them.
 HEADLINE = ("image_auroc", "pixel_auroc", "accuracy", "aupro", "f1_max")
 EXTRA = ("pixel_f1_max", "accuracy_substring", "pixel_auroc_error_bound")
-COUNTS = ("n_images", "n_unreadable", "n_without_mask")
+ANSWER_METRICS = ("answer_map_agreement", "position_accuracy", "map_best_accuracy")
+COUNTS = ("n_images", "n_unreadable", "n_without_mask", "n_position_answers")
 
 
 def category_metrics(
@@ -47,7 +61,7 @@ def category_metrics(
     labels = np.array([r["label"] for r in ok], dtype=int)
     scores = [r["score"] for r in ok]
     scored = bool(ok) and all(s is not None for s in scores)
-    out: dict[str, Any] = dict.fromkeys(HEADLINE + EXTRA)
+    out: dict[str, Any] = dict.fromkeys(HEADLINE + EXTRA + ANSWER_METRICS)
     if scored and metrics.has_both_classes(labels):
         out["image_auroc"] = metrics.auroc(scores, labels)
     if scored and labels.any():
@@ -58,6 +72,7 @@ def category_metrics(
         out["accuracy_substring"] = metrics.substring_accuracy(answers, labels)
     elif scored and not labels.all():
         out["accuracy"] = metrics.threshold_accuracy(scores, labels)
+    out.update(answer_metrics(ok, answers_used, scored))
     if state is not None:
         out["pixel_auroc"] = state.auroc()
         out["aupro"] = state.aupro(max_fpr)
@@ -70,11 +85,42 @@ def category_metrics(
     return out
 
 
+def answer_metrics(ok: list[dict[str, Any]], answers_used: bool, scored: bool) -> dict[str, Any]:
+    """ANSWER_METRICS and n_position_answers of one category's readable rows (``null`` where undefined)."""
+    from train.model.conversation import parse_answer
+
+    out: dict[str, Any] = dict.fromkeys(ANSWER_METRICS)
+    labels = np.array([r["label"] for r in ok], dtype=int)
+    scores = [r["score"] for r in ok]
+    answered = ok if answers_used else []
+    parsed = [parse_answer(r["answer"]) for r in answered]
+    if scored:
+        out["map_best_accuracy"] = metrics.best_threshold_accuracy(scores, labels)
+    if scored and parsed and labels.any():
+        decisions = np.asarray(scores) >= metrics.f1_max_threshold(scores, labels)
+        out["answer_map_agreement"] = metrics.answer_agreement([p.is_anomalous for p in parsed], decisions)
+    # (named cells, true cells) of the anomalous images with ground-truth regions answered "yes"
+    pairs = [
+        (p.positions, r["gt_positions"])
+        for p, r in zip(parsed, answered, strict=True)
+        if p.is_anomalous and _locatable(r)
+    ]
+    if pairs:
+        out["position_accuracy"] = metrics.position_accuracy([a for a, _ in pairs], [t for _, t in pairs])
+    out["n_position_answers"] = len(pairs)
+    return out
+
+
+def _locatable(row: dict[str, Any]) -> bool:
+    """An anomalous image whose ground truth names at least one region."""
+    return bool(row["label"] and row.get("gt_positions"))
+
+
 def mean_metrics(per_category: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Mean over categories of each metric where it is defined (the paper averages per class);
     counts are summed."""
     mean: dict[str, Any] = {}
-    for key in HEADLINE + EXTRA:
+    for key in HEADLINE + EXTRA + ANSWER_METRICS:
         values = [m[key] for m in per_category.values() if m.get(key) is not None]
         if key == "pixel_auroc_error_bound":
             mean[key] = max(values) if values else None
@@ -85,14 +131,38 @@ def mean_metrics(per_category: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return mean
 
 
+def setting_name(shots: int | str) -> str:
+    """How metrics.md names the setting: all-shot, unsupervised or k-shot."""
+    if shots == "all":
+        return "all-shot (memory bank of every train normal, fused with the decoder)"
+    return "unsupervised (decoder map)" if not shots else f"{shots}-shot"
+
+
+def mlflow_prefix(shots: int | str) -> str:
+    """MLflow metric prefix: ``eval`` for the default all-shot setting, else the setting's name."""
+    if shots == "all":
+        return "eval"
+    return "eval_unsupervised" if not shots else f"eval_{shots}shot"
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+DECODER_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "map_best_accuracy")
+
+
+def decoder_metrics(rows: list[dict[str, Any]], state: PixelMetricState | None, max_fpr: float) -> dict:
+    """The map metrics of the decoder's own map (rows' ``decoder_score``), when a memory bank made
+    the reported map: what the trained decoder alone finds."""
+    as_decoder = [{**r, "score": r.get("decoder_score")} for r in rows]
+    full = category_metrics(as_decoder, state, False, max_fpr)
+    return {k: full[k] for k in (*DECODER_KEYS, "n_images")}
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """metrics.md: one row per category and the mean, figures in percent as the paper prints them."""
-    shots = result["shots"]
-    setting = "unsupervised" if not shots else f"{shots}-shot"
+    setting = setting_name(result["shots"])
     lines = [
         f"# Evaluation: {setting}",
         "",
@@ -107,21 +177,60 @@ def markdown_table(result: dict[str, Any]) -> str:
         figures = " | ".join(_pct(m[k]) for k in HEADLINE)
         lines.append(f"| {name} | {figures} | {m['n_images']} |")
     lines.append("")
+    if any(m.get(k) is not None for _, m in rows for k in ANSWER_METRICS):
+        lines += _answer_table(rows)
+    if result.get("decoder_only"):
+        lines += _decoder_table(result["decoder_only"])
     if result["unreadable"]:
         lines.append(f"Unreadable files (left out, counted): {len(result['unreadable'])}")
         lines += [f"- `{u['path']}`: {u['reason']}" for u in result["unreadable"]]
     return "\n".join(lines) + "\n"
 
 
+def _answer_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Second table of metrics.md: do the answers follow the map (see the module docstring)."""
+    lines = [
+        "Answers against the map: agreement with the map's F1-optimal decision, position accuracy of "
+        "the anomalies answered yes, and the best accuracy a map threshold reaches.",
+        "",
+        "| Category | Answer-map agreement | Position accuracy | Map best accuracy | Positioned |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in rows:
+        figures = " | ".join(_pct(m.get(k)) for k in ANSWER_METRICS)
+        lines.append(f"| {name} | {figures} | {m.get('n_position_answers', 0)} |")
+    return [*lines, ""]
+
+
+def _decoder_table(decoder_only: dict[str, Any]) -> list[str]:
+    """Third table of metrics.md: the decoder's map alone, beside the fused map of the first."""
+    lines = [
+        "The decoder's map alone (no memory bank):",
+        "",
+        "| Category | Image-AUROC | Pixel-AUROC | AUPRO | F1-max | Map best accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = [*decoder_only["per_category"].items(), ("**mean**", decoder_only["mean"])]
+    for name, m in rows:
+        lines.append(f"| {name} | " + " | ".join(_pct(m.get(k)) for k in DECODER_KEYS) + " |")
+    return [*lines, ""]
+
+
 def write_outputs(out: Path, result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """metrics.json, metrics.md and answers.jsonl (rows sorted by category and image)."""
+    from train.model.conversation import parse_answer
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "metrics.md").write_text(markdown_table(result))
     keys = ("image", "category", "label", "defect", "score", "answer", "error")
     with (out / "answers.jsonl").open("w") as fh:
         for row in sorted(rows, key=lambda r: (r["category"], r["image"])):
-            fh.write(json.dumps({k: row[k] for k in keys}) + "\n")
+            line = {k: row[k] for k in keys}
+            line["gt_positions"] = row.get("gt_positions")
+            answer = row["answer"]
+            line["answer_positions"] = None if answer is None else parse_answer(answer).positions
+            fh.write(json.dumps(line) + "\n")
 
 
 def map_path(out: Path, row: dict[str, Any]) -> Path:
@@ -139,16 +248,23 @@ def log_to_mlflow(out: Path, result: dict[str, Any], rows: list[dict[str, Any]],
 
     if mlflow.active_run() is None:
         return False
-    prefix = "eval" if not result["shots"] else f"eval_{result['shots']}shot"
-    values = {f"{prefix}/mean/{k}": v for k, v in result["mean"].items() if isinstance(v, (int, float))}
-    for category, m in result["per_category"].items():
-        values.update({f"{prefix}/{category}/{k}": v for k, v in m.items() if isinstance(v, (int, float))})
+    prefix = mlflow_prefix(result["shots"])
+    values = _metric_values(prefix, result)
+    if result.get("decoder_only"):
+        values.update(_metric_values(f"{prefix}_decoder_only", result["decoder_only"]))
     mlflow.log_metrics(values)
     for name in ("metrics.json", "metrics.md"):
         mlflow.log_artifact(str(out / name), artifact_path=prefix)
     for path in _showcase(out, rows, per_category):
         mlflow.log_artifact(str(path), artifact_path=f"{prefix}/maps/{path.parent.name}")
     return True
+
+
+def _metric_values(prefix: str, result: dict[str, Any]) -> dict[str, float]:
+    values = {f"{prefix}/mean/{k}": v for k, v in result["mean"].items() if isinstance(v, (int, float))}
+    for category, m in result["per_category"].items():
+        values.update({f"{prefix}/{category}/{k}": v for k, v in m.items() if isinstance(v, (int, float))})
+    return values
 
 
 def _showcase(out: Path, rows: list[dict[str, Any]], per_category: int) -> list[Path]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluate.data import EvalItem, load_ground_truth, load_image
+from evaluate.data import EvalItem, gt_positions, load_ground_truth, load_image
 from evaluate.overlay import encode_png, render_overlay
 from evaluate.pixel_state import PixelMetricState
 
@@ -37,7 +37,9 @@ class EvalWorker:
         self.size = int(self.model_cfg.image_size)
         self.pixel = pixel  # PixelMetricState arguments: bins, lo, hi
         self.write_maps = write_maps
-        self.states: dict[str, PixelMetricState] = {}
+        self.states: dict[tuple[str, str], PixelMetricState] = {}
+        """Pixel histograms per (category, map): ``main`` (the reported map) and, with a memory
+        bank, ``decoder`` (the decoder's map alone, reported beside)."""
 
     def info(self) -> dict[str, Any]:
         """What the driver needs to know about the model (also proves the actor is up)."""
@@ -61,7 +63,9 @@ class EvalWorker:
     def predict(
         self, items: list[EvalItem], bank: Any, question: str, generate: bool
     ) -> list[dict[str, Any]]:
-        """Rows for one batch of one category: image, label, score, answer (+ error, overlay)."""
+        """Rows for one batch of one category: image, label, score, answer, gt_positions (the grid
+        cells of the ground-truth regions of an anomalous image with a mask, else None) (+ error,
+        overlay)."""
         import torch
 
         rows, loaded, arrays = [], [], []
@@ -79,17 +83,13 @@ class EvalWorker:
         )
         for item, image, pred in zip(loaded, arrays, predictions, strict=True):
             gt = load_ground_truth(item.mask_path, self.size, self.pixel["threshold"])
-            if pred.anomaly_map is not None and item.in_pixel_metrics:
-                state = self.states.get(item.category)
-                if state is None:
-                    state = self.states[item.category] = PixelMetricState(
-                        self.pixel["bins"], self.pixel["lo"], self.pixel["hi"]
-                    )
-                try:
-                    state.update(pred.anomaly_map, gt)
-                except ValueError as exc:
-                    raise ValueError(f"{item.path}: {exc}") from exc
+            if item.in_pixel_metrics:
+                self._add_pixels((item.category, "main"), pred.anomaly_map, gt, item)
+                self._add_pixels((item.category, "decoder"), pred.decoder_map, gt, item)
             row = _row(item, score=pred.score, answer=pred.answer)
+            row["decoder_score"] = pred.decoder_score
+            if item.label and item.mask_path:
+                row["gt_positions"] = gt_positions(gt)
             if self.write_maps:
                 title = f"{item.relpath}  label={'anomalous' if item.label else 'normal'}"
                 if pred.score is not None:
@@ -106,9 +106,23 @@ class EvalWorker:
             rows.append(row)
         return rows
 
-    def take_state(self, category: str) -> PixelMetricState | None:
-        """Hand over (and forget) this actor's pixel histogram of ``category``."""
-        return self.states.pop(category, None)
+    def _add_pixels(self, key: tuple[str, str], amap, gt, item: EvalItem) -> None:
+        if amap is None:
+            return
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = PixelMetricState(
+                self.pixel["bins"], self.pixel["lo"], self.pixel["hi"]
+            )
+        try:
+            state.update(amap, gt)
+        except ValueError as exc:
+            raise ValueError(f"{item.path}: {exc}") from exc
+
+    def take_state(self, category: str, which: str = "main") -> PixelMetricState | None:
+        """Hand over (and forget) this actor's pixel histogram of ``category`` for map ``which``
+        (``main`` or ``decoder``)."""
+        return self.states.pop((category, which), None)
 
 
 def _row(item: EvalItem, score: float | None = None, answer: str | None = None, error: str | None = None):
@@ -120,4 +134,5 @@ def _row(item: EvalItem, score: float | None = None, answer: str | None = None, 
         "score": score,
         "answer": answer,
         "error": error,
+        "gt_positions": None,
     }

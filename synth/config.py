@@ -17,9 +17,11 @@ class SynthConfig:
     size: int = 224
     """Side length in pixels of every written image and mask (the reference synthesises at 224)."""
     per_image: int = 1
-    """Anomalous samples made from each normal image (each normal image also gives one normal sample)."""
+    """Anomalous samples made from each normal image (each normal image also gives one normal sample);
+    training pairs each of them with that normal sample."""
     samples_per_shard: int = 256
-    """Samples per WebDataset tar shard (one Ray task writes one shard)."""
+    """Target samples per WebDataset tar shard (one Ray task writes one shard): a shard holds whole
+    source images (normal + its ``per_image`` anomalies), as many as fit, at least one."""
     workers: int = 0
     """Ray tasks run at once; 0 means one per CPU that Ray reports."""
     source: Literal["same_category", "any"] = "same_category"
@@ -31,7 +33,8 @@ class SynthConfig:
     extra_patch_prob: float = 0.5
     """Probability of adding each patch after the first (the reference adds a second with 0.5)."""
     augment: bool = True
-    """Apply albumentations (flips, rot90, colour jitter, blur) to the source patch before pasting."""
+    """Transform the source patch before pasting: rot90 (k in 0..3) then albumentations (flips, colour
+    jitter, blur)."""
     label_mode: Literal["binary", "logistic"] = "binary"
     """``binary``: changed pixels form the mask; ``logistic``: the reference's soft label, thresholded."""
     soft_threshold: float = 0.3

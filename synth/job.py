@@ -22,7 +22,7 @@ from pipeline.fingerprint import records_fingerprint
 from synth.config import SynthConfig
 from synth.datasets import Skipped, read_dataset
 from synth.samples import SampleMaker, Source, sources_from_records
-from synth.shards import MANIFEST, MANIFEST_FORMAT, atomic_write, shard_name, write_tar
+from synth.shards import MANIFEST, MANIFEST_FORMAT, PAIRING_UNIT, atomic_write, shard_name, write_tar
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,9 @@ def run_synth(
         if existing.get("plan_id") == plan_id:
             log.info("synth: %s is complete and up to date; nothing to do (--force rebuilds)", out)
             return {**existing, "status": "up_to_date"}
-        raise ConfigError(f"{out} holds shards of another dataset/config/seed; use --force to rebuild")
+        raise ConfigError(
+            f"{out} holds shards of another dataset/config/seed or synth version; use --force to rebuild"
+        )
     parts.mkdir(exist_ok=True)
     plan_file = parts / "plan.json"
     if plan_file.exists() and json.loads(plan_file.read_text()).get("plan_id") != plan_id:
@@ -94,15 +96,29 @@ def run_synth(
     return {**manifest, "status": "written", "run": run}
 
 
-def plan_shards(n_sources: int, per_image: int, per_shard: int) -> list[list[tuple[int, int, int]]]:
-    """(sample index, source index, k) per shard: each image gives k=0 (normal) and k=1..per_image."""
-    samples = [(i * (per_image + 1) + k, i, k) for i in range(n_sources) for k in range(per_image + 1)]
-    return [samples[j : j + per_shard] for j in range(0, len(samples), per_shard)]
+PlanItem = tuple[int, int, int, int]
+"""(sample index, source index, k, index of the pair's normal sample) of one planned sample."""
+
+
+def plan_shards(n_sources: int, per_image: int, per_shard: int) -> list[list[PlanItem]]:
+    """The samples of each shard: each image gives k=0 (normal) and k=1..per_image (synthetic).
+
+    All samples of one source image land in the same shard, so a normal image and its synthetic
+    twins are never split: ``per_shard`` is a target, the largest whole number of images that fits
+    (at least one image per shard).
+    """
+    group = per_image + 1
+    images_per_shard = max(1, per_shard // group)
+    shards = []
+    for first in range(0, n_sources, images_per_shard):
+        images = range(first, min(first + images_per_shard, n_sources))
+        shards.append([(i * group + k, i, k, i * group) for i in images for k in range(group)])
+    return shards
 
 
 def write_shard(
     shard: int,
-    items: list[tuple[int, int, int]],
+    items: list[PlanItem],
     sources: list[Source],
     cfg: SynthConfig,
     seed: int,
@@ -115,8 +131,8 @@ def write_shard(
     maker = SampleMaker(sources, cfg, seed)
     members: list[tuple[str, bytes]] = []
     counts: dict[str, dict[str, int]] = {}
-    for index, source_index, k in items:
-        sample = maker.make(index, source_index, k)
+    for index, source_index, k, pair_index in items:
+        sample = maker.make(index, source_index, k, pair_index)
         if sample is None:
             continue
         members += [(f"{sample.key}.{ext}", data) for ext, data in sample.files]
@@ -141,7 +157,7 @@ def write_shard(
 
 def _run_tasks(
     pending: list[int],
-    shards: list[list[tuple[int, int, int]]],
+    shards: list[list[PlanItem]],
     sources: list[Source],
     cfg: SynthConfig,
     seed: int,
@@ -209,7 +225,21 @@ def _manifest(
         "shards": [{k: s[k] for k in ("name", "samples", "sha256", "bytes")} for s in stats],
         "categories": dict(sorted(categories.items())),
         "fallback_normal": sum(c["fallback_normal"] for c in categories.values()),
+        "pairing": _pairing(categories),
         "skipped": sorted(dropped, key=lambda d: d["path"]),
+    }
+
+
+def _pairing(categories: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The training unit: each synthetic (or fallback) sample with the normal sample of its image.
+
+    A source image is written whole or not at all (an undecodable one gives no sample), so every
+    written non-normal sample has its normal twin.
+    """
+    return {
+        "unit": PAIRING_UNIT,
+        "pairs": sum(c["anomalous"] + c["fallback_normal"] for c in categories.values()),
+        "fallback_pairs": sum(c["fallback_normal"] for c in categories.values()),
     }
 
 

@@ -1,7 +1,7 @@
 """NSA-style anomaly synthesis: cut a patch from another normal image, rescale, Poisson-blend it in.
 
 Follows the method AnomalyGPT uses (Schlüter et al., "Natural Synthetic Anomalies", as described
-in docs and reference notes): Gamma-distributed patch size within per-category bounds, a rescale
+in docs and reference notes): a Gamma-distributed patch half-width within per-category bounds, a rescale
 factor clip(N(1, 0.5)), foreground-aware placement for object categories, ``cv2.seamlessClone``,
 and a mask from the pixels the blend actually changed. Pure numpy/cv2; randomness only from ``rng``.
 """
@@ -24,9 +24,11 @@ MIN_SIDE = 8  # smallest patch side: seamlessClone fails on masks 2 px wide
 MIN_MASK_PIXELS_224 = 50  # the reference aborts an attempt whose blend mask is smaller (at 224 px)
 CHANGE_TOLERANCE = 1.0  # mean |RGB change| above this counts as changed (the reference's tol)
 MIN_OBJECT_OVERLAP = 0.25  # object categories: share of the pasted patch that must land on the object
+# Patch half-width law of the reference, a fraction of the side: OFFSET + Gamma(SHAPE, SCALE).
+GAMMA_OFFSET, GAMMA_SHAPE, GAMMA_SCALE = 0.03, 2.0, 0.05
 
 
-# (patch, patch foreground or None, rng) -> both transformed alike.
+# (patch, patch foreground or None, rng) -> both transformed alike (a rot90 may swap height and width).
 Augment = Callable[[np.ndarray, np.ndarray | None, np.random.Generator], tuple[np.ndarray, np.ndarray | None]]
 
 
@@ -114,6 +116,40 @@ def synthesize(
     return Synthesis(image, np.where(mask, 255, 0).astype(np.uint8), regions)
 
 
+def draw_half_widths(spec: CategorySpec, rng: np.random.Generator) -> tuple[float, float]:
+    """Patch half-width per axis (height, width) as a fraction of the side, as the reference draws it.
+
+    0.03 + Gamma(shape 2, scale 0.05), clipped to the category's width bounds; the box is then the
+    centre +- this, so a patch spans twice the draw (median about 0.23 of the side, mean about 0.26).
+    """
+    (h_lo, h_hi), (w_lo, w_hi) = spec.width
+    fh = float(np.clip(GAMMA_OFFSET + rng.gamma(GAMMA_SHAPE, GAMMA_SCALE), h_lo, h_hi))
+    fw = float(np.clip(GAMMA_OFFSET + rng.gamma(GAMMA_SHAPE, GAMMA_SCALE), w_lo, w_hi))
+    return fh, fw
+
+
+def source_box(
+    shape: tuple[int, int], half: tuple[float, float], spec: CategorySpec, rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of a source patch: a centre uniform in [min_w, side - min_w] per axis, +- the
+    half-widths ``half`` (fractions of the side), clipped to the image, at least MIN_SIDE across."""
+    edges = []
+    for side, frac, (lo, _hi) in zip(shape, half, spec.width, strict=True):
+        half_px = max(round(frac * side), MIN_SIDE // 2)
+        margin = max(round(lo * side), MIN_SIDE // 2)
+        centre = int(rng.integers(margin, side - margin))
+        edges += [max(centre - half_px, 0), min(centre + half_px, side)]
+    return edges[0], edges[1], edges[2], edges[3]
+
+
+def rescaled_side(side_px: int, factor: float, bounds: tuple[float, float], full: int) -> int:
+    """A box side after the rescale: its half-width times ``factor``, clipped back to the width
+    bounds (fractions of ``full``), then the whole side to the image (a margin of 1 px each side)."""
+    lo, hi = bounds
+    half = float(np.clip(side_px * factor / 2, lo * full, hi * full))
+    return int(np.clip(round(2 * half), MIN_SIDE, full - 2))
+
+
 def _paste_one(
     image: np.ndarray,
     source: np.ndarray,
@@ -126,32 +162,31 @@ def _paste_one(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Paste one patch into ``image``: (blended image, changed-pixel region) or None if the attempt failed."""
     h, w = image.shape[:2]
-    (h_lo, h_hi), (w_lo, w_hi) = spec.width
-    ph = int(np.clip(0.03 + rng.gamma(2.0, 0.05), h_lo, h_hi) * h)
-    pw = int(np.clip(0.03 + rng.gamma(2.0, 0.05), w_lo, w_hi) * w)
-    ph, pw = max(ph, MIN_SIDE), max(pw, MIN_SIDE)
+    half = draw_half_widths(spec, rng)
     min_pixels = max(4, round(MIN_MASK_PIXELS_224 * h * w / 224**2))
 
     # Source patch: on the object for object categories.
     for _ in range(cfg.placement_attempts):
-        sy, sx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
-        if source_fg is None or np.count_nonzero(source_fg[sy : sy + ph, sx : sx + pw]) >= min_pixels:
+        y0, y1, x0, x1 = source_box((h, w), half, spec, rng)
+        if source_fg is None or np.count_nonzero(source_fg[y0:y1, x0:x1]) >= min_pixels:
             break
     else:
         return None
-    patch = source[sy : sy + ph, sx : sx + pw]
-    patch_fg = None if source_fg is None else source_fg[sy : sy + ph, sx : sx + pw]
+    patch = source[y0:y1, x0:x1]
+    patch_fg = None if source_fg is None else source_fg[y0:y1, x0:x1]
 
     # Rescale, keeping the aspect ratio and the per-category width bounds.
     factor = float(np.clip(rng.normal(1.0, 0.5), *spec.resize))
-    nh = int(np.clip(round(ph * factor), max(MIN_SIDE, h_lo * h), min(h_hi * h, h - 2)))
-    nw = int(np.clip(round(pw * factor), max(MIN_SIDE, w_lo * w), min(w_hi * w, w - 2)))
-    if (nh, nw) != (ph, pw):
+    nh = rescaled_side(y1 - y0, factor, spec.width[0], h)
+    nw = rescaled_side(x1 - x0, factor, spec.width[1], w)
+    if (nh, nw) != patch.shape[:2]:
         patch = cv2.resize(patch, (nw, nh), interpolation=cv2.INTER_LINEAR)
         if patch_fg is not None:
             patch_fg = cv2.resize(patch_fg.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST) > 0
     if augment is not None:
         patch, patch_fg = augment(patch, patch_fg, rng)
+        patch = np.ascontiguousarray(patch)
+    nh, nw = patch.shape[:2]  # a rot90 swaps them
 
     clone_mask = np.zeros((nh, nw), np.uint8)
     clone_mask[1:-1, 1:-1] = 255  # border zeroed, as Poisson blending needs a boundary

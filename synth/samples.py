@@ -1,7 +1,9 @@
-"""Turn planned (image, k) pairs into encoded WebDataset samples: the work of one shard task.
+"""Turn planned (image, k) items into encoded WebDataset samples: the work of one shard task.
 
 Randomness is seeded per source image and sample (seed, crc32(relpath), k), never per worker, so
-every sample is the same whichever task, worker or machine makes it.
+every sample is the same whichever task, worker or machine makes it. Every sample's JSON names its
+``pair``: the key of the normal sample of the same source image (the normal names itself), so
+training can put each normal image and its synthetic twin in the same batch.
 """
 
 from __future__ import annotations
@@ -65,15 +67,18 @@ class SampleMaker:
         self._augment = _Augmenter() if cfg.augment else None
         self.stats = MakerStats()
 
-    def make(self, index: int, source_index: int, k: int) -> Encoded | None:
-        """Sample ``index`` (its key): normal if ``k == 0`` else the k-th anomaly; None if unreadable."""
+    def make(self, index: int, source_index: int, k: int, pair_index: int) -> Encoded | None:
+        """Sample ``index`` (its key): normal if ``k == 0`` else the k-th anomaly; None if unreadable.
+
+        ``pair_index`` is the index of the normal (k=0) sample of the same source image.
+        """
         src = self.sources[source_index]
         target = self.image(source_index)
         if target is None:
             return None
-        key = f"{index:08d}"
+        key, pair = sample_key(index), sample_key(pair_index)
         if k == 0:
-            return self._encode(key, src, target, None, [], "normal", None)
+            return self._encode(key, pair, src, target, None, [], "normal", None)
         rng = np.random.default_rng([self.seed, zlib.crc32(src.relpath.encode()), k])
         donor = self._pick_donor(source_index, rng)
         if donor is not None:
@@ -84,8 +89,10 @@ class SampleMaker:
                 if result is not None:
                     words = text.region_positions(result.regions)
                     donor_rel = self.sources[donor].relpath
-                    return self._encode(key, src, result.image, result.mask, words, "synthetic", donor_rel)
-        return self._encode(key, src, target, None, [], "fallback", None)
+                    return self._encode(
+                        key, pair, src, result.image, result.mask, words, "synthetic", donor_rel
+                    )
+        return self._encode(key, pair, src, target, None, [], "fallback", None)
 
     def image(self, i: int) -> np.ndarray | None:
         """Decoded, resized RGB of source ``i``; None (recorded in stats) when the file cannot be decoded."""
@@ -124,6 +131,7 @@ class SampleMaker:
     def _encode(
         self,
         key: str,
+        pair: str,
         src: Source,
         image: np.ndarray,
         mask: np.ndarray | None,
@@ -145,6 +153,7 @@ class SampleMaker:
             "answer": text.answer(positions),
             "positions": positions,
             "source": src.relpath,
+            "pair": pair,
             "conversation": text.conversation(src.category, positions),
             "kind": kind,
             "patch_source": donor,
@@ -159,7 +168,7 @@ class SampleMaker:
 
 
 class _Augmenter:
-    """albumentations on the source patch, seeded from the sample's rng (so results are reproducible)."""
+    """rot90 and albumentations on the source patch, seeded from the sample's rng (reproducible)."""
 
     def __init__(self) -> None:
         import albumentations as A
@@ -177,12 +186,20 @@ class _Augmenter:
     def __call__(
         self, patch: np.ndarray, fg: np.ndarray | None, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(patch, fg) transformed together; flips only, so the planned patch shape is kept."""
+        """(patch, fg) transformed together; a rot90 (k in 0..3) swaps height and width when k is odd."""
+        turns = int(rng.integers(4))
+        patch = np.rot90(patch, turns)
+        fg = None if fg is None else np.rot90(fg, turns)
         self.transform.set_random_seed(int(rng.integers(2**31 - 1)))
         if fg is None:
             return self.transform(image=np.ascontiguousarray(patch))["image"], None
         out = self.transform(image=np.ascontiguousarray(patch), mask=fg.astype(np.uint8))
         return out["image"], out["mask"] > 0
+
+
+def sample_key(index: int) -> str:
+    """The WebDataset key of sample ``index`` (unique across all shards of a run)."""
+    return f"{index:08d}"
 
 
 def sources_from_records(records: list[ImageRecord]) -> list[Source]:

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "anomalygpt-synth-shards/1"
+MANIFEST_FORMAT = "anomalygpt-synth-shards/2"
+"""/2: every sample names its ``pair`` and shards never split a source image's samples."""
+PAIRING_UNIT = "normal + synthetic of the same image"
 
 
 class ShardError(ValueError):
@@ -72,9 +74,16 @@ def load_manifest(directory: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ShardError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if isinstance(found, str) and found.startswith("anomalygpt-synth-shards/") and found != MANIFEST_FORMAT:
+        raise ShardError(
+            f"{path}: shards of format {found!r}, written by an older synth without normal/synthetic "
+            f"pairing (this version needs {MANIFEST_FORMAT!r}); rerun `python -m pipeline synth` "
+            "with --force to rewrite them"
+        )
+    if found != MANIFEST_FORMAT:
         raise ShardError(f"{path}: not a synth manifest (format must be {MANIFEST_FORMAT!r})")
-    for key in ("shards", "samples", "categories", "seed", "config", "source_fingerprint"):
+    for key in ("shards", "samples", "categories", "seed", "config", "source_fingerprint", "pairing"):
         if key not in manifest:
             raise ShardError(f"{path}: missing key {key!r}")
     return manifest

@@ -1,10 +1,13 @@
 """Per-rank batches: which samples a rank trains on at each micro-step, decoded and augmented.
 
-Each stream (anomaly shards, instruction data) is an endless sequence of epochs, each a seeded
-permutation of its samples. Anomaly micro-step ``j`` takes stream positions
-``[j*micro*world, (j+1)*micro*world)``; rank ``r`` takes its ``micro``-long slice. Everything is a
-function of (seed, step), so a resumed or restarted worker continues exactly, and the samples of
-an optimizer step over all ranks do not depend on how many ranks share them.
+Each stream is an endless sequence of epochs, each a seeded permutation of its items. The anomaly
+stream's items are PAIRS (a normal image, then its own synthetic twin, as the reference batches
+them), so every anomaly micro-batch is exactly half normal; the instruction stream's items are
+samples. Micro-step ``j`` of a stream takes positions ``[j*n*world, (j+1)*n*world)`` with ``n``
+items per rank (``micro / 2`` pairs, or ``micro`` instruction samples); rank ``r`` takes its
+``n``-long slice. Everything is a function of (seed, step), so a resumed or restarted worker
+continues exactly, and the samples of an optimizer step over all ranks do not depend on how many
+ranks share them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from train.config import AugmentConfig
 from train.instruct import InstructionSample
-from train.shards import ShardIndex, decode_png
+from train.shards import DataError, ShardIndex, decode_png
 
 if TYPE_CHECKING:
     import torch
@@ -73,6 +76,10 @@ class Augmenter:
         return self.pipeline(image=image)["image"]
 
 
+ANOMALY, INSTRUCTION = 0, 1  # stream ids (seed salts)
+BATCH_SALT = 7  # non-zero, last: keeps Batch.seed apart from the per-position augmentation seeds
+
+
 class BatchSource:
     """The batches of one rank: ``anomaly(j)`` and ``instruction(j)`` for the j-th micro-step of each."""
 
@@ -87,34 +94,44 @@ class BatchSource:
         world: int,
         seed: int,
         augment: AugmentConfig,
-        with_references: bool = False,
     ) -> None:
+        if micro < 2 or micro % 2:
+            raise ValueError(
+                f"micro_batch_size must be even for anomaly pairing (each normal image with its "
+                f"synthetic twin in the same micro-batch), got {micro}"
+            )
         self.index, self.instructions = index, instructions
         self.size, self.micro, self.rank, self.world, self.seed = image_size, micro, rank, world, seed
-        self.anomaly_stream = Stream(len(index), seed, 0)
-        self.instruction_stream = Stream(max(1, len(instructions)), seed, 1)
+        self.pairs = index.pairs()
+        if not self.pairs:
+            raise DataError(
+                f"{index.root}: no synthetic samples to pair with the normals (synth.per_image is 0?)"
+            )
+        self.anomaly_stream = Stream(len(self.pairs), seed, ANOMALY)
+        self.instruction_stream = Stream(max(1, len(instructions)), seed, INSTRUCTION)
         self.augment = Augmenter(augment)
-        self.references = self._references() if with_references else None
 
     def anomaly(self, j: int) -> Batch:
+        """``micro / 2`` pairs: each normal image followed by its synthetic twin, augmented alike."""
         import torch
 
         from train.model.batch import Batch
 
-        images, masks, categories, conversations = [], [], [], []
-        for pos in rank_positions(j, self.micro, self.rank, self.world):
-            i = self.anomaly_stream.item(pos)
-            ref = self.index.samples[i]
-            png, mask_png = self.index.read(i)
-            images.append(self.augment(self._resize(decode_png(png, "RGB")), self._seed(0, pos)))
-            masks.append(self._resize(decode_png(mask_png, "L"), nearest=True) > 127)
-            categories.append(ref.category)
-            conversations.append(ref.conversation)
-        refs = None
-        if self.references is not None:
-            refs = torch.stack([self.references[c] for c in categories])
+        images, masks, categories, conversations, sources = [], [], [], [], []
+        positions = rank_positions(j, self.micro // 2, self.rank, self.world)
+        for pos in positions:
+            aug_seed = self._seed(ANOMALY, pos)  # one seed per pair: the defect is the only difference
+            for i in self.pairs[self.anomaly_stream.item(pos)]:
+                ref = self.index.samples[i]
+                png, mask_png = self.index.read(i)
+                images.append(self.augment(self._resize(decode_png(png, "RGB")), aug_seed))
+                masks.append(self._resize(decode_png(mask_png, "L"), nearest=True) > 127)
+                categories.append(ref.category)
+                conversations.append(ref.conversation)
+                sources.append(ref.source)
         mask_tensor = torch.from_numpy(np.stack(masks)[:, None].astype(np.float32))
-        return Batch(_to_tensor(images), mask_tensor, categories, conversations, references=refs)
+        seed = self._batch_seed(ANOMALY, positions)
+        return Batch(_to_tensor(images), mask_tensor, categories, conversations, sources=sources, seed=seed)
 
     def instruction(self, j: int) -> Batch:
         from PIL import Image
@@ -122,14 +139,28 @@ class BatchSource:
         from train.model.batch import Batch
 
         images, conversations = [], []
-        for pos in rank_positions(j, self.micro, self.rank, self.world):
+        positions = rank_positions(j, self.micro, self.rank, self.world)
+        for pos in positions:
             sample = self.instructions[self.instruction_stream.item(pos)]
             with Image.open(sample.image) as im:
                 rgb = np.array(im.convert("RGB"))
-            images.append(self.augment(self._resize(rgb), self._seed(1, pos)))
+            images.append(self.augment(self._resize(rgb), self._seed(INSTRUCTION, pos)))
             conversations.append(sample.conversation)
         n = len(images)
-        return Batch(_to_tensor(images), None, [INSTRUCTION_CATEGORY] * n, conversations)
+        seed = self._batch_seed(INSTRUCTION, positions)
+        return Batch(_to_tensor(images), None, [INSTRUCTION_CATEGORY] * n, conversations, seed=seed)
+
+    def reference_images(self, per_category: int) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+        """Up to ``per_category`` normal training images per category (the first in index order),
+        unaugmented, and their sources: the pool few-shot training draws its memory banks from."""
+        images: dict[str, torch.Tensor] = {}
+        sources: dict[str, list[str]] = {}
+        for category, indices in self.index.normals_by_category().items():
+            chosen = indices[:per_category]
+            arrays = [self._resize(decode_png(self.index.read(i)[0], "RGB")) for i in chosen]
+            images[category] = _to_tensor(arrays)
+            sources[category] = [self.index.samples[i].source for i in chosen]
+        return images, sources
 
     def _resize(self, array: np.ndarray, nearest: bool = False) -> np.ndarray:
         if array.shape[0] == self.size and array.shape[1] == self.size:
@@ -143,13 +174,11 @@ class BatchSource:
     def _seed(self, stream: int, position: int) -> int:
         return int(np.random.default_rng([self.seed, stream, position]).integers(2**31))
 
-    def _references(self) -> dict[str, torch.Tensor]:
-        """One normal image per category, the reference's few-shot training reference."""
-        refs = {}
-        for category, i in self.index.first_normal().items():
-            png, _ = self.index.read(i)
-            refs[category] = _to_tensor([self._resize(decode_png(png, "RGB"))])[0]
-        return refs
+    def _batch_seed(self, stream: int, positions: range) -> int:
+        """The micro-batch's seed (``Batch.seed``), from the run seed, the stream and the micro-batch's
+        first stream position: that position is fixed by (micro-step, rank, world), and the same
+        samples get the same seed whatever the worker count."""
+        return int(np.random.default_rng([self.seed, stream, positions.start, BATCH_SALT]).integers(2**31))
 
 
 def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:

@@ -23,7 +23,7 @@ from train import ds_config, tracking
 from train.instruct import InstructionSample, read_instruction_set
 from train.loop import STATE
 from train.schedule import total_steps
-from train.shards import DataError, ShardIndex, index_shards
+from train.shards import ShardIndex, index_shards
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +115,13 @@ def prepare(
         )
         fraction = 0.0
     if cfg.model.few_shot_train_prob > 0:
-        lacking = sorted(set(index.categories()) - set(index.first_normal()))
+        normals = index.normals_by_category()
+        lacking = sorted(c for c in index.categories() if len(normals.get(c, [])) < 2)
         if lacking:
-            raise DataError(
-                f"{shards}: few-shot training needs a normal sample per category; none for {lacking}"
+            log.warning(
+                "train: few-shot training needs 2 normal images per category (one to hold out); "
+                "%s train on the decoder map only",
+                ", ".join(lacking),
             )
     deepspeed = ds_config.build(cfg.train, workers)
     ds_config.check_with_deepspeed(deepspeed)

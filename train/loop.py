@@ -44,9 +44,9 @@ def train_loop(ctx: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     if not cfg.train.use_gpu:  # use what Ray reserved: more threads than CPUs thrash on a busy node
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    engine, model = _setup(cfg, ctx)
-    start = _restore(engine)
     source = _batches(cfg, ctx, rank, world)
+    engine, model = _setup(cfg, ctx, source)
+    start = _restore(engine)
     logger = MetricLogger(ctx) if rank == 0 else None
     total = ctx["total_steps"]
     if rank == 0:
@@ -90,7 +90,7 @@ def _train_step(
     return _step_metrics(sums, world, engine, global_batch, time.perf_counter() - began)
 
 
-def _setup(cfg, ctx):
+def _setup(cfg, ctx, source):
     import deepspeed
     import torch
 
@@ -102,7 +102,11 @@ def _setup(cfg, ctx):
     # the module is taken from importlib.
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, seed=cfg.seed)
+    if cfg.model.few_shot_train_prob > 0 and model.prompt_learner is not None and model.decoder is not None:
+        began = time.perf_counter()
+        model.build_reference_pool(*source.reference_images(cfg.model.few_shot_train_pool))
+        log.info("train: few-shot reference pool encoded in %.1f s", time.perf_counter() - began)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (check the model section)")
@@ -149,7 +153,6 @@ def _batches(cfg, ctx, rank: int, world: int):
         world=world,
         seed=cfg.seed,
         augment=cfg.train.augment,
-        with_references=cfg.model.few_shot_train_prob > 0,
     )
 
 
@@ -159,9 +162,7 @@ def _to(batch, device, dtype):
     def move(t):
         return None if t is None else t.to(device=device, dtype=dtype, non_blocking=True)
 
-    return replace(
-        batch, images=move(batch.images), masks=move(batch.masks), references=move(batch.references)
-    )
+    return replace(batch, images=move(batch.images), masks=move(batch.masks))
 
 
 def _step_metrics(sums, world: int, engine, global_batch: int, seconds: float) -> dict[str, float]:

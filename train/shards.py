@@ -3,7 +3,8 @@
 The driver indexes every tar once (member offsets and each sample's JSON); workers then read any
 sample with one seek. Random access lets every rank compute exactly which samples it owns at any
 step, so the global batch does not depend on the worker count and a resumed run continues with
-the very samples it would have seen.
+the very samples it would have seen. Each synthetic sample names its normal twin (``pair``), and
+the anomaly stream is read in such (normal, synthetic) pairs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ class SampleRef:
     category: str
     label: int
     conversation: list[dict[str, str]]
+    source: str
+    """Relative path of the normal training image the sample was made from."""
+    pair: str
+    """Key of the normal sample of the same source image (a normal sample names itself)."""
+
+    @property
+    def is_normal(self) -> bool:
+        """The plain normal image (k=0), not a synthetic one or a failed synthesis' fallback."""
+        return self.pair == self.key
 
 
 @dataclass
@@ -41,6 +51,7 @@ class ShardIndex:
     root: Path
     samples: list[SampleRef]
     _files: dict[str, Any] = field(default_factory=dict, repr=False)
+    _pairs: list[tuple[int, int]] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -61,6 +72,36 @@ class ShardIndex:
     def categories(self) -> list[str]:
         return sorted({s.category for s in self.samples})
 
+    def pairs(self) -> list[tuple[int, int]]:
+        """(index of the normal twin, index of j) for every synthetic-or-fallback sample j, in index order.
+
+        The unit of the anomaly stream: a normal image with its own synthetic version, as the
+        reference batches them. A twin that is not in the index is a DataError.
+        """
+        if self._pairs is None:
+            where = {ref.key: i for i, ref in enumerate(self.samples)}
+            pairs = []
+            for j, ref in enumerate(self.samples):
+                if ref.is_normal:
+                    continue
+                twin = where.get(ref.pair)
+                if twin is None or not self.samples[twin].is_normal:
+                    raise DataError(
+                        f"{ref.shard}: sample {ref.key!r} names pair {ref.pair!r}, which is not a normal "
+                        f"sample in {self.root}; rerun `python -m pipeline synth` with --force"
+                    )
+                pairs.append((twin, j))
+            self._pairs = pairs
+        return self._pairs
+
+    def normals_by_category(self) -> dict[str, list[int]]:
+        """Per category, the indices of the normal (k=0) samples in index order (few-shot memory banks)."""
+        out: dict[str, list[int]] = {}
+        for i, ref in enumerate(self.samples):
+            if ref.label == 0 and ref.is_normal:
+                out.setdefault(ref.category, []).append(i)
+        return out
+
     def first_normal(self) -> dict[str, int]:
         """Per category, the first normal sample (the few-shot reference, as the reference's first file)."""
         refs: dict[str, int] = {}
@@ -70,7 +111,7 @@ class ShardIndex:
         return refs
 
     def __getstate__(self) -> dict[str, Any]:  # open files do not travel to Ray workers
-        return {"root": self.root, "samples": self.samples, "_files": {}}
+        return {"root": self.root, "samples": self.samples, "_files": {}, "_pairs": self._pairs}
 
 
 def shard_paths(root: str | Path, verify: bool = True) -> list[Path]:
@@ -106,7 +147,14 @@ def index_shards(root: str | Path, verify: bool = True) -> ShardIndex:
         samples.extend(_index_tar(path))
     if not samples:
         raise DataError(f"the shards in {root} hold no samples")
-    return ShardIndex(Path(root), samples)
+    seen: dict[str, str] = {}
+    for ref in samples:
+        if ref.key in seen:
+            raise DataError(f"{ref.shard}: sample key {ref.key!r} is also in {seen[ref.key]}")
+        seen[ref.key] = ref.shard
+    index = ShardIndex(Path(root), samples)
+    index.pairs()  # a dangling pair is an error now, not at some training step
+    return index
 
 
 def _index_tar(path: Path) -> list[SampleRef]:
@@ -146,6 +194,12 @@ def _ref(path: Path, key: str, parts: dict[str, tuple[int, int]], raw: bytes) ->
     for name in ("category", "label"):
         if name not in meta:
             raise DataError(f"{where}: JSON lacks {name!r}")
+    for name in ("source", "pair"):
+        if not isinstance(meta.get(name), str) or not meta[name]:
+            raise DataError(
+                f"{where}: JSON lacks {name!r} (written by a synth without normal/synthetic pairing); "
+                "rerun `python -m pipeline synth` with --force"
+            )
     conversation = meta.get("conversation")
     if not conversation:
         if "question" not in meta or "answer" not in meta:
@@ -156,7 +210,16 @@ def _ref(path: Path, key: str, parts: dict[str, tuple[int, int]], raw: bytes) ->
         ]
     if meta["label"] not in (0, 1):
         raise DataError(f"{where}: label must be 0 or 1, got {meta['label']!r}")
-    return SampleRef(key, str(path), parts, str(meta["category"]), int(meta["label"]), conversation)
+    return SampleRef(
+        key,
+        str(path),
+        parts,
+        str(meta["category"]),
+        int(meta["label"]),
+        conversation,
+        meta["source"],
+        meta["pair"],
+    )
 
 
 def decode_png(data: bytes, mode: str) -> Any:

@@ -3,9 +3,12 @@
 Per category and their mean: Image-AUROC (image score = max of the anomaly map), Pixel-AUROC (at
 the model's input size, 224 by default), accuracy (the LLM's answer parsed strictly as yes/no, the
 reference's "Yes"/"No" substring rule beside it; with --no-llm the paper's rule: threshold = highest
-score of a normal test image), AUPRO (FPR <= 0.3) and F1-max. Unsupervised by default; --shots K
-builds a memory bank of K normal train images per category (chosen deterministically, listed in
-metrics.json). A category without masks gets image metrics only.
+score of a normal test image), AUPRO (FPR <= 0.3) and F1-max, plus whether the answers follow the
+map (answer_map_agreement, position_accuracy, map_best_accuracy). By default (--shots all) each
+category's normal train images form a memory bank (coreset-reduced) whose map is fused with the
+decoder's; the decoder's own figures are reported beside. --shots K uses K references (the paper's
+few-shot protocol, chosen deterministically, listed in metrics.json); --shots 0 the decoder alone.
+A category without masks gets image metrics only.
 
 Writes to --out: metrics.json, metrics.md, answers.jsonl, maps/<category>/<defect>_<stem>.png
 (image | heatmap, ground truth outlined in green, the answer). Settings come from the `evaluate:`
@@ -39,7 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=["mvtec", "visa", "folder"], help="dataset layout (default mvtec)"
     )
-    parser.add_argument("--shots", type=int, help="k-shot memory bank size; 0 = unsupervised (default)")
+    parser.add_argument(
+        "--shots",
+        type=_shots,
+        metavar="all|K",
+        help="memory bank of all normal train images (all, default), of K of them, or none (0: the "
+        "decoder's map alone)",
+    )
     parser.add_argument("--workers", type=int, help="Ray actors, each loads the model once (default 1)")
     parser.add_argument("--categories", metavar="A,B", help="comma-separated categories (default: all)")
     parser.add_argument(
@@ -57,6 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tracking URI to resolve a models:/ or runs:/ --model (default: $MLFLOW_TRACKING_URI)",
     )
     add_config_arguments(parser)
+
+
+def _shots(text: str) -> str:
+    if text == "all" or (text.isdigit() and int(text) >= 0):
+        return text
+    raise argparse.ArgumentTypeError(f"expected 'all' or an integer >= 0, got {text!r}")
 
 
 def run(args: argparse.Namespace) -> int:

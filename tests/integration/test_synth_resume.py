@@ -18,7 +18,7 @@ from synth.shards import verify_shards
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-PER_IMAGE, PER_SHARD = 3, 1  # 24 normals x 4 samples = 96 one-sample shards: slow enough to interrupt
+PER_IMAGE, PER_SHARD = 3, 1  # 24 normals x 4 samples; a shard holds one whole image: 24 shards of 4
 
 
 def test_killed_run_resumes_missing_shards_only(ray_session, sample_data_root, tmp_path):
@@ -42,12 +42,12 @@ def test_killed_run_resumes_missing_shards_only(ray_session, sample_data_root, t
     written = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("shard-*.tar")}
     finished = {name for name in written if (out / "_parts" / f"{name}.json").is_file()}
     assert not (out / "manifest.json").exists()
-    assert 3 <= len(finished) < 96
+    assert 3 <= len(finished) < 24
 
     cfg = SynthConfig(size=64, per_image=PER_IMAGE, samples_per_shard=PER_SHARD, workers=2)
     result = run_synth(cfg, sample_data_root, out, seed=1, progress=False)
     assert result["status"] == "written"
-    assert result["run"]["samples_written"] == 96 - len(finished)
+    assert result["run"]["samples_written"] == 4 * (24 - len(finished))
     for name in finished:  # shards completed before the kill were kept, not rewritten
         path = out / name
         assert (path.stat().st_ino, path.stat().st_mtime_ns) == written[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -16,8 +17,8 @@ from pipeline.config import ConfigError
 from pipeline.fingerprint import dataset_fingerprint
 from synth import text
 from synth.config import SynthConfig
-from synth.job import run_synth
-from synth.shards import ShardError, load_manifest, verify_shards
+from synth.job import plan_shards, run_synth
+from synth.shards import MANIFEST_FORMAT, ShardError, load_manifest, verify_shards
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +56,12 @@ def test_manifest_matches_shards(shards, sample_data_root):
         assert counts["normal"] == 6 and counts["anomalous"] + counts["fallback_normal"] == 6
     assert manifest["config"]["size"] == 64 and "workers" not in manifest["config"]
     assert manifest["skipped"] == []
+    assert manifest["format"] == MANIFEST_FORMAT
+    assert manifest["pairing"] == {
+        "unit": "normal + synthetic of the same image",
+        "pairs": 24,
+        "fallback_pairs": manifest["fallback_normal"],
+    }
     # The same formula as retrain's up-to-date check, so the two can be compared.
     assert manifest["source_fingerprint"] == dataset_fingerprint(sample_data_root, "mvtec", "train")
 
@@ -65,7 +72,7 @@ def test_stock_webdataset_reads_the_shards(shards, sample_data_root):
     urls = [str(p) for p in sorted(shards[0].glob("shard-*.tar"))]
     mask_handler = wds.handle_extension("mask.png", lambda b: np.array(Image.open(io.BytesIO(b))))
     dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=True).decode(mask_handler, "rgb8")
-    seen = []
+    seen, normals = [], {}
     for sample in dataset:
         image, mask, meta = sample["png"], sample["mask.png"], sample["json"]
         assert image.shape == (64, 64, 3) and image.dtype == np.uint8
@@ -79,7 +86,15 @@ def test_stock_webdataset_reads_the_shards(shards, sample_data_root):
         assert meta["conversation"][0] == {"from": "human", "value": meta["question"]}
         assert meta["conversation"][1] == {"from": "gpt", "value": meta["answer"]}
         seen.append(sample["__key__"])
+        member = (sample["__key__"], meta["kind"], meta["source"], sample["__url__"])
+        normals.setdefault(meta["pair"], []).append(member)
     assert len(seen) == 48 == len(set(seen))
+    # Every normal sample names itself; its one twin (per_image=1) names it, same image, same shard.
+    assert set(normals) == {k for k in seen if int(k) % 2 == 0}
+    for key, members in normals.items():
+        assert [kind for k, kind, _, _ in members if k == key] == ["normal"] and len(members) == 2
+        assert next(kind for k, kind, _, _ in members if k != key) in ("synthetic", "fallback")
+        assert len({(src, url) for _, _, src, url in members}) == 1, key
 
 
 def test_tar_reads_the_shards(shards):
@@ -98,6 +113,31 @@ def test_rerun_is_a_no_op_other_settings_need_force(shards, sample_data_root, ca
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     with pytest.raises(ConfigError, match="--force"):
         run_synth(cfg, sample_data_root, out, seed=4, progress=False)
+
+
+def test_plan_keeps_each_image_in_one_shard():
+    # per_image 2: 3 samples per image; a target of 8 gives shards of 2 whole images (6 samples)
+    shards = plan_shards(5, 2, 8)
+    assert [len(s) for s in shards] == [6, 6, 3]
+    flat = [item for s in shards for item in s]
+    assert [index for index, *_ in flat] == list(range(15))
+    for shard in shards:
+        for index, source, k, pair in shard:
+            assert pair == index - k == source * 3
+            assert any(item == (pair, source, 0, pair) for item in shard)  # the normal is in this shard
+    assert [len(s) for s in plan_shards(3, 3, 1)] == [4, 4, 4]  # a target below one image: one image
+    assert [len(s) for s in plan_shards(4, 1, 8)] == [8]
+
+
+def test_old_shards_without_pairing_are_refused_with_the_fix(shards, tmp_path):
+    copy = tmp_path / "old"
+    shutil.copytree(shards[0], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format"] = "anomalygpt-synth-shards/1"
+    del manifest["pairing"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match=r"older synth without normal/synthetic pairing.*--force"):
+        load_manifest(copy)
 
 
 def test_verify_rejects_tampered_or_missing_shards(shards, tmp_path):
@@ -130,6 +170,8 @@ def test_cli_config_flags_corrupt_files_and_force(ray_session, sample_data_root,
     manifest = verify_shards(out)
     assert manifest["config"]["per_image"] == 2 and manifest["config"]["size"] == 64
     assert manifest["seed"] == 0 and manifest["samples"] == 12 * 3
+    # the truncated image gives none of its 3 samples: 12 images x 2 pairs
+    assert manifest["pairing"]["pairs"] == 24 and len(manifest["shards"]) == 1
     reasons = {s["path"]: s["reason"] for s in manifest["skipped"]}
     assert set(reasons) == {"brick/train/good/garbage.png", "coin/train/good/truncated.png"}
     assert reasons["brick/train/good/garbage.png"].startswith("unreadable image")

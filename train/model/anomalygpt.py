@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from train.model.batch import Batch, Prediction
@@ -13,9 +14,12 @@ from train.model.conversation import IGNORE, pad_batch, tables, tokenize_turns
 from train.model.decoder import AnomalyDecoder
 from train.model.encoders import ImageEncoder
 from train.model.losses import dice_loss, focal_loss
-from train.model.memory_bank import MemoryBank, with_rotations
-from train.model.prompt_learner import PromptLearner
+from train.model.memory_bank import ROTATIONS, Calibration, MemoryBank, squash, with_rotations
+from train.model.prompt_learner import PromptLearner, rms_scale
+from train.model.reference_pool import ReferencePool
 from train.model.text_features import PromptTextFeatures
+
+ENCODE_CHUNK = 32  # reference images encoded at once when a bank is built (bounds peak memory)
 
 
 class AnomalyGPT(nn.Module):
@@ -31,6 +35,7 @@ class AnomalyGPT(nn.Module):
         llm: nn.Module | None,
         tokenizer: Any,
         image_proj: nn.Linear | None,
+        image_token_rms: float | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -41,6 +46,9 @@ class AnomalyGPT(nn.Module):
         self.llm = llm
         self.tokenizer = tokenizer
         self.image_proj = image_proj
+        self.image_token_rms = image_token_rms
+        self.reference_pool: ReferencePool | None = None
+        """Encoded normal training images for few-shot training (set by ``build_reference_pool``)."""
         self.encoder_calls = 0  # images encoded; lets callers check that banks are not rebuilt
         if llm is not None:
             conv = tables()["conversation"]
@@ -84,6 +92,8 @@ class AnomalyGPT(nn.Module):
         start_e = self._embed(torch.tensor(start, device=device)).unsqueeze(0).expand(b, -1, -1)
         end_e = self._embed(torch.tensor(self._end_ids, device=device)).unsqueeze(0).expand(b, -1, -1)
         image_token = self.image_proj(global_embed).unsqueeze(1)
+        if self.image_token_rms is not None:
+            image_token = rms_scale(image_token, self.image_token_rms)
         parts = [start_e, image_token, end_e] + ([prompts] if prompts is not None else [])
         return torch.cat(parts, dim=1)
 
@@ -108,21 +118,8 @@ class AnomalyGPT(nn.Module):
                 focal = sum(focal_loss(p, masks, cfg.loss.focal_gamma) for p in layer_probs)
                 dice = sum(dice_loss(p[:, 1:2], masks) for p in layer_probs)
         prompt_map = anomaly_map
-        if (
-            batch.references is not None
-            and batch.masks is not None
-            and cfg.few_shot_train_prob > 0
-            and float(torch.rand(())) < cfg.few_shot_train_prob
-        ):
-            # The reference swaps the prompt learner's input for a 1-NN map against a rotated normal.
-            prompt_map = torch.cat(
-                [
-                    self.build_memory_bank(batch.references[i : i + 1]).anomaly_map(
-                        [m[i : i + 1] for m in enc.patch_maps], size
-                    )
-                    for i in range(images.shape[0])
-                ]
-            )
+        if batch.masks is not None and self._few_shot_step(batch):
+            prompt_map = self._few_shot_training_map(batch, enc.patch_maps, anomaly_map, size)
         if self.llm is not None:
             prompts = self._prompts(prompt_map, enc.global_embed)
             ce = self._lm_loss(self._prefix(enc.global_embed, prompts), batch.conversations)
@@ -139,20 +136,103 @@ class AnomalyGPT(nn.Module):
         return torch.tensor(ids), torch.tensor(labels), torch.tensor(mask)
 
     def _lm_loss(self, prefix: torch.Tensor, conversations) -> torch.Tensor:
+        """Next-token cross-entropy on the assistant text. The vocabulary projection runs only at
+        the labelled positions: over a 49k vocabulary it is a fifth of a small LLM's step."""
         ids, labels, mask = (t.to(prefix.device) for t in self.tokenize(conversations))
         b, p = prefix.shape[:2]
         embeds = torch.cat([prefix, self._embed(ids)], dim=1)
         attention = torch.cat([mask.new_ones(b, p), mask], dim=1)
-        full_labels = torch.cat([labels.new_full((b, p), IGNORE), labels], dim=1)
-        return self.llm(inputs_embeds=embeds, attention_mask=attention, labels=full_labels).loss
+        targets = torch.cat([labels.new_full((b, p), IGNORE), labels], dim=1)[:, 1:]
+        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
+        keep = targets != IGNORE
+        logits = self.llm.get_output_embeddings()(hidden[:, :-1][keep])
+        return F.cross_entropy(logits.float(), targets[keep])
 
     # --- inference --------------------------------------------------------------------------
-    def build_memory_bank(self, reference_images: torch.Tensor, category: str | None = None) -> MemoryBank:
-        """Encode k normal references once (with 90/180/270 rotations unless switched off)."""
-        images = with_rotations(reference_images) if self.cfg.few_shot_rotations else reference_images
-        enc = self.encode(images)
-        return MemoryBank.from_patch_maps(enc.patch_maps, category, shots=reference_images.shape[0])
+    def _bank_layers(self, patch_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        layers = self.cfg.memory_bank.layers
+        return list(patch_maps) if layers is None else [patch_maps[i] for i in layers]
 
+    def _rotations(self, shots: int) -> int:
+        mb = self.cfg.memory_bank
+        return ROTATIONS if mb.rotations and shots <= mb.rotation_max_shots else 1
+
+    def _encode_all(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Patch maps of many images, encoded in chunks."""
+        parts = [self.encode(chunk).patch_maps for chunk in images.split(ENCODE_CHUNK)]
+        return [torch.cat(layer) for layer in zip(*parts, strict=True)]
+
+    @torch.no_grad()
+    def build_memory_bank(self, reference_images: torch.Tensor, category: str | None = None) -> MemoryBank:
+        """The bank of k normal references of one category, built once and reused for every query:
+        encoded (with rotations for few shots), reduced to the patch budget by greedy coreset, and
+        calibrated on the references themselves (each scored against the others)."""
+        shots = reference_images.shape[0]
+        rotations = self._rotations(shots)
+        images = with_rotations(reference_images) if rotations > 1 else reference_images
+        maps = self._encode_all(images)
+        bank = MemoryBank.from_patch_maps(self._bank_layers(maps), shots, rotations, category)
+        bank = bank.subsample(self.cfg.memory_bank.max_patches, seed=0)
+        upright = [m[:shots] for m in maps]
+        size = tuple(reference_images.shape[-2:])
+        if bank.can_hold_out():
+            held_out = bank.distance_map(self._bank_layers(upright), size, hold_out=list(range(shots)))
+            bank.nn_calibration = Calibration.from_maps(held_out)
+        if self.decoder is not None and category is not None:
+            decoder_maps = self.text_map(upright, [category] * shots, size)[1]
+            bank.decoder_calibration = Calibration.from_maps(decoder_maps)
+        return bank
+
+    def bank_map(
+        self,
+        bank: MemoryBank,
+        patch_maps: list[torch.Tensor],
+        decoder_map: torch.Tensor | None,
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """The k-shot map in [0, 1): the bank's distances, calibrated, fused with the decoder map
+        (``memory_bank.fusion``); 0.5 is where the references' own scores end."""
+        mb = self.cfg.memory_bank
+        fused = bank.nn_calibration.normalise(bank.distance_map(self._bank_layers(patch_maps), size))
+        if mb.fusion == "calibrated" and decoder_map is not None and bank.decoder_calibration is not None:
+            decoder = bank.decoder_calibration.normalise(decoder_map)
+            fused = (fused + mb.decoder_weight * decoder) / (1.0 + mb.decoder_weight)
+        return squash(fused)
+
+    # --- few-shot training ------------------------------------------------------------------
+    @torch.no_grad()
+    def build_reference_pool(self, images: dict[str, torch.Tensor], sources: dict[str, list[str]]) -> None:
+        """Encode each category's normal training images once (with rotations) for few-shot training."""
+        self.reference_pool = ReferencePool.build(self, images, sources)
+
+    def _few_shot_step(self, batch: Batch) -> bool:
+        """Whether this micro-batch trains the few-shot path: drawn from ``batch.seed``, so the
+        choice is the same for any worker count and after a resume."""
+        p = self.cfg.few_shot_train_prob
+        if p <= 0 or self.reference_pool is None or batch.sources is None:
+            return False
+        generator = torch.Generator().manual_seed(batch.seed)
+        return float(torch.rand((), generator=generator)) < p
+
+    def _few_shot_training_map(
+        self, batch: Batch, patch_maps: list[torch.Tensor], decoder_map: torch.Tensor | None, size
+    ) -> torch.Tensor:
+        """Per image, the map a k-shot user would get: one reference (with rotations) or all the
+        category's other normal images, never the image's own source."""
+        generator = torch.Generator().manual_seed(batch.seed + 1)
+        one_shot = float(torch.rand((), generator=generator)) < 0.5
+        maps = []
+        for i, (category, source) in enumerate(zip(batch.categories, batch.sources, strict=True)):
+            bank = self.reference_pool.bank(self, category, source, one_shot, generator)
+            query = [m[i : i + 1] for m in patch_maps]
+            dec = None if decoder_map is None else decoder_map[i : i + 1]
+            if bank is None:  # a category with a single normal image: nothing to hold out
+                maps.append(dec if dec is not None else torch.zeros_like(batch.masks[i : i + 1]))
+            else:
+                maps.append(self.bank_map(bank, query, dec, size))
+        return torch.cat(maps)
+
+    # --- inference --------------------------------------------------------------------------
     @torch.no_grad()
     def predict(
         self,
@@ -174,30 +254,49 @@ class AnomalyGPT(nn.Module):
         self.eval()
         size = tuple(images.shape[-2:])
         enc = self.encode(images)
-        amap = self.text_map(enc.patch_maps, categories, size)[1] if self.decoder is not None else None
+        decoder_map = self.text_map(enc.patch_maps, categories, size)[1] if self.decoder is not None else None
+        amap = decoder_map
         if memory_bank is not None:
-            shot_map = memory_bank.anomaly_map(enc.patch_maps, size)
-            amap = (
-                shot_map if amap is None or self.cfg.few_shot_fusion == "replace" else (amap + shot_map) / 2
-            )
+            amap = self.bank_map(memory_bank, enc.patch_maps, decoder_map, size)
         answers: list[str | None] = [None] * images.shape[0]
         if self.llm is not None and generate:
-            questions = (
-                [question] * len(categories) if question is None or isinstance(question, str) else question
-            )
-            if len(questions) != len(categories):
-                raise ValueError(f"{len(categories)} images but {len(questions)} questions")
-            prompts = self._prompts(amap, enc.global_embed)
-            prefix = self._prefix(enc.global_embed, prompts)
-            default = tables()["default_question"]
-            for i, q in enumerate(questions):
-                answers[i] = self.generate(prefix[i : i + 1], q or default)
+            answers = self._answers(enc.global_embed, amap, self._questions(question, len(categories)))
         self.train(was_training)
         out = []
         for i, category in enumerate(categories):
             m = amap[i, 0].float().cpu().numpy() if amap is not None else None
-            out.append(Prediction(category, m, float(m.max()) if m is not None else None, answers[i]))
+            d = None
+            if memory_bank is not None and decoder_map is not None:
+                d = decoder_map[i, 0].float().cpu().numpy()
+            out.append(Prediction(category, m, float(m.max()) if m is not None else None, answers[i], d))
         return out
+
+    @torch.no_grad()
+    def answers_for_maps(
+        self, images: torch.Tensor, anomaly_maps: torch.Tensor, question: str | list[str] | None = None
+    ) -> list[str]:
+        """The answers the LLM gives for ``images`` when the prompt learner reads ``anomaly_maps``
+        (B, 1, H, W) instead of their own maps: the test that answers follow the map."""
+        if self.llm is None:
+            raise ValueError("the model has no LLM")
+        was_training = self.training
+        self.eval()
+        enc = self.encode(images)
+        answers = self._answers(enc.global_embed, anomaly_maps, self._questions(question, images.shape[0]))
+        self.train(was_training)
+        return answers
+
+    @staticmethod
+    def _questions(question: str | list[str] | None, n: int) -> list[str | None]:
+        questions = [question] * n if question is None or isinstance(question, str) else list(question)
+        if len(questions) != n:
+            raise ValueError(f"{n} images but {len(questions)} questions")
+        return questions
+
+    def _answers(self, global_embed, anomaly_map, questions: list[str | None]) -> list[str]:
+        prefix = self._prefix(global_embed, self._prompts(anomaly_map, global_embed))
+        default = tables()["default_question"]
+        return [self.generate(prefix[i : i + 1], q or default) for i, q in enumerate(questions)]
 
     @torch.no_grad()
     def generate(self, prefix: torch.Tensor, question: str) -> str:

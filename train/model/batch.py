@@ -25,8 +25,14 @@ class Batch:
     """Class name per image; "object" for instruction data."""
     conversations: list[list[Turn]]
     """Per image, the turns; the first is human, assistant turns are the targets."""
-    references: torch.Tensor | None = None
-    """Optional float32 (B, 3, H, W) normal reference per image for few-shot training."""
+    sources: list[str] | None = None
+    """Per image, the normal training image it was made from (the synth sample's ``source``);
+    few-shot training leaves that image out of the memory bank it scores against. None for
+    instruction data."""
+    seed: int = 0
+    """Deterministic per micro-batch (a function of the run seed and the stream position): the
+    model's random choices for this batch (few-shot or not, how many shots) come from it, so they do
+    not depend on the worker count or on a resume."""
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -36,6 +42,8 @@ class Batch:
             raise ValueError(
                 f"Batch.masks must be {(n, 1, *self.images.shape[2:])}, got {tuple(self.masks.shape)}"
             )
+        if self.sources is not None and len(self.sources) != n:
+            raise ValueError(f"Batch has {n} images but {len(self.sources)} sources")
         if len(self.categories) != n or len(self.conversations) != n:
             raise ValueError(
                 f"Batch has {n} images but {len(self.categories)} categories and "
@@ -54,3 +62,10 @@ class Prediction:
     """Image-level anomaly score: the max of the map (None without a map)."""
     answer: str | None
     """The LLM's answer text; None when generation is off or the LLM is disabled."""
+    decoder_map: np.ndarray | None = None
+    """With a memory bank: the decoder's own map (H, W) beside the fused one, for reporting the
+    decoder alone; None otherwise (then ``anomaly_map`` is the decoder's map, if any)."""
+
+    @property
+    def decoder_score(self) -> float | None:
+        return None if self.decoder_map is None else float(self.decoder_map.max())

@@ -25,9 +25,13 @@ from train.model.prompt_learner import PromptLearner
 from train.model.text_features import PromptTextFeatures
 
 
-def build_model(cfg: ModelConfig) -> AnomalyGPT:
+def build_model(cfg: ModelConfig, seed: int = 0) -> AnomalyGPT:
     """The model of ``cfg``: encoder and LLM frozen; decoder, prompt learner (and, when configured,
-    the image-token projection and LoRA) trainable."""
+    the image-token projection and LoRA) trainable.
+
+    The frozen parts load first; the trainable ones are then drawn from a generator seeded with
+    ``seed`` alone, so their initial values do not depend on what loading consumed from the global
+    RNG (a first run that converts the LLM draws differently from a run that finds it cached)."""
     state = None
     if cfg.encoder.name == "imagebind_huge":
         state = read_checkpoint(cfg.encoder.checkpoint)  # read once for the vision and text towers
@@ -36,34 +40,48 @@ def build_model(cfg: ModelConfig) -> AnomalyGPT:
         )
     else:
         encoder = build_encoder(cfg.encoder.name, cfg.encoder.layers, cfg.encoder.pretrained)
-    text_features = decoder = prompt_learner = llm = tokenizer = image_proj = None
-    if cfg.use_decoder:
-        text_features = _text_features(cfg, state)
-        decoder = AnomalyDecoder(encoder.channels, text_features.dim, cfg.logit_scale)
+    text_features = _text_features(cfg, state) if cfg.use_decoder else None
     del state
+    llm = tokenizer = None
     if cfg.use_llm:
         llm, tokenizer = _load_llm(cfg)
-        hidden = llm.config.hidden_size
-        embed_std = float(llm.get_input_embeddings().weight.detach().std())
         for p in llm.parameters():
             p.requires_grad_(False)
         llm.eval()
-        if cfg.lora.enabled:
-            llm = _wrap_lora(llm, cfg)
-        image_proj = nn.Linear(encoder.embed_dim, hidden)
-        if cfg.llm.name == "vicuna" and cfg.llm.delta is not None:
-            _load_delta(cfg, llm, image_proj)
-        image_proj.requires_grad_(cfg.train_image_proj)
-        if cfg.use_prompt_learner:
-            prompt_learner = PromptLearner(
-                hidden,
-                cfg.prompt_tokens,
-                cfg.prompt_channels,
-                global_dim=encoder.embed_dim if cfg.prompt_global else None,
-                use_map=cfg.use_decoder,
-                init_std=embed_std,
-            )
-    return AnomalyGPT(cfg, encoder, text_features, decoder, prompt_learner, llm, tokenizer, image_proj)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        decoder = prompt_learner = image_proj = None
+        token_rms = None
+        if text_features is not None:
+            decoder = AnomalyDecoder(encoder.channels, text_features.dim, cfg.logit_scale)
+        if llm is not None:
+            hidden = llm.config.hidden_size
+            table = llm.get_input_embeddings().weight.detach().float()
+            embed_std = float(table.std())
+            embed_rms = float(table.pow(2).mean(dim=1).sqrt().mean())
+            if cfg.lora.enabled:
+                llm = _wrap_lora(llm, cfg)
+            image_proj = nn.Linear(encoder.embed_dim, hidden)
+            pretrained_proj = cfg.llm.name == "vicuna" and cfg.llm.delta is not None
+            if pretrained_proj:
+                _load_delta(cfg, llm, image_proj)
+            image_proj.requires_grad_(cfg.train_image_proj)
+            # A pretrained projection (PandaGPT's llama_proj) keeps the scale it was trained at.
+            if cfg.embedding_scale and not pretrained_proj:
+                token_rms = embed_rms
+            if cfg.use_prompt_learner:
+                prompt_learner = PromptLearner(
+                    hidden,
+                    cfg.prompt_tokens,
+                    cfg.prompt_channels,
+                    global_dim=encoder.embed_dim if cfg.prompt_global else None,
+                    use_map=cfg.use_decoder,
+                    init_std=embed_std,
+                    embed_rms=embed_rms if cfg.embedding_scale else None,
+                )
+    return AnomalyGPT(
+        cfg, encoder, text_features, decoder, prompt_learner, llm, tokenizer, image_proj, token_rms
+    )
 
 
 def _text_features(cfg: ModelConfig, state: dict | None) -> PromptTextFeatures:

@@ -84,6 +84,35 @@ class LossConfig:
 
 
 @dataclass
+class MemoryBankConfig:
+    """The memory bank of normal patches (few-shot and all-shot maps) and how its map joins the decoder's."""
+
+    layers: list[int] | None = None
+    """Indices into the encoder's patch maps that the bank uses; null: all of them. Mid-level
+    features find local defects best (PatchCore); the demo leaves out EfficientNet's 7x7 stage."""
+    max_patches: int = 20000
+    """Patch budget per layer; a bank above it is reduced by greedy coreset subsampling (PatchCore),
+    which bounds memory and search time for all-shot banks of large categories."""
+    rotations: bool = True
+    """Add 90/180/270-degree rotations of each reference to the bank when there are few shots."""
+    rotation_max_shots: int = 4
+    """Rotations only up to this many shots (they help one or two references cover a texture; with
+    many references they only cost memory and can hide orientation defects)."""
+    fusion: Literal["calibrated", "replace"] = "calibrated"
+    """calibrated: the bank map and the decoder map, each normalised by where normal ends on the
+    references (leave-one-out), averaged with ``decoder_weight``. replace: the bank map alone (the
+    reference code's few-shot mode, here calibrated too)."""
+    decoder_weight: float = 0.5
+    """Weight of the decoder map against the bank map (1) in calibrated fusion."""
+
+    def __post_init__(self) -> None:
+        if self.max_patches < 1:
+            raise ValueError(f"memory_bank.max_patches must be >= 1, got {self.max_patches}")
+        if self.decoder_weight < 0:
+            raise ValueError(f"memory_bank.decoder_weight must be >= 0, got {self.decoder_weight}")
+
+
+@dataclass
 class ModelConfig:
     """The AnomalyGPT model: encoder, decoder, memory bank, prompt learner, LLM, losses."""
 
@@ -111,17 +140,21 @@ class ModelConfig:
     prompt_global: bool = False
     """Also feed the global image feature into the prompt tokens (the paper's figure; not the code)."""
     train_image_proj: bool = False
-    """Train the global-image-token projection (the reference loads PandaGPT's llama_proj frozen;
-    with an LLM that has no pretrained projection, set true)."""
+    """Train the global-image-token projection (the reference loads PandaGPT's llama_proj frozen).
+    Frozen, the answer can only come from the prompt tokens, i.e. from the map: a trainable image
+    token lets the LLM answer from global or class cues instead."""
+    embedding_scale: bool = True
+    """Scale the image token and the map prompt tokens to the RMS norm of the LLM's token
+    embeddings, so that they weigh like words (unscaled, they can drown or vanish in the LLM)."""
     logit_scale: float = 100.0
     """Scale of the patch-text cosine similarities before the softmax."""
-    few_shot_fusion: Literal["replace", "mean"] = "replace"
-    """How the few-shot map joins the text map: replace it (reference code) or average the two."""
-    few_shot_rotations: bool = True
-    """Add 90/180/270-degree rotations of each reference to the memory bank."""
-    few_shot_train_prob: float = 0.0
-    """Probability per anomaly batch of feeding the prompt learner a 1-NN map (the reference: 0.5);
-    needs ``Batch.references``."""
+    memory_bank: MemoryBankConfig = field(default_factory=MemoryBankConfig)
+    few_shot_train_prob: float = 0.5
+    """Probability per anomaly micro-batch of feeding the prompt learner the memory-bank map
+    instead of the decoder map (the reference: 0.5), so that k-shot answers are trained too. Half of
+    those use one reference (with rotations), half all the category's other normal images."""
+    few_shot_train_pool: int = 16
+    """Normal training images per category kept encoded for few-shot training (memory bound)."""
 
     def __post_init__(self) -> None:
         side = math.isqrt(max(self.prompt_tokens, 0))
@@ -145,3 +178,5 @@ class ModelConfig:
             )
         if not 0.0 <= self.few_shot_train_prob <= 1.0:
             raise ValueError("few_shot_train_prob must be in [0, 1]")
+        if self.few_shot_train_pool < 2:
+            raise ValueError("few_shot_train_pool must be >= 2 (a reference and a held-out image)")

@@ -1,4 +1,10 @@
-"""Few-shot memory bank: normal reference patches of one category, scored by nearest neighbour."""
+"""Memory bank of normal patches: nearest-neighbour anomaly maps, calibrated against normal images.
+
+The bank holds every patch of the k normal references (with 90/180/270-degree rotations when k is
+small), reduced by greedy coreset subsampling (PatchCore) when a layer exceeds its patch budget. A
+calibration learnt from the references themselves (leave-one-image-out) tells where "normal" ends,
+so a bank map and the decoder map can be put on one scale and fused.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +13,151 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+ROTATIONS = 4  # 0/90/180/270 degrees
+PROJECTION_DIM = 128  # coreset distances on a random projection, as PatchCore
+QUERY_CHUNK = 4096
+
 
 def with_rotations(images: torch.Tensor) -> torch.Tensor:
-    """The images and their 90/180/270-degree rotations (exact for square inputs)."""
-    return torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
+    """The images and their 90/180/270-degree rotations, rotation-major: [all k at 0°, all at 90°, ...]."""
+    return torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(ROTATIONS)])
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where normal ends on one kind of map, measured on normal images: ``level`` is their mean pixel
+    score, ``top`` their highest. ``normalise`` maps level to 0 and top to 1."""
+
+    level: float
+    top: float
+
+    @classmethod
+    def from_maps(cls, maps: torch.Tensor) -> Calibration:
+        level = float(maps.float().mean())
+        return cls(level, max(float(maps.float().amax()), level + 1e-6))
+
+    def normalise(self, maps: torch.Tensor) -> torch.Tensor:
+        return ((maps - self.level) / (self.top - self.level)).clamp_min(0.0)
+
+
+UNCALIBRATED = Calibration(0.0, 1.0)
+"""A bank whose references cannot be held out from each other (one image, no rotations)."""
+
+
+def squash(normalised: torch.Tensor) -> torch.Tensor:
+    """[0, inf) -> [0, 1): the top of normal (1) lands on 0.5, the decoder's own decision point."""
+    return normalised / (1.0 + normalised)
+
+
+def greedy_coreset(features: torch.Tensor, budget: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``budget`` rows chosen by greedy k-centre (PatchCore's coreset): each pick is the
+    row farthest from everything picked so far, so the subset covers the whole feature space."""
+    n = features.shape[0]
+    if budget >= n:
+        return torch.arange(n)
+    generator = torch.Generator().manual_seed(seed)
+    dim = min(PROJECTION_DIM, features.shape[1])
+    projection = torch.randn(features.shape[1], dim, generator=generator) / dim**0.5
+    points = features.float().cpu() @ projection
+    chosen = torch.empty(budget, dtype=torch.long)
+    chosen[0] = 0
+    nearest = torch.linalg.vector_norm(points - points[0], dim=1)
+    for i in range(1, budget):
+        pick = int(nearest.argmax())
+        chosen[i] = pick
+        nearest = torch.minimum(nearest, torch.linalg.vector_norm(points - points[pick], dim=1))
+    return chosen.sort().values
 
 
 @dataclass
 class MemoryBank:
-    """Per encoder layer, every patch of the k normal references as unit vectors (N_l, C_l).
-
-    Raw encoder features, no decoder projection, no coreset subsampling, as the reference."""
+    """Per encoder layer, normal patches as unit vectors (N_l, C_l) and, per patch, which reference
+    image it came from (``image_ids``; ``rotation_ids`` its rotation) so that a reference can be
+    held out when the bank scores the references themselves."""
 
     features: list[torch.Tensor]
+    image_ids: list[torch.Tensor]
+    rotation_ids: list[torch.Tensor]
     category: str | None = None
     shots: int = 0
+    nn_calibration: Calibration = UNCALIBRATED
+    decoder_calibration: Calibration | None = None
 
     @classmethod
-    def from_patch_maps(cls, patch_maps: list[torch.Tensor], category: str | None, shots: int) -> MemoryBank:
-        feats = [
-            F.normalize(m.flatten(2).transpose(1, 2).reshape(-1, m.shape[1]), dim=-1) for m in patch_maps
-        ]
-        return cls([f.detach() for f in feats], category, shots)
+    def from_patch_maps(
+        cls, patch_maps: list[torch.Tensor], shots: int, rotations: int = 1, category: str | None = None
+    ) -> MemoryBank:
+        """``patch_maps`` (shots * rotations, C, h, w) per layer, rotation-major as ``with_rotations``."""
+        feats, images, rots = [], [], []
+        for m in patch_maps:
+            n, c, h, w = m.shape
+            if n != shots * rotations:
+                raise ValueError(f"memory bank: {n} feature maps for {shots} shots x {rotations} rotations")
+            feats.append(F.normalize(m.detach().flatten(2).transpose(1, 2).reshape(-1, c), dim=-1))
+            per_map = torch.arange(n).repeat_interleave(h * w)
+            images.append(per_map % shots)
+            rots.append(per_map // shots)
+        return cls(feats, images, rots, category, shots)
 
-    def anomaly_map(
-        self, patch_maps: list[torch.Tensor], size: tuple[int, int], chunk: int = 4096
+    @property
+    def n_patches(self) -> list[int]:
+        return [f.shape[0] for f in self.features]
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.features, *self.image_ids, *self.rotation_ids]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def subsample(self, max_patches: int, seed: int = 0) -> MemoryBank:
+        """At most ``max_patches`` per layer, by greedy coreset (layers under the budget stay whole)."""
+        keep = [greedy_coreset(f, max_patches, seed) for f in self.features]
+        return MemoryBank(
+            [f[k.to(f.device)] for f, k in zip(self.features, keep, strict=True)],
+            [i[k] for i, k in zip(self.image_ids, keep, strict=True)],
+            [r[k] for r, k in zip(self.rotation_ids, keep, strict=True)],
+            self.category,
+            self.shots,
+            self.nn_calibration,
+            self.decoder_calibration,
+        )
+
+    def distance_map(
+        self, patch_maps: list[torch.Tensor], size: tuple[int, int], hold_out: list[int] | None = None
     ) -> torch.Tensor:
-        """1 - max cosine similarity to the bank, upsampled per layer and averaged: (B, 1, H, W)."""
+        """1 - max cosine similarity to the bank, upsampled per layer and averaged: (B, 1, H, W).
+
+        ``hold_out[b]`` = index of a reference image that query ``b`` is: with several shots its
+        patches (all rotations) are left out; with one shot only its unrotated copy is."""
         if len(patch_maps) != len(self.features):
             raise ValueError(f"memory bank has {len(self.features)} layers, query has {len(patch_maps)}")
         sims = []
-        for fmap, bank in zip(patch_maps, self.features, strict=True):
-            b, c, h, w = fmap.shape
-            query = F.normalize(fmap.flatten(2).transpose(1, 2).reshape(-1, c), dim=-1)
-            bank = bank.to(query.device, query.dtype)
-            best = torch.cat([(q @ bank.T).amax(dim=1) for q in query.split(chunk)])
-            sim = best.reshape(b, 1, h, w)
+        for layer, fmap in enumerate(patch_maps):
+            b, _, h, w = fmap.shape
+            bank = self.features[layer].to(fmap.device, fmap.dtype)
+            queries = F.normalize(fmap.flatten(2).transpose(1, 2), dim=-1)  # (B, hw, C)
+            best = []
+            for i in range(b):
+                allowed = None if hold_out is None else self._allowed(layer, hold_out[i]).to(fmap.device)
+                best.append(_best_similarity(queries[i], bank, allowed))
+            sim = torch.stack(best).reshape(b, 1, h, w)
             sims.append(F.interpolate(sim, size=size, mode="bilinear", align_corners=True))
         return 1.0 - torch.stack(sims).mean(0)
+
+    def _allowed(self, layer: int, image: int) -> torch.Tensor:
+        same = self.image_ids[layer] == image
+        if self.shots == 1:
+            same = same & (self.rotation_ids[layer] == 0)
+        if bool(same.all()):
+            raise ValueError("memory bank: holding out the only reference leaves nothing to compare with")
+        return ~same
+
+    def can_hold_out(self) -> bool:
+        """Whether the references can be scored against the rest (needs 2 shots or rotations)."""
+        return self.shots > 1 or any(bool((r > 0).any()) for r in self.rotation_ids)
+
+
+def _best_similarity(query: torch.Tensor, bank: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """Max cosine similarity of each query row to the (allowed) bank rows, in chunks."""
+    if allowed is not None:
+        bank = bank[allowed]
+    return torch.cat([(q @ bank.T).amax(dim=1) for q in query.split(QUERY_CHUNK)])

@@ -8,11 +8,22 @@ import torch
 from torch import nn
 
 
+def rms_scale(tokens: torch.Tensor, target: float) -> torch.Tensor:
+    """Each token vector rescaled to root-mean-square ``target`` (the LLM's word-embedding RMS)."""
+    rms = tokens.float().pow(2).mean(dim=-1, keepdim=True).add(1e-12).sqrt()
+    return tokens * (target / rms).to(tokens.dtype)
+
+
 class PromptLearner(nn.Module):
     """Conv stages (conv3x3 + ReLU + maxpool2, channels as the reference 4/16/64/256/1024), an
     adaptive pool to (s+4, s+4) and a 5x5 conv to s*s tokens of the LLM's hidden size, after
     ``n`` learnable base prompts. At 224 px with five stages the pool is the identity and the
-    shapes equal the reference's 7x7 -> 3x3; any other input size works too."""
+    shapes equal the reference's 7x7 -> 3x3; any other input size works too.
+
+    With ``embed_rms`` the map tokens are scaled to the LLM's word-embedding RMS and each grid cell
+    adds a learnt cell embedding: the convolution is shared by all cells, so without it a hot spot
+    top left and one bottom right would give the same token, and only the token's place in the
+    sequence would tell the LLM where the defect is."""
 
     def __init__(
         self,
@@ -22,6 +33,7 @@ class PromptLearner(nn.Module):
         global_dim: int | None = None,
         use_map: bool = True,
         init_std: float = 1.0,
+        embed_rms: float | None = None,
     ) -> None:
         super().__init__()
         side = math.isqrt(n_tokens)
@@ -44,6 +56,8 @@ class PromptLearner(nn.Module):
         # The reference draws the base prompts from randn for a 4096-d LLaMA; scaling to the LLM's
         # embedding std keeps them on the scale of real token embeddings for any LLM.
         self.base_prompts = nn.Parameter(torch.randn(n_tokens, hidden) * init_std)
+        self.embed_rms = embed_rms
+        self.cell_embed = nn.Parameter(torch.randn(n_tokens, hidden) * init_std) if embed_rms else None
 
     def forward(self, anomaly_map: torch.Tensor | None, global_embed: torch.Tensor | None) -> torch.Tensor:
         """(B, 1, H, W) map and/or (B, D) feature -> (B, 2n, hidden): base prompts, then map tokens."""
@@ -57,5 +71,7 @@ class PromptLearner(nn.Module):
                 raise ValueError("prompt learner built for the global feature but got none")
             extra = self.global_proj(global_embed).view(-1, self.n_tokens, self.hidden)
             tokens = extra if tokens is None else tokens + extra
+        if self.embed_rms is not None:
+            tokens = rms_scale(tokens, self.embed_rms) + self.cell_embed
         base = self.base_prompts.unsqueeze(0).expand(tokens.shape[0], -1, -1)
         return torch.cat([base, tokens], dim=1)

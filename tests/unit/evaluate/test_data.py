@@ -57,9 +57,13 @@ def test_no_category_in_common_is_an_error_unless_k_shot(data, tmp_path):
     known = trained_categories(tmp_path)
     assert known == ["bottle", "cable"]
     with pytest.raises(EvaluationDataError, match="no category in common"):
-        plan_evaluation(data, EvaluateConfig(), known)
+        plan_evaluation(data, EvaluateConfig(shots=0), known)
     plan = plan_evaluation(data, EvaluateConfig(shots=1), known)  # cross-dataset k-shot is the protocol
     assert all(c.seen_in_training is False for c in plan.categories)
+    plan = plan_evaluation(data, EvaluateConfig(), known)  # the default bank holds every train normal
+    for c in plan.categories:
+        names = sorted(p.name for p in (data / c.category / "train" / "good").iterdir())
+        assert c.references == [f"{c.category}/train/good/{n}" for n in names]
     assert trained_categories(tmp_path / "missing") is None
 
 

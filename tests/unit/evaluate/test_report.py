@@ -20,7 +20,7 @@ def _result():
         "n_images": 4,
     }
     return {
-        "shots": 0,
+        "shots": "all",
         "setting": "unsupervised",
         "model": "ckpt",
         "data": "data",
@@ -46,12 +46,43 @@ def test_outputs_follow_the_schema_and_null_prints_as_a_dash(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["per_category"]["brick"]["pixel_auroc"] is None
     lines = [json.loads(x) for x in (tmp_path / "answers.jsonl").read_text().splitlines()]
     assert [x["image"] for x in lines] == sorted(r["image"] for r in _rows())
-    assert set(lines[0]) == {"image", "category", "label", "defect", "score", "answer", "error"}
+    assert set(lines[0]) == {
+        "image", "category", "label", "defect", "score", "answer", "error", "gt_positions", "answer_positions"
+    }  # fmt: skip
+    assert lines[0]["gt_positions"] is None and lines[0]["answer_positions"] is None  # no answer
     table = (tmp_path / "metrics.md").read_text()
     assert "| brick | 90.0 | – | 75.0 | – | 80.0 | 4 |" in table
+    assert "Answer-map agreement" not in table  # no answer figures: no second table
     assert "brick/test/good/9.png" in table
     assert map_path(tmp_path, _rows()[2]) == tmp_path / "maps" / "brick" / "hole_002.png"
     assert markdown_table(_result()) == table
+
+
+def _answered():
+    """_result and _rows with answers, ground-truth positions and the answer figures."""
+    result = _result()
+    m = {**result["per_category"]["brick"], "answer_map_agreement": 0.75, "position_accuracy": None,
+         "map_best_accuracy": 1.0, "n_position_answers": 0}  # fmt: skip
+    result["per_category"] = {"brick": m}
+    result["mean"] = m
+    rows = _rows()
+    rows[3]["answer"] = "Yes, there are 2 anomalies, at the top left and center of the image."
+    rows[3]["gt_positions"] = ["center", "bottom"]
+    return result, rows
+
+
+def test_answer_figures_get_a_second_table_and_positions_go_to_answers_jsonl(tmp_path):
+    result, rows = _answered()
+    write_outputs(tmp_path, result, rows)
+    table = (tmp_path / "metrics.md").read_text()
+    assert "| brick | 90.0 | – | 75.0 | – | 80.0 | 4 |" in table  # the first table as before
+    assert "| Category | Answer-map agreement | Position accuracy | Map best accuracy | Positioned |" in table
+    assert "| brick | 75.0 | – | 100.0 | 0 |" in table
+    assert "| **mean** | 75.0 | – | 100.0 | 0 |" in table
+    lines = [json.loads(x) for x in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    stain = next(x for x in lines if x["defect"] == "stain")
+    assert stain["gt_positions"] == ["center", "bottom"]
+    assert stain["answer_positions"] == ["top left", "center"]
 
 
 def test_overlay_shows_image_heatmap_contour_and_text():
@@ -98,6 +129,13 @@ def _log_and_check(mlflow, tmp_path):
     assert data.metrics["eval/mean/image_auroc"] == 0.9
     assert data.metrics["eval/brick/accuracy"] == 0.75
     assert "eval/brick/pixel_auroc" not in data.metrics  # null is not logged as a number
+    with mlflow.start_run() as run:
+        assert log_to_mlflow(out, *_answered(), 2)
+    answered = client.get_run(run.info.run_id).data.metrics
+    assert answered["eval/brick/answer_map_agreement"] == 0.75
+    assert answered["eval/mean/map_best_accuracy"] == 1.0
+    assert answered["eval/mean/n_position_answers"] == 0
+    assert "eval/brick/position_accuracy" not in answered
     logged = [f.path for f in client.list_artifacts(run.info.run_id, "eval/maps/brick")]
     # the two most instructive: the lowest-scored anomaly and the highest-scored normal
     assert sorted(logged) == ["eval/maps/brick/good_001.png", "eval/maps/brick/hole_002.png"]

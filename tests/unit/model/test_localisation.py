@@ -48,6 +48,7 @@ def pixel_auroc(pretrained: bool, make_cfg) -> float:
         encoder__pretrained=pretrained,
         use_llm=False,
         use_prompt_learner=False,
+        memory_bank__fusion="replace",  # the bank's map alone: the decoder here is untrained
     )
     cfg.image_size = SIZE
     model = build_model(cfg)

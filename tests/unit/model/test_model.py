@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,17 +125,28 @@ def test_rotations_are_real(tiny_model):
     assert not torch.equal(rotated[0], rotated[2])
 
 
-def test_few_shot_fusion(make_cfg):
+def test_bank_fusion_calibrates_both_maps(make_cfg):
+    from train.model.memory_bank import squash
+
     torch.manual_seed(0)
-    images, refs = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
-    replace = build_model(make_cfg(few_shot_fusion="replace", use_llm=False, use_prompt_learner=False))
-    bank = replace.build_memory_bank(refs)
-    text_map = replace.predict(images, ["grass"], generate=False)[0].anomaly_map
-    shot_map = replace.predict(images, ["grass"], memory_bank=bank, generate=False)[0].anomaly_map
-    replace.cfg.few_shot_fusion = "mean"
-    mean_map = replace.predict(images, ["grass"], memory_bank=bank, generate=False)[0].anomaly_map
-    assert not torch.allclose(torch.from_numpy(text_map), torch.from_numpy(shot_map))
-    assert torch.allclose(torch.from_numpy(mean_map), torch.from_numpy((text_map + shot_map) / 2), atol=1e-6)
+    images, refs = torch.rand(1, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    model = build_model(make_cfg(use_llm=False, use_prompt_learner=False))
+    bank = model.build_memory_bank(refs, "grass")
+    assert bank.decoder_calibration is not None and bank.nn_calibration.top > bank.nn_calibration.level
+    enc = model.encode(images)
+    decoder = model.text_map(enc.patch_maps, ["grass"], (64, 64))[1]
+    distance = bank.distance_map(model._bank_layers(enc.patch_maps), (64, 64))
+    nn_part = bank.nn_calibration.normalise(distance)
+    dec_part = bank.decoder_calibration.normalise(decoder)
+    w = model.cfg.memory_bank.decoder_weight
+    pred = model.predict(images, ["grass"], memory_bank=bank, generate=False)[0]
+    expected = squash((nn_part + w * dec_part) / (1 + w))[0, 0]
+    assert torch.allclose(torch.from_numpy(pred.anomaly_map), expected, atol=1e-6)
+    assert np.allclose(pred.decoder_map, decoder[0, 0].detach().numpy())  # reported beside the fused map
+    model.cfg.memory_bank.fusion = "replace"
+    replaced = model.predict(images, ["grass"], memory_bank=bank, generate=False)[0].anomaly_map
+    assert torch.allclose(torch.from_numpy(replaced), squash(nn_part)[0, 0], atol=1e-6)
+    assert replaced.min() >= 0.0 and replaced.max() < 1.0
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(make_cfg, tiny_batch, tmp_path):
@@ -213,14 +225,78 @@ def test_lora_trainable_for_the_ablation(make_cfg, tiny_batch):
     assert isinstance(model.predict(torch.rand(1, 3, 64, 64), ["grass"])[0].answer, str)
 
 
-def test_few_shot_training_swaps_the_prompt_input(make_cfg, tiny_batch):
+def test_few_shot_training_reads_a_bank_map_without_its_own_source(make_cfg, tiny_batch):
     torch.manual_seed(0)
     model = build_model(make_cfg(few_shot_train_prob=1.0))
-    tiny_batch.references = torch.rand(2, 3, 64, 64)
+    pool_images = torch.rand(3, 3, 64, 64)
+    model.build_reference_pool({"grass": pool_images}, {"grass": ["a.png", "b.png", "c.png"]})
+    pool = model.reference_pool
+    g = torch.Generator().manual_seed(0)
+    assert pool.choose("grass", "a.png", False, g) == [1, 2]
+    assert all(pool.choose("grass", "b.png", True, g) != [1] for _ in range(20))
+    seen = []
+    model.prompt_learner.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+    tiny_batch.sources = ["a.png", "a.png"]  # a normal image and its synthetic twin
     calls = model.encoder_calls
     losses = model.training_losses(tiny_batch)
-    assert model.encoder_calls - calls == 2 + 2 * 4  # the batch + one rotated reference per image
+    assert model.encoder_calls - calls == 2  # the pool was encoded once, up front
     assert torch.isfinite(losses["loss"])
+    enc = model.encode(tiny_batch.images)
+    decoder_map = model.text_map(enc.patch_maps, tiny_batch.categories, (64, 64))[1]
+    assert not torch.allclose(seen[0], decoder_map)  # the prompt learner read the bank's map
+    assert float(seen[0].max()) < 1.0
+
+
+def test_few_shot_choice_comes_from_the_batch_seed(make_cfg, tiny_batch):
+    model = build_model(make_cfg(few_shot_train_prob=0.5))
+    model.build_reference_pool({"grass": torch.rand(2, 3, 64, 64)}, {"grass": ["a.png", "b.png"]})
+    tiny_batch.sources = ["a.png", "a.png"]
+    draws = []
+    for seed in range(40):
+        tiny_batch.seed = seed
+        draws.append(model._few_shot_step(tiny_batch))
+    torch.manual_seed(123)  # the global RNG plays no part
+    again = []
+    for seed in range(40):
+        tiny_batch.seed = seed
+        again.append(model._few_shot_step(tiny_batch))
+    assert draws == again and 8 < sum(draws) < 32
+
+
+def test_trainable_init_does_not_depend_on_the_global_rng(make_cfg):
+    torch.manual_seed(0)
+    first = build_model(make_cfg(), seed=7).trainable_state_dict()
+    torch.manual_seed(1)
+    torch.rand(1000)  # e.g. a first run converting the LLM consumes random numbers
+    second = build_model(make_cfg(), seed=7).trainable_state_dict()
+    other = build_model(make_cfg(), seed=8).trainable_state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_tokens_sit_on_the_word_embedding_scale(make_cfg):
+    model = build_model(make_cfg(train_image_proj=False))
+    table = model.llm.get_input_embeddings().weight.detach()
+    word_rms = float(table.pow(2).mean(dim=1).sqrt().mean())
+    enc = model.encode(torch.rand(2, 3, 64, 64))
+    amap = torch.rand(2, 1, 64, 64)
+    prefix = model._prefix(enc.global_embed, model._prompts(amap, enc.global_embed))
+    n_start = len(model._start_ids) + (model.tokenizer.bos_token_id is not None)
+    image_token = prefix[:, n_start]
+    assert torch.allclose(image_token.pow(2).mean(-1).sqrt(), torch.full((2,), word_rms), rtol=1e-4)
+    assert not model.image_proj.weight.requires_grad
+    tokens = model.prompt_learner.convs(amap).flatten(2).transpose(1, 2)
+    from train.model.prompt_learner import rms_scale
+
+    scaled = rms_scale(tokens, word_rms)
+    assert torch.allclose(scaled.pow(2).mean(-1).sqrt(), torch.full(scaled.shape[:2], word_rms), rtol=1e-4)
+
+
+def test_answers_for_maps_reads_the_given_map(tiny_model):
+    images = torch.rand(2, 3, 64, 64)
+    answers = tiny_model.answers_for_maps(images, torch.rand(2, 1, 64, 64))
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
 
 
 def test_runs_in_bfloat16_as_deepspeed_casts_it(make_cfg, tiny_batch):

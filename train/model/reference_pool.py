@@ -1,0 +1,111 @@
+"""Encoded normal training images per category, from which few-shot training draws its banks.
+
+The encoder is frozen, so each normal image is encoded once (with its rotations) when training
+starts; every few-shot micro-batch then builds its bank from these features without touching the
+encoder. The bank calibrations that do not depend on training (the bank's own distances) are
+measured once here; the decoder's calibration changes as it trains and is measured per bank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from train.model.memory_bank import ROTATIONS, UNCALIBRATED, Calibration, MemoryBank, with_rotations
+
+if TYPE_CHECKING:
+    from train.model.anomalygpt import AnomalyGPT
+
+
+@dataclass
+class PoolCategory:
+    """One category: patch maps of its images, rotation-major (R x N maps per layer)."""
+
+    patch_maps: list[torch.Tensor]
+    sources: list[str]
+    rotations: int
+    one_shot: list[Calibration]
+    """Per image, the calibration of a one-shot bank of that image."""
+    all_shots: Calibration
+    """Calibration of a bank of all the other images (each image held out in turn)."""
+
+    def maps_of(self, chosen: list[int], rotations: int) -> list[torch.Tensor]:
+        """Patch maps of the chosen images, rotation-major with ``rotations`` rotations."""
+        n = len(self.sources)
+        index = torch.tensor([r * n + j for r in range(rotations) for j in chosen])
+        return [m[index] for m in self.patch_maps]
+
+
+class ReferencePool:
+    """Per category, the encoded normal images and their sources (to hold a query's own source out)."""
+
+    def __init__(self, categories: dict[str, PoolCategory]) -> None:
+        self.categories = categories
+
+    @classmethod
+    def build(cls, model: AnomalyGPT, images: dict[str, torch.Tensor], sources: dict[str, list[str]]):
+        rotations = ROTATIONS if model.cfg.memory_bank.rotations else 1
+        size = None
+        out = {}
+        for category, batch in images.items():
+            size = tuple(batch.shape[-2:])
+            maps = model._encode_all(with_rotations(batch) if rotations > 1 else batch)
+            out[category] = cls._calibrated(model, maps, sources[category], rotations, size)
+        return cls(out)
+
+    @staticmethod
+    def _calibrated(model, maps, sources: list[str], rotations: int, size) -> PoolCategory:
+        n = len(sources)
+        entry = PoolCategory([m.cpu() for m in maps], sources, rotations, [], UNCALIBRATED)
+        upright = [m[:n] for m in maps]
+        for j in range(n):
+            bank = _bank(model, entry, [j])
+            if bank.can_hold_out():
+                held = bank.distance_map(model._bank_layers([m[j : j + 1] for m in upright]), size, [0])
+                entry.one_shot.append(Calibration.from_maps(held))
+            else:
+                entry.one_shot.append(UNCALIBRATED)
+        if n > 1:
+            bank = _bank(model, entry, list(range(n)))
+            held = bank.distance_map(model._bank_layers(upright), size, list(range(n)))
+            entry.all_shots = Calibration.from_maps(held)
+        return entry
+
+    def choose(self, category: str, source: str, one_shot: bool, generator: torch.Generator) -> list[int]:
+        """Pool indices of the references: one drawn at random, or all; never ``source`` itself."""
+        entry = self.categories.get(category)
+        others = [] if entry is None else [j for j, s in enumerate(entry.sources) if s != source]
+        if one_shot and others:
+            return [others[int(torch.randint(len(others), (), generator=generator))]]
+        return others
+
+    def bank(
+        self, model: AnomalyGPT, category: str, source: str, one_shot: bool, generator: torch.Generator
+    ) -> MemoryBank | None:
+        """A bank for a query made from ``source``: one other normal image or all of them; None when
+        the category has no other image."""
+        chosen = self.choose(category, source, one_shot, generator)
+        if not chosen:
+            return None
+        entry = self.categories[category]
+        bank = _bank(model, entry, chosen)
+        bank.nn_calibration = entry.one_shot[chosen[0]] if one_shot else entry.all_shots
+        if model.decoder is not None:
+            with torch.no_grad():
+                upright = [m.to(_device(model)) for m in entry.maps_of(chosen, 1)]
+                size = (model.cfg.image_size, model.cfg.image_size)
+                decoder_maps = model.text_map(upright, [category] * len(chosen), size)[1]
+            bank.decoder_calibration = Calibration.from_maps(decoder_maps)
+        return bank
+
+
+def _bank(model: AnomalyGPT, entry: PoolCategory, chosen: list[int]) -> MemoryBank:
+    rotations = min(model._rotations(len(chosen)), entry.rotations)
+    maps = [m.to(_device(model)) for m in entry.maps_of(chosen, rotations)]
+    return MemoryBank.from_patch_maps(model._bank_layers(maps), len(chosen), rotations)
+
+
+def _device(model: AnomalyGPT) -> torch.device:
+    return next(model.encoder.parameters()).device
