@@ -14,6 +14,7 @@ from train.model.conversation import IGNORE, pad_batch, tables, tokenize_turns
 from train.model.decoder import AnomalyDecoder
 from train.model.encoders import ImageEncoder
 from train.model.losses import dice_loss, focal_loss
+from train.model.map_reading import agreeing_samples, boundary_gain
 from train.model.memory_bank import ROTATIONS, Calibration, MemoryBank, squash, with_rotations
 from train.model.prompt_learner import PromptLearner, rms_scale
 from train.model.reference_pool import ReferencePool
@@ -120,11 +121,22 @@ class AnomalyGPT(nn.Module):
         prompt_map = anomaly_map
         if batch.masks is not None and self._few_shot_step(batch):
             prompt_map = self._few_shot_training_map(batch, enc.patch_maps, anomaly_map, size)
+        keep = None
         if self.llm is not None:
+            if cfg.map_consistent_answers and batch.masks is not None and prompt_map is not None:
+                prompt_map, keep = self._readable_map(prompt_map, batch)
             prompts = self._prompts(prompt_map, enc.global_embed)
-            ce = self._lm_loss(self._prefix(enc.global_embed, prompts), batch.conversations)
+            ce = self._lm_loss(self._prefix(enc.global_embed, prompts), batch.conversations, keep)
         total = cfg.loss.ce * ce + cfg.loss.focal * focal + cfg.loss.dice * dice
         return {"loss": total, "ce": ce, "focal": focal, "dice": dice}
+
+    def _readable_map(self, prompt_map: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt map after the boundary gain, and which samples' answers agree with it
+        (``train.model.map_reading``); drawn from ``batch.seed``."""
+        labels = batch.masks.flatten(1).amax(dim=1) > 0.5
+        keep = agreeing_samples(prompt_map, labels)
+        generator = torch.Generator().manual_seed(batch.seed + 2)
+        return boundary_gain(prompt_map, generator, self.cfg.map_gain_prob), keep
 
     def tokenize(self, conversations) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Padded text ids, labels (-100 off the assistant text) and attention mask, (B, T) each."""
@@ -135,18 +147,23 @@ class AnomalyGPT(nn.Module):
         ids, labels, mask = pad_batch(seqs, pad_id)
         return torch.tensor(ids), torch.tensor(labels), torch.tensor(mask)
 
-    def _lm_loss(self, prefix: torch.Tensor, conversations) -> torch.Tensor:
-        """Next-token cross-entropy on the assistant text. The vocabulary projection runs only at
-        the labelled positions: over a 49k vocabulary it is a fifth of a small LLM's step."""
+    def _lm_loss(self, prefix: torch.Tensor, conversations, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token cross-entropy on the assistant text of the ``keep`` samples (all by default).
+        The vocabulary projection runs only at the labelled positions: over a 49k vocabulary it is
+        a fifth of a small LLM's step."""
         ids, labels, mask = (t.to(prefix.device) for t in self.tokenize(conversations))
+        if keep is not None:
+            labels = labels.masked_fill(~keep.to(labels.device).view(-1, 1), IGNORE)
         b, p = prefix.shape[:2]
         embeds = torch.cat([prefix, self._embed(ids)], dim=1)
         attention = torch.cat([mask.new_ones(b, p), mask], dim=1)
         targets = torch.cat([labels.new_full((b, p), IGNORE), labels], dim=1)[:, 1:]
         hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
-        keep = targets != IGNORE
-        logits = self.llm.get_output_embeddings()(hidden[:, :-1][keep])
-        return F.cross_entropy(logits.float(), targets[keep])
+        labelled = targets != IGNORE
+        if not bool(labelled.any()):
+            return hidden.sum() * 0.0  # no sample's answer agrees with its map: nothing to learn
+        logits = self.llm.get_output_embeddings()(hidden[:, :-1][labelled])
+        return F.cross_entropy(logits.float(), targets[labelled])
 
     # --- inference --------------------------------------------------------------------------
     def _bank_layers(self, patch_maps: list[torch.Tensor]) -> list[torch.Tensor]:

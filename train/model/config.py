@@ -102,8 +102,10 @@ class MemoryBankConfig:
     """calibrated: the bank map and the decoder map, each normalised by where normal ends on the
     references (leave-one-out), averaged with ``decoder_weight``. replace: the bank map alone (the
     reference code's few-shot mode, here calibrated too)."""
-    decoder_weight: float = 0.5
-    """Weight of the decoder map against the bank map (1) in calibrated fusion."""
+    decoder_weight: float = 0.25
+    """Weight of the decoder map against the bank map (1) in calibrated fusion. Small by default:
+    on real defects a plain nearest-neighbour memory is the stronger map (the decoder learns from
+    synthetic anomalies only), so the decoder adds evidence without overruling the bank."""
 
     def __post_init__(self) -> None:
         if self.max_patches < 1:
@@ -153,6 +155,13 @@ class ModelConfig:
     """Probability per anomaly micro-batch of feeding the prompt learner the memory-bank map
     instead of the decoder map (the reference: 0.5), so that k-shot answers are trained too. Half of
     those use one reference (with rotations), half all the category's other normal images."""
+    map_consistent_answers: bool = True
+    """Train the answer only on samples whose prompt map decides like their label (peak above 0.5
+    for an anomaly, below for a normal image), and move map peaks towards 0.5 at random
+    (``map_gain_prob``), so that the LLM learns to answer from the map and where its boundary is
+    (see train/model/map_reading.py). False trains every answer on every map, as the reference."""
+    map_gain_prob: float = 0.5
+    """Share of anomaly samples whose prompt map gets the random boundary gain."""
     few_shot_train_pool: int = 16
     """Normal training images per category kept encoded for few-shot training (memory bound)."""
 
@@ -178,5 +187,7 @@ class ModelConfig:
             )
         if not 0.0 <= self.few_shot_train_prob <= 1.0:
             raise ValueError("few_shot_train_prob must be in [0, 1]")
+        if not 0.0 <= self.map_gain_prob <= 1.0:
+            raise ValueError("map_gain_prob must be in [0, 1]")
         if self.few_shot_train_pool < 2:
             raise ValueError("few_shot_train_pool must be >= 2 (a reference and a held-out image)")

@@ -52,7 +52,12 @@ def load_smollm2(cache_dir: Path | None = None) -> tuple[Any, Any]:
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
-    """Dequantise the GGUF once and save plain safetensors (the GGUF-loaded model refuses to save)."""
+    """Dequantise the GGUF once and save plain safetensors (the GGUF-loaded model refuses to save).
+
+    The weights are written with safetensors directly: under torch.distributed (a Ray Train worker)
+    ``save_pretrained`` writes nothing on ranks other than 0, and a worker of rank 1 that won the
+    cache lock would leave a folder without weights."""
+    from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     print(f"converting {gguf.name} once to {target} (about 30 s) ...", flush=True)
@@ -64,8 +69,11 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     plain.load_state_dict(loaded.state_dict())
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     try:
-        plain.save_pretrained(tmp)
+        save_model(plain, str(tmp / "model.safetensors"))
+        plain.config.to_json_file(str(tmp / "config.json"))
         tokenizer.save_pretrained(tmp)
+        if target.exists():  # an incomplete folder left by an older conversion
+            shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -36,3 +36,29 @@ def test_smollm2_converts_once_caches_and_answers(tmp_path):
     second = model.predict(images, ["grass"])[0]
     assert first.answer == second.answer and isinstance(first.answer, str) and "###" not in first.answer
     assert first.anomaly_map.shape == (224, 224)
+
+
+def _convert_as_rank(rank: int, world: int, init_file: str, cache: str) -> None:
+    import torch.distributed as dist
+
+    from train.model.llm import load_smollm2
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        if rank == 1:  # a Ray Train worker that is not rank 0 wins the cache lock
+            load_smollm2(Path(cache))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_conversion_on_a_rank_other_than_0_writes_the_weights(tmp_path):
+    """transformers' save_pretrained writes nothing on ranks > 0 under torch.distributed."""
+    import torch.multiprocessing as mp
+
+    cache = tmp_path / "cache"
+    mp.spawn(_convert_as_rank, args=(2, str(tmp_path / "init"), str(cache)), nprocs=2, join=True)
+    folder = next(p for p in cache.glob("smollm2-*") if p.is_dir())
+    assert (folder / "model.safetensors").stat().st_size > 400e6
+    assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
