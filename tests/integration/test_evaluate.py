@@ -47,7 +47,11 @@ def test_one_and_two_workers_give_identical_metrics_and_follow_the_schema(
 
     out = tmp_path / "w2"
     written = json.loads((out / "metrics.json").read_text())
-    assert written["setting"] == "unsupervised" and written["shots"] == 0
+    assert written["setting"] == "all_shot" and written["shots"] == "all"  # the default: every train normal
+    assert sorted(written["references"]) == sorted(written["per_category"])
+    decoder = written["decoder_only"]  # the decoder's own map, reported beside the fused one
+    assert sorted(decoder["per_category"]) == sorted(written["per_category"])
+    assert all(0.0 <= decoder["mean"][k] <= 1.0 for k in ("image_auroc", "pixel_auroc", "map_best_accuracy"))
     assert written["accuracy_rule"] == "llm_answer_strict"
     categories = sorted(p.name for p in Path(sample_data_root).iterdir() if (p / "test").is_dir())
     assert sorted(written["per_category"]) == categories

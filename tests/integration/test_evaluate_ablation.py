@@ -57,8 +57,10 @@ def test_ablation_runs_the_tiny_preset_end_to_end(ray_session, sample_data_root,
     assert decoder_eval["accuracy_rule"] == "max_normal_score_threshold"
     llm_eval = json.loads((out / "llm" / "eval-1-shot" / "metrics.json").read_text())
     assert llm_eval["accuracy_rule"] == "llm_answer_strict" and llm_eval["shots"] == 1
-    for name in ("llm", "decoder"):
-        assert (out / name / "train" / "train_summary.json").is_file()
+    assert (out / "decoder" / "train" / "train_summary.json").is_file()
+    # the LLM row trains nothing (frozen LLM and image token, as the reference): saved as built
+    assert (out / "llm" / "train" / "model.safetensors").is_file()
+    assert not (out / "llm" / "train" / "train_summary.json").exists()
     table = (out / "ablation.md").read_text()
     assert table == markdown(summary)
     assert "| ✓ |  |  |  | " in table and "(97.1)" in table and "(72.2)" in table

@@ -166,15 +166,17 @@ class AnomalyGPT(nn.Module):
         return F.cross_entropy(logits.float(), targets[labelled])
 
     # --- inference --------------------------------------------------------------------------
-    def _bank_layers(self, patch_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+    def bank_layers(self, patch_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The encoder maps the memory bank uses (``memory_bank.layers``)."""
         layers = self.cfg.memory_bank.layers
         return list(patch_maps) if layers is None else [patch_maps[i] for i in layers]
 
-    def _rotations(self, shots: int) -> int:
+    def rotations_for(self, shots: int) -> int:
+        """Rotations per reference in a bank of ``shots`` references (1: none)."""
         mb = self.cfg.memory_bank
         return ROTATIONS if mb.rotations and shots <= mb.rotation_max_shots else 1
 
-    def _encode_all(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def encode_all(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Patch maps of many images, encoded in chunks."""
         parts = [self.encode(chunk).patch_maps for chunk in images.split(ENCODE_CHUNK)]
         return [torch.cat(layer) for layer in zip(*parts, strict=True)]
@@ -185,15 +187,15 @@ class AnomalyGPT(nn.Module):
         encoded (with rotations for few shots), reduced to the patch budget by greedy coreset, and
         calibrated on the references themselves (each scored against the others)."""
         shots = reference_images.shape[0]
-        rotations = self._rotations(shots)
+        rotations = self.rotations_for(shots)
         images = with_rotations(reference_images) if rotations > 1 else reference_images
-        maps = self._encode_all(images)
-        bank = MemoryBank.from_patch_maps(self._bank_layers(maps), shots, rotations, category)
+        maps = self.encode_all(images)
+        bank = MemoryBank.from_patch_maps(self.bank_layers(maps), shots, rotations, category)
         bank = bank.subsample(self.cfg.memory_bank.max_patches, seed=0)
         upright = [m[:shots] for m in maps]
         size = tuple(reference_images.shape[-2:])
         if bank.can_hold_out():
-            held_out = bank.distance_map(self._bank_layers(upright), size, hold_out=list(range(shots)))
+            held_out = bank.distance_map(self.bank_layers(upright), size, hold_out=list(range(shots)))
             bank.nn_calibration = Calibration.from_maps(held_out)
         if self.decoder is not None and category is not None:
             decoder_maps = self.text_map(upright, [category] * shots, size)[1]
@@ -210,7 +212,7 @@ class AnomalyGPT(nn.Module):
         """The k-shot map in [0, 1): the bank's distances, calibrated, fused with the decoder map
         (``memory_bank.fusion``); 0.5 is where the references' own scores end."""
         mb = self.cfg.memory_bank
-        fused = bank.nn_calibration.normalise(bank.distance_map(self._bank_layers(patch_maps), size))
+        fused = bank.nn_calibration.normalise(bank.distance_map(self.bank_layers(patch_maps), size))
         if mb.fusion == "calibrated" and decoder_map is not None and bank.decoder_calibration is not None:
             decoder = bank.decoder_calibration.normalise(decoder_map)
             fused = (fused + mb.decoder_weight * decoder) / (1.0 + mb.decoder_weight)

@@ -9,14 +9,27 @@ measured once here; the decoder's calibration changes as it trains and is measur
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
 from train.model.memory_bank import ROTATIONS, UNCALIBRATED, Calibration, MemoryBank, with_rotations
 
-if TYPE_CHECKING:
-    from train.model.anomalygpt import AnomalyGPT
+
+class BankModel(Protocol):
+    """What the pool needs of the model (AnomalyGPT): its encoder, decoder and bank settings."""
+
+    cfg: Any
+    encoder: torch.nn.Module
+    decoder: torch.nn.Module | None
+
+    def encode_all(self, images: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def bank_layers(self, patch_maps: list[torch.Tensor]) -> list[torch.Tensor]: ...
+
+    def rotations_for(self, shots: int) -> int: ...
+
+    def text_map(self, patch_maps, categories, size): ...
 
 
 @dataclass
@@ -45,13 +58,13 @@ class ReferencePool:
         self.categories = categories
 
     @classmethod
-    def build(cls, model: AnomalyGPT, images: dict[str, torch.Tensor], sources: dict[str, list[str]]):
+    def build(cls, model: BankModel, images: dict[str, torch.Tensor], sources: dict[str, list[str]]):
         rotations = ROTATIONS if model.cfg.memory_bank.rotations else 1
         size = None
         out = {}
         for category, batch in images.items():
             size = tuple(batch.shape[-2:])
-            maps = model._encode_all(with_rotations(batch) if rotations > 1 else batch)
+            maps = model.encode_all(with_rotations(batch) if rotations > 1 else batch)
             out[category] = cls._calibrated(model, maps, sources[category], rotations, size)
         return cls(out)
 
@@ -63,13 +76,13 @@ class ReferencePool:
         for j in range(n):
             bank = _bank(model, entry, [j])
             if bank.can_hold_out():
-                held = bank.distance_map(model._bank_layers([m[j : j + 1] for m in upright]), size, [0])
+                held = bank.distance_map(model.bank_layers([m[j : j + 1] for m in upright]), size, [0])
                 entry.one_shot.append(Calibration.from_maps(held))
             else:
                 entry.one_shot.append(UNCALIBRATED)
         if n > 1:
             bank = _bank(model, entry, list(range(n)))
-            held = bank.distance_map(model._bank_layers(upright), size, list(range(n)))
+            held = bank.distance_map(model.bank_layers(upright), size, list(range(n)))
             entry.all_shots = Calibration.from_maps(held)
         return entry
 
@@ -82,7 +95,7 @@ class ReferencePool:
         return others
 
     def bank(
-        self, model: AnomalyGPT, category: str, source: str, one_shot: bool, generator: torch.Generator
+        self, model: BankModel, category: str, source: str, one_shot: bool, generator: torch.Generator
     ) -> MemoryBank | None:
         """A bank for a query made from ``source``: one other normal image or all of them; None when
         the category has no other image."""
@@ -101,11 +114,11 @@ class ReferencePool:
         return bank
 
 
-def _bank(model: AnomalyGPT, entry: PoolCategory, chosen: list[int]) -> MemoryBank:
-    rotations = min(model._rotations(len(chosen)), entry.rotations)
+def _bank(model: BankModel, entry: PoolCategory, chosen: list[int]) -> MemoryBank:
+    rotations = min(model.rotations_for(len(chosen)), entry.rotations)
     maps = [m.to(_device(model)) for m in entry.maps_of(chosen, rotations)]
-    return MemoryBank.from_patch_maps(model._bank_layers(maps), len(chosen), rotations)
+    return MemoryBank.from_patch_maps(model.bank_layers(maps), len(chosen), rotations)
 
 
-def _device(model: AnomalyGPT) -> torch.device:
+def _device(model: BankModel) -> torch.device:
     return next(model.encoder.parameters()).device

@@ -167,12 +167,11 @@ def test_mean_is_over_the_categories_where_defined():
 
 
 def test_the_worker_puts_the_gt_positions_of_an_anomalous_image_with_a_mask_in_its_row(tmp_path):
-    from types import SimpleNamespace
-
     from PIL import Image
 
     from evaluate.data import EvalItem
     from evaluate.worker import EvalWorker
+    from train.model.batch import Prediction
 
     image, mask = tmp_path / "img.png", tmp_path / "mask.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
@@ -183,7 +182,7 @@ def test_the_worker_puts_the_gt_positions_of_an_anomalous_image_with_a_mask_in_i
 
     class Model:
         def predict(self, tensor, categories, **_):
-            return [SimpleNamespace(score=0.5, answer=YES_TOP, anomaly_map=None) for _ in categories]
+            return [Prediction(c, None, 0.5, YES_TOP) for c in categories]
 
     worker = EvalWorker.__new__(EvalWorker)  # no checkpoint: only predict's bookkeeping is tested
     worker.model, worker.size, worker.device, worker.write_maps, worker.states = Model(), 32, "cpu", False, {}

@@ -48,4 +48,4 @@ def test_cross_entropy_leaves_out_the_disagreeing_samples(make_cfg, tiny_batch):
     kept = model._lm_loss(prefix, convs, torch.tensor([True, False]))
     assert torch.allclose(kept, only_first, atol=1e-5)
     none = model._lm_loss(prefix, convs, torch.tensor([False, False]))
-    assert float(none) == 0.0 and none.requires_grad
+    assert float(none.detach()) == 0.0 and none.requires_grad

@@ -135,7 +135,7 @@ def test_bank_fusion_calibrates_both_maps(make_cfg):
     assert bank.decoder_calibration is not None and bank.nn_calibration.top > bank.nn_calibration.level
     enc = model.encode(images)
     decoder = model.text_map(enc.patch_maps, ["grass"], (64, 64))[1]
-    distance = bank.distance_map(model._bank_layers(enc.patch_maps), (64, 64))
+    distance = bank.distance_map(model.bank_layers(enc.patch_maps), (64, 64))
     nn_part = bank.nn_calibration.normalise(distance)
     dec_part = bank.decoder_calibration.normalise(decoder)
     w = model.cfg.memory_bank.decoder_weight

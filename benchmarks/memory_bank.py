@@ -1,0 +1,217 @@
+"""Memory footprint and build time of the all-shot memory bank, and what it costs per query.
+
+For N normal images (default 14, 56, 224: one category's train normals, repeated with flips,
+90-degree rotations and crops to reach N, deterministically) and two patch budgets (the model's
+``memory_bank.max_patches`` and a smaller one), it builds the bank as evaluation does
+(``model.build_memory_bank``: encode, coreset, calibration) and reports build time, patches per
+layer, bytes held, and the time per query image of ``predict(generate=False)`` with that bank.
+One JSON object.
+
+    python benchmarks/memory_bank.py [--model runs/demo/train] [--sizes 14,56,224] [--budgets default,2000]
+
+Without a trained model at --model, an untrained one of --preset is built (the bank's cost does
+not depend on the trained weights) and the output says so. Without --data, the sample dataset is
+written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the packages, not benchmarks/synth.py, answer "import synth"
+
+CROPS = (None, (0.125, 0.125), (0.0, 0.0), (0.0, 0.25), (0.25, 0.0), (0.25, 0.25))
+"""Crop origins (fraction of the side) of a 0.75-side crop resized back; None: the whole image."""
+CROP_SIDE = 0.75
+QUERY_IMAGES = 4
+
+
+# --- deterministic variants (pure functions) -------------------------------------------------
+def variant(image: Any, index: int) -> Any:
+    """Variant ``index`` of one (3, H, W) image: a crop (CROPS), then one of the 8 flips/rot90s.
+    Index 0 is the image itself."""
+    import torch
+    import torch.nn.functional as F
+
+    if not 0 <= index < 8 * len(CROPS):
+        raise ValueError(f"variant index must be in [0, {8 * len(CROPS)}), got {index}")
+    crop, k, flip = CROPS[index // 8], (index % 8) // 2, index % 2
+    h, w = image.shape[-2:]
+    if crop is not None:
+        top, left = int(crop[0] * h), int(crop[1] * w)
+        part = image[:, top : top + int(CROP_SIDE * h), left : left + int(CROP_SIDE * w)]
+        image = F.interpolate(part[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    image = torch.rot90(image, k, dims=(1, 2))
+    return torch.flip(image, dims=(2,)) if flip else image
+
+
+def augmented(images: Any, count: int) -> Any:
+    """``count`` images from the n given ones: all n as they are, then all n as variant 1, ...
+    (so the first n are the originals and no image repeats until every variant is used)."""
+    import torch
+
+    n = images.shape[0]
+    if count < 1 or count > 8 * len(CROPS) * n:
+        raise ValueError(f"count must be in [1, {8 * len(CROPS) * n}] for {n} images, got {count}")
+    return torch.stack([variant(images[i % n], i // n) for i in range(count)])
+
+
+def parse_ints(text: str) -> list[int]:
+    return [int(p) for p in text.split(",") if p.strip()]
+
+
+# --- the run --------------------------------------------------------------------------------
+def load_images(paths: list[Any], size: int) -> Any:
+    import torch
+
+    from evaluate.data import load_image
+
+    arrays = np.stack([load_image(p, size) for p in paths])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)
+
+
+def load_model(path: Path, preset: str) -> tuple[Any, str]:
+    """The trained model at ``path``, else an untrained one of ``preset`` (with a message)."""
+    import torch
+
+    from train.model import build_model, load_checkpoint
+
+    if (path / "model.safetensors").is_file():
+        return load_checkpoint(path)[0].eval(), str(path)
+    from pipeline.pipeline_config import load_pipeline_config
+
+    print(
+        f"memory_bank: no trained model at {path} (run `make demo` for one); using an untrained "
+        f"{preset} model: the bank's size and timings do not depend on the trained weights",
+        file=sys.stderr,
+    )
+    torch.manual_seed(0)
+    cfg = load_pipeline_config(ROOT / "configs" / f"{preset}.yaml").model
+    return build_model(cfg).eval(), f"untrained {preset} preset"
+
+
+def sample_paths(data: Path | None, category: str | None, tmp: Path) -> tuple[str, list[Path], list[Path]]:
+    """The category's train normals and a few test images (the sample data when ``data`` is None)."""
+    from synth.datasets import read_dataset
+    from synth.sample_data import write_sample_dataset
+
+    if data is None or not data.is_dir():
+        data = write_sample_dataset(tmp / "data", n_test_good=QUERY_IMAGES, n_per_defect=1)
+    train = read_dataset(data, "mvtec", split="train")
+    category = category or sorted({r.category for r in train})[0]
+    normals = [r.path for r in train if r.category == category and r.label == 0]
+    tests = [r.path for r in read_dataset(data, "mvtec", split="test", categories=[category])]
+    return category, normals, tests[:QUERY_IMAGES]
+
+
+def build_with_budget(model: Any, refs: Any, category: str, budget: int) -> Any:
+    """``model.build_memory_bank`` under patch budget ``budget`` (the model's config is restored)."""
+    cfg = model.cfg
+    model.cfg = dataclasses.replace(cfg, memory_bank=dataclasses.replace(cfg.memory_bank, max_patches=budget))
+    try:
+        return model.build_memory_bank(refs, category)
+    finally:
+        model.cfg = cfg
+
+
+def query_ms(model: Any, queries: Any, category: str, bank: Any, repeats: int) -> float:
+    """Median over repeats of ms per image of ``predict(generate=False)``, one image at a time."""
+    model.predict(queries[:1], [category], memory_bank=bank, generate=False)  # warm-up
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for image in queries.split(1):
+            model.predict(image, [category], memory_bank=bank, generate=False)
+        runs.append((time.perf_counter() - started) * 1000 / queries.shape[0])
+    return round(statistics.median(runs), 1)
+
+
+def measure(model: Any, refs: Any, queries: Any, category: str, budget: int, repeats: int) -> dict:
+    started = time.perf_counter()
+    bank = build_with_budget(model, refs, category, budget)
+    build_s = time.perf_counter() - started
+    return {
+        "images": refs.shape[0],
+        "max_patches": budget,
+        "build_s": round(build_s, 2),
+        "patches_per_layer": bank.n_patches,
+        "bytes": bank.nbytes,
+        "mib": round(bank.nbytes / 2**20, 2),
+        "query_ms_per_image": query_ms(model, queries, category, bank, repeats),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=ROOT / "runs/demo/train", help="train output folder")
+    parser.add_argument("--preset", default="demo", choices=["demo", "tiny"], help="untrained fallback")
+    parser.add_argument("--data", type=Path, default=ROOT / "runs/demo/data", help="MVTec-layout root")
+    parser.add_argument("--category", default=None, help="default: the first category of --data")
+    parser.add_argument("--sizes", type=parse_ints, default=parse_ints("14,56,224"), help="normal images N")
+    parser.add_argument("--budgets", default="default,2000", help="patch budgets; default = the model's")
+    parser.add_argument("--repeats", type=int, default=2, help="query timing repeats")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a busy 2-core machine, 2 threads make the coreset's many small "
+        "steps up to 100x slower)",
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    from pipeline.runtime import configure_environment
+
+    configure_environment()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model, source = load_model(args.model, args.preset)
+    default = int(model.cfg.memory_bank.max_patches)
+    budgets = [default if b.strip() == "default" else int(b) for b in args.budgets.split(",") if b.strip()]
+    size = int(model.cfg.image_size)
+    with tempfile.TemporaryDirectory(prefix="bank-bench-") as tmp:
+        category, normals, tests = sample_paths(args.data, args.category, Path(tmp))
+        base, queries = load_images(normals, size), load_images(tests, size)
+    measure(model, base[:2], queries[:1], category, 100, 1)  # warm-up: first calls are slow
+    runs = []
+    for n in args.sizes:
+        for budget in budgets:
+            runs.append(measure(model, augmented(base, n), queries, category, budget, args.repeats))
+            print(f"memory_bank: {n} images, budget {budget}: {runs[-1]['build_s']} s", file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "model": source,
+                "encoder": model.cfg.encoder.name,
+                "image_size": size,
+                "bank_layers": model.cfg.memory_bank.layers,
+                "category": category,
+                "source_images": len(normals),
+                "default_max_patches": default,
+                "torch_threads": torch.get_num_threads(),
+                "decoder_only_query_ms_per_image": query_ms(model, queries, category, None, args.repeats),
+                "runs": runs,
+                "load_average_1m": round(os.getloadavg()[0], 2),
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

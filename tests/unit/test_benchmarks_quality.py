@@ -1,0 +1,234 @@
+"""The quality benchmarks' own logic: the nearest-neighbour baseline, the map-swap figures and the
+deterministic bank inputs, on small hand-made tensors; plus one pass of each script's per-category
+step on an untrained tiny model (seconds), so the scripts keep up with the model API."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script(name: str):
+    """A benchmarks/ script as a module (benchmarks/ is not a package)."""
+    module_name = f"bench_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+baseline = _script("baseline")
+follow = _script("answers_follow_map")
+bank_bench = _script("memory_bank")
+
+
+# --- baseline --------------------------------------------------------------------------------
+def _brute_force(query_maps, normal_maps, size):
+    """1 - max cosine similarity, patch by patch with plain loops, per layer, then averaged."""
+    out = []
+    for q, n in zip(query_maps, normal_maps, strict=True):
+        c = q.shape[1]
+        bank = n.permute(0, 2, 3, 1).reshape(-1, c)
+        b, _, h, w = q.shape
+        dist = torch.empty(b, 1, h, w)
+        for i in range(b):
+            for y in range(h):
+                for x in range(w):
+                    v = q[i, :, y, x]
+                    sims = torch.nn.functional.cosine_similarity(bank, v[None], dim=1)
+                    dist[i, 0, y, x] = 1 - sims.max()
+        out.append(torch.nn.functional.interpolate(dist, size=size, mode="bilinear", align_corners=False))
+    return torch.stack(out).mean(0)[:, 0]
+
+
+def test_baseline_matches_brute_force_nearest_neighbour():
+    g = torch.Generator().manual_seed(0)
+    normal = [torch.randn(3, 8, 4, 4, generator=g), torch.randn(3, 16, 2, 2, generator=g)]
+    query = [torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 16, 2, 2, generator=g)]
+    memory = baseline.memory_from_maps(normal)
+    assert [m.shape for m in memory] == [(48, 8), (12, 16)]
+    assert torch.allclose(memory[0].norm(dim=1), torch.ones(48))
+    got = baseline.distance_maps(query, memory, (8, 8))
+    assert got.shape == (2, 8, 8)
+    assert torch.allclose(got, _brute_force(query, normal, (8, 8)), atol=1e-5)
+
+
+def test_baseline_chunks_the_memory_without_changing_the_result():
+    g = torch.Generator().manual_seed(1)
+    queries = torch.nn.functional.normalize(torch.randn(10, 6, generator=g), dim=1)
+    memory = torch.nn.functional.normalize(torch.randn(37, 6, generator=g), dim=1)
+    whole = baseline.max_similarity(queries, memory, chunk=1000)
+    assert torch.allclose(baseline.max_similarity(queries, memory, chunk=5), whole)
+    assert torch.allclose(whole, (queries @ memory.T).amax(1))
+
+
+def test_baseline_scores_a_seen_patch_zero_and_an_unseen_one_high():
+    normal = torch.zeros(1, 2, 2, 2)
+    normal[:, 0] = 1.0  # every normal patch points along channel 0
+    query = normal.clone()
+    query[0, :, 1, 1] = torch.tensor([0.0, 1.0])  # one patch orthogonal to all normal ones
+    maps = baseline.distance_maps([query], baseline.memory_from_maps([normal]), (2, 2))
+    assert maps[0, 0, 0] == pytest.approx(0.0, abs=1e-6)
+    assert maps[0, 1, 1] == pytest.approx(1.0, abs=1e-6)
+    assert baseline.image_scores(maps)[0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_baseline_layers_references_and_shots():
+    assert baseline.select_layers(["a", "b", "c", "d"], [0, 2]) == ["a", "c"]
+    assert baseline.select_layers(["a", "b"], None) == ["a", "b"]
+    assert baseline.references(["n0", "n1", "n2"], 1) == ["n0"]
+    assert baseline.references(["n0", "n1", "n2"], "all") == ["n0", "n1", "n2"]
+    with pytest.raises(ValueError, match="4-shot"):
+        baseline.references(["n0"], 4)
+    with pytest.raises(ValueError):
+        baseline.references([], "all")
+    assert baseline.parse_shots("1, all,4") == [1, "all", 4]
+    with pytest.raises(Exception, match="0"):
+        baseline.parse_shots("0")
+
+
+def test_baseline_aurocs_image_and_pixel():
+    maps = [np.zeros((2, 2)), np.array([[0.0, 0.9], [0.1, 0.2]]), np.ones((2, 2))]
+    gts = [np.zeros((2, 2), bool), np.array([[False, True], [False, False]]), None]  # 3rd: no mask
+    image, pixel = baseline.aurocs([0, 1, 1], np.array([0.0, 0.9, 1.0]), maps, gts)
+    assert image == 1.0
+    # 8 pixels of images 1-2: the one anomalous pixel (0.9) is above all 7 normal ones.
+    assert pixel == 1.0
+    image, pixel = baseline.aurocs([0, 0], np.array([0.1, 0.2]), [maps[0], maps[0]], [gts[0], gts[0]])
+    assert image is None and pixel is None
+
+
+def test_baseline_mean_and_verdict():
+    per = {"a": {"image_auroc": 0.8}, "b": {"image_auroc": 0.6}, "c": {"image_auroc": None}}
+    assert baseline.mean_of(per, "image_auroc") == pytest.approx(0.7)
+    assert baseline.beats(0.7, 0.7) is True
+    assert baseline.beats(0.69, 0.7) is False
+    assert baseline.beats(None, 0.7) is None
+
+
+# --- answers follow the map --------------------------------------------------------------------
+def test_pairs_zip_normals_with_anomalous_in_order():
+    labels = [0, 1, 1, 0, 1, 0, 0]
+    assert follow.partner_pairs(labels) == [(0, 1), (3, 2), (5, 4)]
+    assert follow.partners([(0, 1), (3, 2)]) == {0: 1, 1: 0, 3: 2, 2: 3}
+    assert follow.partner_pairs([1, 1]) == []
+
+
+def test_follow_stats_when_answers_follow_the_map():
+    labels = [0, 1, 0, 1]
+    pairs = follow.partner_pairs(labels)  # (0, 1), (2, 3)
+    own = [False, True, False, True]
+    swapped = {0: True, 1: False, 2: True, 3: False}
+    stats = follow.follow_stats(labels, own, swapped, pairs)
+    assert stats["own_accuracy"] == 1.0
+    assert stats["pairs"] == 2 and stats["pairs_own_differ"] == 2
+    assert stats["swap_flip_rate"] == 1.0
+    assert stats["swap_follows_map"] == 1.0
+
+
+def test_follow_stats_when_answers_ignore_the_map():
+    labels = [0, 1, 0, 1, 1]  # image 4 has no partner
+    pairs = follow.partner_pairs(labels)
+    own = [True, True, False, None, True]  # always "yes" except one "no" and one unparsed
+    swapped = {0: True, 1: True, 2: False, 3: None}  # same as own: the map changes nothing
+    stats = follow.follow_stats(labels, own, swapped, pairs)
+    assert stats["own_accuracy"] == pytest.approx(3 / 5)  # images 1, 2, 4
+    assert stats["own_unparsed"] == 1
+    assert stats["pairs_own_differ"] == 0  # pair (0, 1): 0 says yes; pair (2, 3): 3 unparsed
+    assert stats["swapped_images"] == 4
+    assert stats["swap_flip_rate"] == 0.0
+    # partner labels: 0<-1 (yes: follows), 1<-0 (yes: not), 2<-3 (no: not), 3<-2 (None: not)
+    assert stats["swap_follows_map"] == pytest.approx(1 / 4)
+    assert stats["swap_unparsed"] == 1
+
+
+def test_follow_stats_checks_its_inputs():
+    with pytest.raises(ValueError, match="paired images"):
+        follow.follow_stats([0, 1], [False, True], {0: True}, [(0, 1)])
+    with pytest.raises(ValueError, match="own verdicts"):
+        follow.follow_stats([0, 1], [False], {0: True, 1: False}, [(0, 1)])
+    empty = follow.follow_stats([1, 1], [True, True], {}, [])
+    assert empty["swap_flip_rate"] is None and empty["own_accuracy"] == 1.0
+
+
+def test_pooled_stats_count_images_not_categories():
+    a = ([0, 1], [False, True], {0: True, 1: False}, [(0, 1)])  # follows the map
+    b = ([0, 1, 0, 1], [False, True, False, True], {0: False, 1: True, 2: False, 3: True}, [(0, 1), (2, 3)])
+    stats = follow.pooled([a, b])
+    assert stats["images"] == 6 and stats["pairs"] == 3 and stats["pairs_own_differ"] == 3
+    assert stats["swap_flip_rate"] == pytest.approx(2 / 6)  # not the mean of 1.0 and 0.0
+
+
+# --- memory bank inputs ----------------------------------------------------------------------------
+def test_augmented_is_deterministic_and_starts_with_the_originals():
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = bank_bench.augmented(images, 20)
+    assert out.shape == (20, 3, 16, 16)
+    assert torch.equal(out[:3], images)
+    assert torch.equal(out, bank_bench.augmented(images, 20))
+    flat = out.flatten(1)
+    assert len({tuple(row.tolist()) for row in flat}) == 20  # no repeats
+    assert torch.equal(out[3], torch.flip(images[0], dims=(2,)))  # variant 1: horizontal flip
+    assert torch.equal(out[6], torch.rot90(images[0], 1, dims=(1, 2)))  # variant 2: rot90
+    with pytest.raises(ValueError):
+        bank_bench.augmented(images, 8 * len(bank_bench.CROPS) * 3 + 1)
+
+
+# --- the scripts' per-category steps on an untrained tiny model --------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model(tiny_config):
+    from train.model import build_model
+
+    torch.manual_seed(0)
+    return build_model(tiny_config.model).eval()
+
+
+def test_baseline_category_on_a_tiny_model(tiny_model, sample_data_root):
+    from synth.datasets import read_dataset
+
+    train = read_dataset(sample_data_root, "mvtec", split="train", categories=["brick"])
+    test = read_dataset(sample_data_root, "mvtec", split="test", categories=["brick"])[:4]
+    one = baseline.baseline_category(tiny_model, train, test, 1, 64)
+    every = baseline.baseline_category(tiny_model, train, test, "all", 64)
+    assert 0.0 <= one["image_auroc"] <= 1.0 and 0.0 <= one["pixel_auroc"] <= 1.0
+    assert every["memory_patches"] == [6 * p for p in one["memory_patches"]]
+
+
+def test_answers_follow_map_category_on_a_tiny_model(tiny_model, sample_data_root):
+    import dataclasses
+
+    from synth.datasets import read_dataset
+
+    train = read_dataset(sample_data_root, "mvtec", split="train", categories=["grass"])
+    test = read_dataset(sample_data_root, "mvtec", split="test", categories=["grass"])
+    test = [r for r in test if r.label][:2] + [r for r in test if not r.label][:3]  # 5 images, 2 pairs
+    cfg = tiny_model.cfg
+    tiny_model.cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, max_new_tokens=3))
+    try:
+        part, example = follow.run_category(tiny_model, "grass", train, test, 2)
+    finally:
+        tiny_model.cfg = cfg
+    labels, own, swapped, pairs = part
+    assert labels == [t.label for t in test] and len(own) == len(test)
+    assert len(pairs) == 2 and set(swapped) == set(follow.partners(pairs))
+    assert len(example) == 2
+    assert follow.follow_stats(*part)["images"] == len(test)
+
+
+def test_memory_bank_measure_on_a_tiny_model(tiny_model):
+    refs = bank_bench.augmented(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)), 6)
+    small = bank_bench.measure(tiny_model, refs, refs[:1], "brick", 50, 1)
+    assert small["images"] == 6 and small["max_patches"] == 50
+    assert max(small["patches_per_layer"]) <= 50 and small["bytes"] > 0 and small["query_ms_per_image"] > 0
+    large = bank_bench.measure(tiny_model, refs, refs[:1], "brick", 100000, 1)
+    assert large["bytes"] > small["bytes"]
