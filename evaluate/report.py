@@ -34,7 +34,7 @@ from evaluate.pixel_state import PixelMetricState
 
 log = logging.getLogger(__name__)
 
-# The DESIGN.md keys first, then what we report beside them.
+# The paper's keys first, then what we report beside them.
 HEADLINE = ("image_auroc", "pixel_auroc", "accuracy", "aupro", "f1_max")
 EXTRA = ("pixel_f1_max", "accuracy_substring", "pixel_auroc_error_bound")
 ANSWER_METRICS = ("answer_map_agreement", "position_accuracy", "map_best_accuracy")
