@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, not benchmarks/synth.py, answer "import synth"
+
+from benchmarks.quality_cli import parser_with_model_and_data, start  # noqa: E402
 
 BATCH = 8
 
@@ -183,33 +184,18 @@ def run_category(model: Any, category: str, normals: list[Any], tests: list[Any]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = parser_with_model_and_data(
+        __doc__, 1, "1: on a busy 2-core machine, 2 threads make token-by-token decoding many times slower"
     )
-    parser.add_argument("--model", type=Path, default=ROOT / "runs/demo/train", help="train output folder")
-    parser.add_argument("--data", type=Path, default=ROOT / "runs/demo/data", help="MVTec-layout root")
     parser.add_argument(
         "--shots", type=parse_shots, default="all", help="all (default), K, or 0 (decoder map)"
     )
     parser.add_argument("--categories", default="", help="comma-separated; default: all of --data")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (1: on a busy 2-core machine, 2 threads make token-by-token decoding "
-        "many times slower)",
-    )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    from pipeline.runtime import configure_environment
-
-    configure_environment()
-    import torch
-
+    start(args.threads)
     from synth.datasets import read_dataset
     from train.model import load_checkpoint
 
-    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model = load_checkpoint(args.model)[0]
     model.eval()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -31,6 +30,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, not benchmarks/synth.py, answer "import synth"
+
+from benchmarks.quality_cli import parser_with_model_and_data, start  # noqa: E402
 
 MEMORY_CHUNK = 4096  # bank rows per similarity product (bounds peak memory for large banks)
 BATCH = 8  # images encoded at once
@@ -214,28 +215,17 @@ def compare(model: Any, args: argparse.Namespace, categories: list[str], shots: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", type=Path, default=ROOT / "runs/demo/train", help="train output folder")
-    parser.add_argument("--data", type=Path, default=ROOT / "runs/demo/data", help="MVTec-layout root")
+    parser = parser_with_model_and_data(__doc__, 2, "the driver's and the evaluation actor's")
     parser.add_argument(
         "--shots", type=parse_shots, default=parse_shots("1,all"), help="e.g. 1,all or 1,4,all"
     )
     parser.add_argument("--categories", default="", help="comma-separated; default: all of --data")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (driver and evaluation actor)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from pipeline.runtime import configure_environment
-
-    configure_environment()
-    import torch
-
+    start(args.threads)
     from synth.datasets import read_dataset
     from train.model import load_checkpoint
 
-    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model, cfg = load_checkpoint(args.model)
     model.eval()

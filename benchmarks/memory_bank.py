@@ -16,10 +16,8 @@ written to a temporary folder.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import logging
 import os
 import statistics
 import sys
@@ -32,6 +30,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, not benchmarks/synth.py, answer "import synth"
+
+from benchmarks.quality_cli import parser_with_model_and_data, start  # noqa: E402
 
 CROPS = (None, (0.125, 0.125), (0.0, 0.0), (0.0, 0.25), (0.25, 0.0), (0.25, 0.25))
 """Crop origins (fraction of the side) of a 0.75-side crop resized back; None: the whole image."""
@@ -155,31 +155,18 @@ def measure(model: Any, refs: Any, queries: Any, category: str, budget: int, rep
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = parser_with_model_and_data(
+        __doc__,
+        1,
+        "1: on a busy 2-core machine, 2 threads make the coreset's many small steps up to 100x slower",
     )
-    parser.add_argument("--model", type=Path, default=ROOT / "runs/demo/train", help="train output folder")
     parser.add_argument("--preset", default="demo", choices=["demo", "tiny"], help="untrained fallback")
-    parser.add_argument("--data", type=Path, default=ROOT / "runs/demo/data", help="MVTec-layout root")
     parser.add_argument("--category", default=None, help="default: the first category of --data")
     parser.add_argument("--sizes", type=parse_ints, default=parse_ints("14,56,224"), help="normal images N")
     parser.add_argument("--budgets", default="default,2000", help="patch budgets; default = the model's")
     parser.add_argument("--repeats", type=int, default=2, help="query timing repeats")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (1: on a busy 2-core machine, 2 threads make the coreset's many small "
-        "steps up to 100x slower)",
-    )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    from pipeline.runtime import configure_environment
-
-    configure_environment()
-    import torch
-
-    torch.set_num_threads(args.threads)
+    torch = start(args.threads)
     model, source = load_model(args.model, args.preset)
     default = int(model.cfg.memory_bank.max_patches)
     budgets = [default if b.strip() == "default" else int(b) for b in args.budgets.split(",") if b.strip()]

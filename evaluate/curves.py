@@ -20,13 +20,20 @@ def auroc_from_counts(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(np.dot(pos, 2.0 * neg_below + neg) / (2.0 * pos.sum() * neg.sum()))
 
 
-def f1_max_from_counts(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Best F1 over the thresholds "score >= level", as from precision_recall_curve."""
-    tp = np.cumsum(np.asarray(pos, dtype=np.float64)[::-1])
+def best_f1_from_counts(pos: np.ndarray, neg: np.ndarray) -> tuple[int, float]:
+    """(level, F1) of the best threshold "score >= level", as from precision_recall_curve; among
+    equal F1 the highest level (the fewest alarms). Levels with nothing at or above them are skipped."""
+    tp = np.cumsum(np.asarray(pos, dtype=np.float64)[::-1])  # thresholds from the highest level down
     fp = np.cumsum(np.asarray(neg, dtype=np.float64)[::-1])
     predicted = tp + fp
-    keep = predicted > 0
-    return float((2.0 * tp[keep] / (predicted[keep] + tp[-1])).max())  # 2TP / (TP+FP + TP+FN)
+    f1 = np.where(predicted > 0, 2.0 * tp / np.maximum(predicted + tp[-1], 1e-300), -1.0)  # 2TP/(2TP+FP+FN)
+    best = int(np.argmax(f1))  # the first maximum: the highest level
+    return len(f1) - 1 - best, float(f1[best])
+
+
+def f1_max_from_counts(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Best F1 over the thresholds "score >= level", as from precision_recall_curve."""
+    return best_f1_from_counts(pos, neg)[1]
 
 
 def partial_area(x: np.ndarray, y: np.ndarray, x_max: float) -> float:

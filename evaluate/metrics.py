@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from evaluate.curves import auroc_from_counts
+from evaluate.curves import auroc_from_counts, best_f1_from_counts
 from evaluate.pixel_state import PixelMetricState
 
 __all__ = [
@@ -76,12 +76,8 @@ def _best_f1(s: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     score; among equal F1 the highest threshold (the fewest alarms)."""
     if not y.any():
         raise ValueError("F1-max needs at least one anomalous sample")
-    pos, neg = _tie_groups(s, y)
-    tp = np.cumsum(pos[::-1].astype(np.float64))  # thresholds from the highest score down
-    fp = np.cumsum(neg[::-1].astype(np.float64))
-    f1 = 2.0 * tp / (tp + fp + tp[-1])  # 2TP / (TP+FP + TP+FN); every level holds a sample
-    best = int(np.argmax(f1))  # the first maximum: the highest threshold
-    return float(np.unique(s)[::-1][best]), float(f1[best])
+    level, f1 = best_f1_from_counts(*_tie_groups(s, y))
+    return float(np.unique(s)[level]), f1
 
 
 def f1_max(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:

@@ -102,14 +102,6 @@ class ShardIndex:
                 out.setdefault(ref.category, []).append(i)
         return out
 
-    def first_normal(self) -> dict[str, int]:
-        """Per category, the first normal sample (the few-shot reference, as the reference's first file)."""
-        refs: dict[str, int] = {}
-        for i, s in enumerate(self.samples):
-            if s.label == 0:
-                refs.setdefault(s.category, i)
-        return refs
-
     def __getstate__(self) -> dict[str, Any]:  # open files do not travel to Ray workers
         return {"root": self.root, "samples": self.samples, "_files": {}, "_pairs": self._pairs}
 

@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from evaluate.ablation import DEFAULT_TABLE, markdown, run_ablation
     from evaluate.data import EvaluationDataError
+    from pipeline.ablation import DEFAULT_TABLE, markdown, run_ablation
     from synth.datasets import DatasetError
 
     overrides = list(args.overrides)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluate.ablation import DEFAULT_TABLE, load_table, markdown
+from pipeline.ablation import DEFAULT_TABLE, load_table, markdown
 from pipeline.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,33 @@
+"""What the quality benchmarks (baseline, answers_follow_map, memory_bank) share: the options that
+name a trained model and a dataset, and the start-up of a process that scores on the CPU."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parser_with_model_and_data(doc: str | None, threads: int, why: str) -> argparse.ArgumentParser:
+    """An argparse parser with ``--model`` and ``--data`` (the demo's run folder by default) and
+    ``--threads`` (default ``threads``; ``why`` says why that default)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "runs/demo/train", help="train output folder")
+    parser.add_argument("--data", type=Path, default=ROOT / "runs/demo/data", help="MVTec-layout root")
+    parser.add_argument("--threads", type=int, default=threads, help=f"torch threads ({why})")
+    return parser
+
+
+def start(threads: int) -> Any:
+    """Quiet logging, the project's runtime environment, ``threads`` torch threads; returns torch."""
+    logging.basicConfig(level=logging.WARNING)
+    from pipeline.runtime import configure_environment
+
+    configure_environment()
+    import torch
+
+    torch.set_num_threads(threads)
+    return torch
