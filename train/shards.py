@@ -133,7 +133,10 @@ def shard_paths(root: str | Path, verify: bool = True) -> list[Path]:
 
 
 def index_shards(root: str | Path, verify: bool = True) -> ShardIndex:
-    """Index every sample; a shard that does not parse or a sample missing a part is an error."""
+    """Index every sample; a shard that does not parse or a sample missing a part is an error.
+
+    Shard paths are made absolute: Ray workers read them from another working directory."""
+    root = Path(root).expanduser().resolve()
     samples: list[SampleRef] = []
     for path in shard_paths(root, verify):
         samples.extend(_index_tar(path))
@@ -144,7 +147,7 @@ def index_shards(root: str | Path, verify: bool = True) -> ShardIndex:
         if ref.key in seen:
             raise DataError(f"{ref.shard}: sample key {ref.key!r} is also in {seen[ref.key]}")
         seen[ref.key] = ref.shard
-    index = ShardIndex(Path(root), samples)
+    index = ShardIndex(root, samples)
     index.pairs()  # a dangling pair is an error now, not at some training step
     return index
 

@@ -181,6 +181,17 @@ class AnomalyGPT(nn.Module):
         parts = [self.encode(chunk).patch_maps for chunk in images.split(ENCODE_CHUNK)]
         return [torch.cat(layer) for layer in zip(*parts, strict=True)]
 
+    def new_bank(
+        self, patch_maps: list[torch.Tensor], shots: int, rotations: int, category: str | None = None
+    ) -> MemoryBank:
+        """An uncalibrated bank of the encoder's ``patch_maps`` (the bank layers are taken here)."""
+        layers, sigma = self.bank_layers(patch_maps), self.cfg.memory_bank.smoothing
+        return MemoryBank.from_patch_maps(layers, shots, rotations, category, smoothing=sigma)
+
+    def calibrate(self, normal_maps: torch.Tensor) -> Calibration:
+        """Where normal ends on maps of normal images (``memory_bank.false_alarm_rate``)."""
+        return Calibration.from_maps(normal_maps, self.cfg.memory_bank.false_alarm_rate)
+
     @torch.no_grad()
     def build_memory_bank(self, reference_images: torch.Tensor, category: str | None = None) -> MemoryBank:
         """The bank of k normal references of one category, built once and reused for every query:
@@ -190,16 +201,15 @@ class AnomalyGPT(nn.Module):
         rotations = self.rotations_for(shots)
         images = with_rotations(reference_images) if rotations > 1 else reference_images
         maps = self.encode_all(images)
-        bank = MemoryBank.from_patch_maps(self.bank_layers(maps), shots, rotations, category)
+        bank = self.new_bank(maps, shots, rotations, category)
         bank = bank.subsample(self.cfg.memory_bank.max_patches, seed=0)
         upright = [m[:shots] for m in maps]
         size = tuple(reference_images.shape[-2:])
         if bank.can_hold_out():
             held_out = bank.distance_map(self.bank_layers(upright), size, hold_out=list(range(shots)))
-            bank.nn_calibration = Calibration.from_maps(held_out)
+            bank.nn_calibration = self.calibrate(held_out)
         if self.decoder is not None and category is not None:
-            decoder_maps = self.text_map(upright, [category] * shots, size)[1]
-            bank.decoder_calibration = Calibration.from_maps(decoder_maps)
+            bank.decoder_calibration = self.calibrate(self.text_map(upright, [category] * shots, size)[1])
         return bank
 
     def bank_map(

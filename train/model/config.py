@@ -106,12 +106,24 @@ class MemoryBankConfig:
     """Weight of the decoder map against the bank map (1) in calibrated fusion. Small by default:
     on real defects a plain nearest-neighbour memory is the stronger map (the decoder learns from
     synthetic anomalies only), so the decoder adds evidence without overruling the bank."""
+    smoothing: float = 4.0
+    """Sigma, in pixels of the model's input, of the Gaussian that smooths the bank's distance maps
+    (PatchCore: 4 at 224). A lone noisy patch no longer sets an image's score; 0 turns it off."""
+    false_alarm_rate: float = 0.05
+    """Where normal ends: the share of normal images whose map would reach the decision point (0.5),
+    from a normal law fitted to the references' held-out peaks (three or more references). 0 puts
+    the point at the highest held-out peak, which climbs as references are added and follows any
+    odd image in the "good" folder."""
 
     def __post_init__(self) -> None:
         if self.max_patches < 1:
             raise ValueError(f"memory_bank.max_patches must be >= 1, got {self.max_patches}")
         if self.decoder_weight < 0:
             raise ValueError(f"memory_bank.decoder_weight must be >= 0, got {self.decoder_weight}")
+        if self.smoothing < 0:
+            raise ValueError(f"memory_bank.smoothing must be >= 0, got {self.smoothing}")
+        if not 0.0 <= self.false_alarm_rate < 0.5:
+            raise ValueError(f"memory_bank.false_alarm_rate must be in [0, 0.5), got {self.false_alarm_rate}")
 
 
 @dataclass

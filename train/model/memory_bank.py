@@ -1,14 +1,16 @@
 """Memory bank of normal patches: nearest-neighbour anomaly maps, calibrated against normal images.
 
 The bank holds every patch of the k normal references (with 90/180/270-degree rotations when k is
-small), reduced by greedy coreset subsampling (PatchCore) when a layer exceeds its patch budget. A
-calibration learnt from the references themselves (leave-one-image-out) tells where "normal" ends,
-so a bank map and the decoder map can be put on one scale and fused.
+small), reduced by greedy coreset subsampling (PatchCore) when a layer exceeds its patch budget. Its
+maps are smoothed with a Gaussian (PatchCore), which removes single-patch noise that would otherwise
+set an image's score. A calibration learnt from the references themselves (leave-one-image-out)
+tells where "normal" ends, so a bank map and the decoder map can be put on one scale and fused.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import torch
 import torch.nn.functional as F
@@ -23,18 +25,34 @@ def with_rotations(images: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(ROTATIONS)])
 
 
+MIN_IMAGES_FOR_FIT = 3
+"""Fewer normal maps than this give no usable spread: their highest peak is the top of normal."""
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Where normal ends on one kind of map, measured on normal images: ``level`` is their mean pixel
-    score, ``top`` their highest. ``normalise`` maps level to 0 and top to 1."""
+    score, ``top`` the peak score above which a normal image is rare. ``normalise`` maps level to 0
+    and top to 1."""
 
     level: float
     top: float
 
     @classmethod
-    def from_maps(cls, maps: torch.Tensor) -> Calibration:
-        level = float(maps.float().mean())
-        return cls(level, max(float(maps.float().amax()), level + 1e-6))
+    def from_maps(cls, maps: torch.Tensor, false_alarm_rate: float = 0.0) -> Calibration:
+        """From normal maps (N, 1, H, W). With ``false_alarm_rate`` > 0 and at least three maps, the
+        top is the (1 - rate) quantile of a normal law fitted to the maps' peaks; otherwise the
+        highest peak. The fit does not grow with N as the highest of N peaks does, and one odd
+        reference (a defect in the "good" folder) moves it far less."""
+        maps = maps.float()
+        level = float(maps.mean())
+        peaks = maps.flatten(1).amax(dim=1)
+        if false_alarm_rate > 0 and peaks.numel() >= MIN_IMAGES_FOR_FIT:
+            z = NormalDist().inv_cdf(1.0 - false_alarm_rate)
+            top = float(peaks.mean() + z * peaks.std())
+        else:
+            top = float(peaks.max())
+        return cls(level, max(top, level + 1e-6))
 
     def normalise(self, maps: torch.Tensor) -> torch.Tensor:
         return ((maps - self.level) / (self.top - self.level)).clamp_min(0.0)
@@ -47,6 +65,18 @@ UNCALIBRATED = Calibration(0.0, 1.0)
 def squash(normalised: torch.Tensor) -> torch.Tensor:
     """[0, inf) -> [0, 1): the top of normal (1) lands on 0.5, the decoder's own decision point."""
     return normalised / (1.0 + normalised)
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, 1, H, W) maps blurred by a separable Gaussian of ``sigma`` pixels (reflected borders)."""
+    if sigma <= 0:
+        return maps
+    radius = min(int(4 * sigma + 0.5), min(maps.shape[-2:]) - 1)
+    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    rows = F.conv2d(F.pad(maps, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(rows, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
 
 
 def greedy_coreset(features: torch.Tensor, budget: int, seed: int = 0) -> torch.Tensor:
@@ -80,12 +110,19 @@ class MemoryBank:
     rotation_ids: list[torch.Tensor]
     category: str | None = None
     shots: int = 0
+    smoothing: float = 0.0
+    """Sigma in pixels of the Gaussian that smooths every distance map (0: none)."""
     nn_calibration: Calibration = UNCALIBRATED
     decoder_calibration: Calibration | None = None
 
     @classmethod
     def from_patch_maps(
-        cls, patch_maps: list[torch.Tensor], shots: int, rotations: int = 1, category: str | None = None
+        cls,
+        patch_maps: list[torch.Tensor],
+        shots: int,
+        rotations: int = 1,
+        category: str | None = None,
+        smoothing: float = 0.0,
     ) -> MemoryBank:
         """``patch_maps`` (shots * rotations, C, h, w) per layer, rotation-major as ``with_rotations``."""
         feats, images, rots = [], [], []
@@ -97,7 +134,7 @@ class MemoryBank:
             per_map = torch.arange(n).repeat_interleave(h * w)
             images.append(per_map % shots)
             rots.append(per_map // shots)
-        return cls(feats, images, rots, category, shots)
+        return cls(feats, images, rots, category, shots, smoothing)
 
     @property
     def n_patches(self) -> list[int]:
@@ -117,6 +154,7 @@ class MemoryBank:
             [r[k] for r, k in zip(self.rotation_ids, keep, strict=True)],
             self.category,
             self.shots,
+            self.smoothing,
             self.nn_calibration,
             self.decoder_calibration,
         )
@@ -124,7 +162,7 @@ class MemoryBank:
     def distance_map(
         self, patch_maps: list[torch.Tensor], size: tuple[int, int], hold_out: list[int] | None = None
     ) -> torch.Tensor:
-        """1 - max cosine similarity to the bank, upsampled per layer and averaged: (B, 1, H, W).
+        """1 - max cosine similarity to the bank, upsampled per layer, averaged and smoothed: (B, 1, H, W).
 
         ``hold_out[b]`` = index of a reference image that query ``b`` is: with several shots its
         patches (all rotations) are left out; with one shot only its unrotated copy is."""
@@ -141,7 +179,7 @@ class MemoryBank:
                 best.append(_best_similarity(queries[i], bank, allowed))
             sim = torch.stack(best).reshape(b, 1, h, w)
             sims.append(F.interpolate(sim, size=size, mode="bilinear", align_corners=True))
-        return 1.0 - torch.stack(sims).mean(0)
+        return gaussian_smooth(1.0 - torch.stack(sims).mean(0), self.smoothing)
 
     def _allowed(self, layer: int, image: int) -> torch.Tensor:
         same = self.image_ids[layer] == image

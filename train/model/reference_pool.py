@@ -29,6 +29,10 @@ class BankModel(Protocol):
 
     def rotations_for(self, shots: int) -> int: ...
 
+    def new_bank(self, patch_maps: list[torch.Tensor], shots: int, rotations: int) -> MemoryBank: ...
+
+    def calibrate(self, normal_maps: torch.Tensor) -> Calibration: ...
+
     def text_map(self, patch_maps, categories, size): ...
 
 
@@ -77,13 +81,13 @@ class ReferencePool:
             bank = _bank(model, entry, [j])
             if bank.can_hold_out():
                 held = bank.distance_map(model.bank_layers([m[j : j + 1] for m in upright]), size, [0])
-                entry.one_shot.append(Calibration.from_maps(held))
+                entry.one_shot.append(model.calibrate(held))
             else:
                 entry.one_shot.append(UNCALIBRATED)
         if n > 1:
             bank = _bank(model, entry, list(range(n)))
             held = bank.distance_map(model.bank_layers(upright), size, list(range(n)))
-            entry.all_shots = Calibration.from_maps(held)
+            entry.all_shots = model.calibrate(held)
         return entry
 
     def choose(self, category: str, source: str, one_shot: bool, generator: torch.Generator) -> list[int]:
@@ -110,14 +114,14 @@ class ReferencePool:
                 upright = [m.to(_device(model)) for m in entry.maps_of(chosen, 1)]
                 size = (model.cfg.image_size, model.cfg.image_size)
                 decoder_maps = model.text_map(upright, [category] * len(chosen), size)[1]
-            bank.decoder_calibration = Calibration.from_maps(decoder_maps)
+            bank.decoder_calibration = model.calibrate(decoder_maps)
         return bank
 
 
 def _bank(model: BankModel, entry: PoolCategory, chosen: list[int]) -> MemoryBank:
     rotations = min(model.rotations_for(len(chosen)), entry.rotations)
     maps = [m.to(_device(model)) for m in entry.maps_of(chosen, rotations)]
-    return MemoryBank.from_patch_maps(model.bank_layers(maps), len(chosen), rotations)
+    return model.new_bank(maps, len(chosen), rotations)
 
 
 def _device(model: BankModel) -> torch.device:

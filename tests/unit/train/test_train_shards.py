@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,13 @@ def test_old_shard_format_is_refused_with_the_fix(copy):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match=r"older synth without normal/synthetic pairing.*--force"):
         index_shards(copy)
+
+
+def test_a_relative_shard_folder_is_indexed_with_absolute_paths(tiny_shards, monkeypatch):
+    # Ray Train workers run in another working directory: a relative path would not open there.
+    monkeypatch.chdir(tiny_shards.parent)
+    index = index_shards(tiny_shards.name)
+    assert index.root.is_absolute() and index.root == tiny_shards.resolve()
+    assert all(Path(s.shard).is_absolute() for s in index.samples)
+    monkeypatch.chdir("/")
+    assert decode_png(index.read(0)[0], "RGB").shape == (64, 64, 3)
