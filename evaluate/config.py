@@ -35,7 +35,11 @@ class EvaluateConfig:
     """torch threads per actor. Fixed (not derived from the worker count) so that a run with one
     worker computes every batch bit-for-bit like a run with several."""
     use_gpu: bool = False
-    """One GPU per actor (the paper preset): the model and the batches go to cuda."""
+    """Actors on GPUs (the paper preset): the model and the batches go to cuda."""
+    gpus_per_worker: float = 1.0
+    """GPUs per actor with ``use_gpu``. A fraction lets several actors share a GPU (Ray packs them);
+    each loads its own copy of the model, so leave it room (the demo-size model needs about 1 GiB,
+    the paper preset about 16 GiB in fp16). Above 1 it must be a whole number."""
     batch_size: int = 8
     """Images per forward pass (and per task sent to an actor)."""
     mask_threshold: float = 0.1
@@ -65,6 +69,10 @@ class EvaluateConfig:
             raise ValueError("shots and reference_start must be >= 0")
         if self.workers < 1 or self.threads_per_worker < 1 or self.batch_size < 1:
             raise ValueError("workers, threads_per_worker and batch_size must be >= 1")
+        if self.gpus_per_worker <= 0 or (self.gpus_per_worker > 1 and self.gpus_per_worker % 1):
+            raise ValueError(
+                f"gpus_per_worker must be in (0, 1] or a whole number, got {self.gpus_per_worker}"
+            )
         if not 0.0 <= self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in [0, 1), got {self.mask_threshold}")
         if self.score_range is not None and (

@@ -129,6 +129,7 @@ def run_evaluation(
         "without_mask": {c.category: c.missing_masks for c in plan.categories if c.missing_masks},
         "unreadable": unreadable,
         "workers": cfg.workers,
+        "devices": sorted({a[1]["device"] for a in actors}),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "scoring_time_s": round(scoring_s, 2),
         "images_per_s": round(len(rows) / scoring_s, 3),
@@ -146,13 +147,16 @@ def _start_actors(checkpoint: Path, cfg: EvaluateConfig, pixel: dict[str, Any]) 
     import ray
 
     from evaluate.worker import EvalWorker
-    from pipeline.runtime import init_ray
+    from pipeline.runtime import init_ray, require_gpus
 
     init_ray()
+    if cfg.use_gpu:
+        need = cfg.workers * cfg.gpus_per_worker
+        require_gpus(need, f"evaluate.use_gpu with {cfg.workers} actor(s) x {cfg.gpus_per_worker:g} GPU")
     total = ray.cluster_resources().get("CPU", 1.0)
-    # Never ask for more CPUs than the cluster has: the actors would wait forever.
-    cpus = min(float(cfg.threads_per_worker), total / cfg.workers)
-    remote = ray.remote(num_cpus=cpus, num_gpus=1 if cfg.use_gpu else 0, max_restarts=0)(EvalWorker)
+    resources = actor_resources(cfg, total)
+    cpus = resources["num_cpus"]
+    remote = ray.remote(**resources, max_restarts=0)(EvalWorker)
     pixel = {**pixel, "threshold": cfg.mask_threshold}
     device = "cuda" if cfg.use_gpu else "cpu"
     actors = [
@@ -169,6 +173,15 @@ def _start_actors(checkpoint: Path, cfg: EvaluateConfig, pixel: dict[str, Any]) 
             f"{_ACTOR_START_TIMEOUT_S} s ({cpus:g} CPU each, cluster has {total:g})"
         )
     return list(zip(actors, ray.get(refs), strict=True))
+
+
+def actor_resources(cfg: EvaluateConfig, cluster_cpus: float) -> dict[str, float]:
+    """Ray resources of one actor: its threads' CPUs (never more than the cluster's share: the actors
+    would wait forever) and, with ``use_gpu``, ``gpus_per_worker`` GPUs (fractions share a GPU)."""
+    return {
+        "num_cpus": min(float(cfg.threads_per_worker), cluster_cpus / cfg.workers),
+        "num_gpus": cfg.gpus_per_worker if cfg.use_gpu else 0,
+    }
 
 
 def _stop(actors: list[tuple[Any, dict]]) -> None:

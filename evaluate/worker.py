@@ -45,6 +45,7 @@ class EvalWorker:
         """What the driver needs to know about the model (also proves the actor is up)."""
         m = self.model
         return {
+            "device": str(next(m.parameters()).device),
             "image_size": self.size,
             "has_map": m.decoder is not None,
             "has_llm": m.llm is not None,

@@ -12,14 +12,38 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+DEVICES = ("auto", "cpu", "cuda")
 
-def load_model(checkpoint: str | Path) -> tuple[Any, Any]:
-    """The model in eval mode and its ModelConfig, from a checkpoint folder."""
+
+def resolve_device(device: str) -> str:
+    """``auto``: CUDA when torch sees a GPU, else CPU. ``cuda`` without a GPU is an error naming why."""
+    import torch
+
+    from pipeline.config import ConfigError
+
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device cuda: torch sees no CUDA GPU here (check CUDA_VISIBLE_DEVICES); use cpu or auto"
+        )
+    return device
+
+
+def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[Any, Any]:
+    """The model in eval mode on ``device`` (auto, cpu, cuda) and its ModelConfig, from a checkpoint."""
     from train.model.checkpoint import load_checkpoint
 
-    model, cfg = load_checkpoint(checkpoint)
+    model, cfg = load_checkpoint(checkpoint, device=resolve_device(device))
     model.eval()
     return model, cfg
+
+
+def model_device(model: Any) -> Any:
+    """Where the model's weights live (inputs go there)."""
+    return next(model.parameters()).device
 
 
 def read_image(source: str | Path, size: int) -> Any:
@@ -78,10 +102,9 @@ def build_bank(model: Any, cfg: Any, references: Sequence[str | Path], category:
     """The few-shot memory bank of ``references`` (normal images of ``category``); build it once."""
     import torch
 
+    images = to_tensor([read_image(r, cfg.image_size) for r in references]).to(model_device(model))
     with torch.no_grad():
-        return model.build_memory_bank(
-            to_tensor([read_image(r, cfg.image_size) for r in references]), category
-        )
+        return model.build_memory_bank(images, category)
 
 
 def predict_one(
@@ -102,7 +125,7 @@ def predict_one(
     """
     import torch
 
-    images = to_tensor([read_image(image, cfg.image_size)])
+    images = to_tensor([read_image(image, cfg.image_size)]).to(model_device(model))
     bank = memory_bank
     if bank is None and references:
         bank = build_bank(model, cfg, references, category)

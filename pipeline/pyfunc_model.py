@@ -7,6 +7,9 @@ and LLM come from the installed packages or the configured paths when the checkp
     model = mlflow.pyfunc.load_model("models:/anomalygpt@champion")
     model.predict([{"image": "bottle.png", "category": "bottle", "references": ["good.png"]}])
 
+Load with ``model_config={"device": "cuda"}`` (or ``cpu``; default ``auto``: CUDA when a GPU
+is visible) to choose where the model runs.
+
 Each row: ``image`` (a file path or a ``data:image/...;base64,`` URI), optional ``category``,
 ``question``, ``references`` (normal images for few-shot) and ``generate`` (false: map and score
 only, no answer). Each result: ``score``, ``anomaly_map`` (H x W floats) and ``answer``.
@@ -42,7 +45,8 @@ class AnomalyGPTPyfunc(mlflow.pyfunc.PythonModel):
         from pipeline.inference import load_model
         from pipeline.registry import CHECKPOINT_ARTIFACT
 
-        self.model, self.cfg = load_model(context.artifacts[CHECKPOINT_ARTIFACT])
+        device = (getattr(context, "model_config", None) or {}).get("device", "auto")
+        self.model, self.cfg = load_model(context.artifacts[CHECKPOINT_ARTIFACT], device=device)
 
     def predict(self, model_input: list[Row]) -> list[Result]:
         from pipeline.inference import predict_one

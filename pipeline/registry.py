@@ -137,6 +137,7 @@ def log_pyfunc(checkpoint_dir: str | Path) -> Any:
             name="model",
             python_model=pyfunc_model.__file__,
             artifacts={CHECKPOINT_ARTIFACT: str(staged)},
+            model_config={"device": "auto"},  # declared, so that a loader may choose cpu or cuda
             pip_requirements=pip_requirements(),
         )
 

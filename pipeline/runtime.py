@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 
+from pipeline.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 # Defaults that keep a local run private (Ray listens on 127.0.0.1 only), quiet and offline.
@@ -54,6 +56,24 @@ def init_ray(num_cpus: int | None = None) -> None:
             include_dashboard=False,
             log_to_driver=True,
             runtime_env={"worker_process_setup_hook": "pipeline.runtime.quiet_ray_worker"},
+        )
+
+
+class MissingGPUError(ConfigError):
+    """The config asks for GPUs that the Ray cluster does not offer (the CLI exits 2 with it)."""
+
+
+def require_gpus(needed: float, what: str) -> None:
+    """Fail at once when the connected Ray cluster offers fewer than ``needed`` GPUs: Ray would
+    otherwise wait for them (Ray Train times out and retries) without saying why."""
+    import ray
+
+    offered = float(ray.cluster_resources().get("GPU", 0.0))
+    if offered < needed:
+        where = os.environ.get("RAY_ADDRESS") or "the local Ray"
+        raise MissingGPUError(
+            f"{what} needs {needed:g} GPU(s), but {where} offers {offered:g}. Run where GPUs are "
+            f"(an autoscaling cluster: start its GPU workers first), or set the use_gpu key to false."
         )
 
 

@@ -100,6 +100,10 @@ class TrainConfig:
     """Worker-group restarts allowed; each resumes from the latest checkpoint."""
     use_gpu: bool = False
     """One GPU per worker (NCCL); false trains on CPU with gloo."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """The dtype the engine trains in. auto: fp32 on CPU; on GPUs bf16 where every worker's GPU
+    supports it, else fp16 (with DeepSpeed's dynamic loss scaling; tune it in train.deepspeed.fp16).
+    The only way to set it: ``enabled`` under train.deepspeed.bf16/fp16 is refused."""
     cpus_per_worker: float = 1.0
     """Ray CPUs reserved per worker; on CPU also its torch thread count (at least 1). Fractions
     work: 0.5 lets 2 workers share a core with other Ray tasks on a small machine."""

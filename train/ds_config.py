@@ -20,6 +20,7 @@ from pipeline.config import ConfigError
 from train.config import TrainConfig
 
 SECTION = "train.deepspeed"
+PRECISION_SECTIONS = ("bf16", "fp16")
 _TYPES = {"bool": (bool,), "integer": (int,), "number": (int, float), "string": (str,)}
 
 
@@ -43,6 +44,10 @@ def validate_section(section: dict[str, Any]) -> None:
         if kind == "model" or isinstance(kind, list):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where} must be a mapping, got {value!r}")
+            if key in PRECISION_SECTIONS and "enabled" in value:
+                raise ConfigError(
+                    f"{where}.enabled is not accepted here; set train.precision (auto, fp32, bf16 or fp16)"
+                )
             if isinstance(kind, list):
                 for sub in value:
                     if sub not in kind:
@@ -51,13 +56,42 @@ def validate_section(section: dict[str, Any]) -> None:
             raise ConfigError(f"{where} must be a {kind}, got {value!r}")
 
 
+def planned_precision(train: TrainConfig) -> str:
+    """``train.precision`` as far as the driver can decide it: ``auto`` stays ``auto`` on GPUs,
+    where the workers choose (the driver of a cluster may have no GPU to ask)."""
+    if train.precision != "auto":
+        return train.precision
+    return "auto" if train.use_gpu else "fp32"
+
+
+def resolve_precision(planned: str, bf16_everywhere: bool) -> str:
+    """The precision a GPU worker trains in: ``auto`` is bf16 if every worker's GPU has it, else fp16."""
+    if planned != "auto":
+        return planned
+    return "bf16" if bf16_everywhere else "fp16"
+
+
+def with_precision(config: dict[str, Any], chosen: str) -> dict[str, Any]:
+    """A copy of ``config`` that trains in ``chosen`` (fp32, bf16 or fp16)."""
+    if chosen not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16 here, got {chosen!r}")
+    config = copy.deepcopy(config)
+    for section in PRECISION_SECTIONS:
+        if section in config or section == chosen:
+            config.setdefault(section, {})["enabled"] = section == chosen
+    if chosen != "fp32":  # buffers too (e.g. the encoder's normalisation), or fp32 buffers upcast the input
+        config.setdefault("data_types", {}).setdefault("buffer_dtype", chosen)
+    return config
+
+
 def build(train: TrainConfig, workers: int) -> dict[str, Any]:
-    """The full DeepSpeed config for ``workers`` data-parallel workers (validated section inside)."""
+    """The full DeepSpeed config for ``workers`` data-parallel workers (validated section inside).
+    With ``train.precision`` auto on GPUs the precision sections stay off: the workers set them."""
     validate_section(train.deepspeed)
     config = _merge(copy.deepcopy(schema()["defaults"]), train.deepspeed)
-    low = precision(config)
-    if low != "fp32":  # buffers too (e.g. the encoder's normalisation), or fp32 buffers upcast the input
-        config.setdefault("data_types", {}).setdefault("buffer_dtype", low)
+    planned = planned_precision(train)
+    if planned != "auto":
+        config = with_precision(config, planned)
     try:
         accumulation = train.accumulation_steps(workers)
     except ValueError as exc:

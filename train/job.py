@@ -63,6 +63,11 @@ def run_training(
     """Train ``config`` on the shards with ``workers`` Ray Train workers; returns the summary."""
     started = time.perf_counter()
     plan = prepare(config, shards, out, instruct, workers)
+    if plan.cfg.train.use_gpu:  # before the MLflow run: Ray Train would wait for GPUs, then retry
+        from pipeline.runtime import init_ray, require_gpus
+
+        init_ray()
+        require_gpus(workers, f"train.use_gpu with --workers {workers} (one GPU per worker)")
     run_id, uri = tracking.open_run(
         plan.out,
         plan.cfg,
@@ -144,7 +149,7 @@ def prepare(
     print(
         f"train: {len(index)} anomaly samples, {len(instructions)} instruction samples, {total} steps of "
         f"{cfg.train.global_batch_size} samples on {workers} worker(s) "
-        f"(accumulation {deepspeed['gradient_accumulation_steps']}, {ds_config.precision(deepspeed)}, "
+        f"(accumulation {deepspeed['gradient_accumulation_steps']}, {_precision_text(cfg.train)}, "
         f"ZeRO {deepspeed['zero_optimization'].get('stage', 0)})"
         + (f"; resuming at step {previous['step']}" if previous else ""),
         flush=True,
@@ -175,7 +180,7 @@ def fit(plan: Plan, run_id: str, uri: str) -> Path:
         "total_steps": plan.total_steps,
         "accumulation": plan.deepspeed["gradient_accumulation_steps"],
         "offload_optimizer": ds_config.offloads_optimizer(plan.deepspeed),
-        "precision": ds_config.precision(plan.deepspeed),
+        "precision": ds_config.planned_precision(t),
         "fingerprint": plan.fingerprint,
         "mlflow_run_id": run_id,
         "mlflow_uri": uri,
@@ -199,6 +204,11 @@ def fit(plan: Plan, run_id: str, uri: str) -> Path:
     return Path(result.checkpoint.path)
 
 
+def _precision_text(train) -> str:
+    planned = ds_config.planned_precision(train)
+    return "bf16 or fp16 (auto, chosen on the GPUs)" if planned == "auto" else planned
+
+
 def finish(plan: Plan, checkpoint_dir: Path, run_id: str, uri: str, wall: float) -> dict[str, Any]:
     """Copy the final weights and config to ``out``, write the summary, close the MLflow run."""
     from train.model.checkpoint import CONFIG, WEIGHTS
@@ -215,7 +225,7 @@ def finish(plan: Plan, checkpoint_dir: Path, run_id: str, uri: str, wall: float)
         "workers": plan.workers,
         "global_batch_size": plan.cfg.train.global_batch_size,
         "accumulation_steps": plan.deepspeed["gradient_accumulation_steps"],
-        "precision": ds_config.precision(plan.deepspeed),
+        "precision": state.get("precision", ds_config.planned_precision(plan.cfg.train)),
         "zero_stage": plan.deepspeed["zero_optimization"].get("stage", 0),
         "instruction_fraction": plan.fraction,
         "anomaly_samples": len(plan.index),

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from train import ds_config
 from train.schedule import micro_step_plan
 from train.tracking import MetricLogger
 
@@ -45,13 +46,15 @@ def train_loop(ctx: dict[str, Any]) -> None:
     if not cfg.train.use_gpu:  # use what Ray reserved: more threads than CPUs thrash on a busy node
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     source = _batches(cfg, ctx, rank, world)
-    engine, model = _setup(cfg, ctx, source)
+    engine, model, precision = _setup(cfg, ctx, source)
     start = _restore(engine)
     logger = MetricLogger(ctx) if rank == 0 else None
     total = ctx["total_steps"]
     if rank == 0:
+        log.info("train: %s", start_line(engine.device, precision, ctx, world, cfg.train.global_batch_size))
         how = "resuming at" if start else "starting"
         log.info("train: %s step %d/%d on %d worker(s)", how, start, total, world)
+    ctx = {**ctx, "precision": precision}
     window: dict[str, list[float]] = {}
     for step in range(start, total):
         metrics = _train_step(engine, source, step, ctx, world, cfg.train.global_batch_size)
@@ -76,7 +79,8 @@ def _train_step(
 
     began = time.perf_counter()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(ctx["precision"], torch.float32)
-    sums = torch.zeros(2 * len(PARTS) + 2, dtype=torch.float64)  # loss parts per kind, then counts
+    # Loss parts per kind, then counts; on the engine's device: NCCL reduces only CUDA tensors.
+    sums = torch.zeros(2 * len(PARTS) + 2, dtype=torch.float64, device=engine.device)
     for k in range(ctx["accumulation"]):
         instruction, j = micro_step_plan(step * ctx["accumulation"] + k, ctx["fraction"])
         batch = _to(source.instruction(j) if instruction else source.anomaly(j), engine.device, dtype)
@@ -101,6 +105,7 @@ def _setup(cfg, ctx, source):
     # only inference uses it. `deepspeed.comm.torch` as an attribute path is the torch package, so
     # the module is taken from importlib.
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    precision = _decide_precision(ctx["precision"])
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, seed=cfg.seed)
     if cfg.model.few_shot_train_prob > 0 and model.prompt_learner is not None and model.decoder is not None:
@@ -122,9 +127,39 @@ def _setup(cfg, ctx, source):
         model=model,  # its forward() is training_losses()
         optimizer=optimizer,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-        config=ctx["deepspeed"],
+        config=ds_config.with_precision(ctx["deepspeed"], precision),
     )
-    return engine, model
+    return engine, model, precision
+
+
+def _decide_precision(planned: str) -> str:
+    """``auto`` on GPUs: bf16 if every worker's GPU supports it, else fp16 (one MIN all-reduce,
+    so that all ranks train in one dtype)."""
+    if planned != "auto":
+        return planned
+    import ray.train.torch
+    import torch
+
+    from train.collectives import all_ranks_agree
+
+    device = ray.train.torch.get_device()
+    supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return ds_config.resolve_precision(planned, all_ranks_agree(supported, device))
+
+
+def start_line(device, precision: str, ctx: dict[str, Any], world: int, global_batch: int) -> str:
+    """What a reader of the log needs first: where and how the run trains."""
+    import torch
+
+    name = torch.cuda.get_device_name(device) if getattr(device, "type", "") == "cuda" else None
+    ds = ctx["deepspeed"]
+    zero = ds.get("zero_optimization", {}).get("stage", 0)
+    offload = ", optimizer offloaded to CPU" if ctx["offload_optimizer"] else ""
+    return (
+        f"device {device}{f' ({name})' if name else ''}, {precision}, ZeRO {zero}{offload}, "
+        f"world {world}, global batch {global_batch} (micro {ds['train_micro_batch_size_per_gpu']}"
+        f" x accumulation {ctx['accumulation']} x {world} worker(s))"
+    )
 
 
 def _restore(engine) -> int:
@@ -167,10 +202,11 @@ def _to(batch, device, dtype):
 
 def _step_metrics(sums, world: int, engine, global_batch: int, seconds: float) -> dict[str, float]:
     """Loss parts averaged over micro-steps and ranks (one small all-reduce), lr and throughput."""
-    import torch.distributed as dist
+    from train.collectives import all_reduce_sum
 
     if world > 1:
-        dist.all_reduce(sums)
+        all_reduce_sum(sums, engine.device, "the step's loss sums")
+    sums = sums.cpu()
     n = len(PARTS)
     counts = sums[2 * n :]
     metrics: dict[str, float] = {}
@@ -205,6 +241,7 @@ def _save(engine, model, cfg, ctx, step: int, summary: dict[str, float], start: 
                 "fingerprint": ctx["fingerprint"],
                 "mlflow_run_id": ctx["mlflow_run_id"],
                 "started_at_step": start,
+                "precision": ctx["precision"],
                 "metrics": summary,
             }
             (Path(d) / STATE).write_text(json.dumps(state, indent=1))

@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where to write the overlay PNG (default: <image stem>_anomaly.png here)",
     )
     parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the model runs (default auto: CUDA when a GPU is visible, else CPU)",
+    )
+    parser.add_argument(
         "--store",
         default="runs/demo",
         metavar="DIR",
@@ -92,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     print(f"loading {checkpoint} ...", file=sys.stderr)
-    model, cfg = load_model(checkpoint)
+    model, cfg = load_model(checkpoint, device=args.device)
     bank = build_bank(model, cfg, args.reference, category) if args.reference else None
     question = args.question or default_question(category)
     pred = predict_one(model, cfg, args.image, category=category, question=question, memory_bank=bank)

@@ -37,8 +37,8 @@ def test_top_of_normal_follows_the_fitted_peak_law_not_the_single_highest_peak()
     assert highest.top == pytest.approx(max(peaks))
     assert highest.top > fitted.top + 0.05  # the highest of 400 peaks sits far out in the tail
     # One odd reference (a defect left in the "good" folder) moves the fitted top much less.
-    odd = Calibration.from_maps(_maps_with_peaks(peaks[:30] + [3.0]), false_alarm_rate=0.05)
-    assert odd.top < 3.0 * 0.6 and Calibration.from_maps(_maps_with_peaks(peaks[:30] + [3.0])).top == 3.0
+    odd = Calibration.from_maps(_maps_with_peaks([*peaks[:30], 3.0]), false_alarm_rate=0.05)
+    assert odd.top < 3.0 * 0.6 and Calibration.from_maps(_maps_with_peaks([*peaks[:30], 3.0])).top == 3.0
 
 
 def test_too_few_references_to_fit_use_their_highest_peak():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -64,6 +65,14 @@ def test_pyfunc_matches_direct_prediction(tiny_checkpoint, sample_data_root, tmp
     with pytest.raises(Exception, match="image"):
         pyfunc.predict([{"category": category}])
 
+    # Where the model runs is the loader's choice (MLflow's model_config), auto by default.
+    on_cpu = mlflow.pyfunc.load_model("models:/anomalygpt@champion", model_config={"device": "cpu"})
+    row = {"image": str(test_image), "category": category, "generate": False}
+    assert on_cpu.predict([row])[0].score == pytest.approx(direct.score, abs=1e-5)
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception, match="torch sees no CUDA GPU"):
+            mlflow.pyfunc.load_model("models:/anomalygpt@champion", model_config={"device": "cuda"})
+
 
 def test_ask_answers_writes_overlay_and_chats(tiny_checkpoint, sample_data_root, tmp_path):
     import subprocess
@@ -87,6 +96,11 @@ def test_ask_answers_writes_overlay_and_chats(tiny_checkpoint, sample_data_root,
     assert sum(line.startswith("A: ") for line in lines) == 3  # first answer + two chat turns
     with Image.open(overlay) as im:
         assert im.size[0] >= 2 * 64  # image | heatmap panels
+
+    if not torch.cuda.is_available():
+        cuda = [*args, "--device", "cuda", "--question", "x"]
+        no_gpu = subprocess.run(cuda, capture_output=True, text=True)
+        assert no_gpu.returncode == 2 and "torch sees no CUDA GPU" in no_gpu.stderr
 
     missing = subprocess.run(
         [*args, "--reference", str(tmp_path / "nope.png")], capture_output=True, text=True

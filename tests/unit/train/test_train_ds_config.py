@@ -32,13 +32,32 @@ def test_same_global_batch_for_any_dividing_worker_count():
 
 
 def test_user_section_merges_over_defaults():
-    cfg = build({"zero_optimization": {"overlap_comm": False}, "bf16": {"enabled": True}})
+    cfg = build({"zero_optimization": {"overlap_comm": False}}, precision="bf16")
     assert cfg["zero_optimization"] == {"stage": 2, "overlap_comm": False}
     assert ds_config.precision(cfg) == "bf16"
     assert cfg["data_types"] == {"buffer_dtype": "bf16"}  # buffers follow the precision ...
-    kept = build({"fp16": {"enabled": True}, "data_types": {"buffer_dtype": "fp32"}})
+    kept = build({"data_types": {"buffer_dtype": "fp32"}}, precision="fp16")
     assert kept["data_types"] == {"buffer_dtype": "fp32"}  # ... unless set
     assert "data_types" not in build({})
+
+
+def test_precision_has_one_home_and_auto_is_fp32_on_cpu_and_decided_on_gpus():
+    with pytest.raises(ConfigError, match=r"fp16\.enabled is not accepted here; set train\.precision"):
+        build({"fp16": {"enabled": True}})
+    assert ds_config.precision(build({})) == "fp32"  # auto without GPUs
+    on_gpus = build({"fp16": {"initial_scale_power": 12}}, use_gpu=True)
+    assert ds_config.precision(on_gpus) == "fp32" and "enabled" not in on_gpus["fp16"]  # workers decide
+    assert ds_config.planned_precision(TrainConfig(use_gpu=True)) == "auto"
+    assert ds_config.resolve_precision("auto", bf16_everywhere=True) == "bf16"
+    assert ds_config.resolve_precision("auto", bf16_everywhere=False) == "fp16"
+    assert ds_config.resolve_precision("fp32", bf16_everywhere=True) == "fp32"  # an explicit choice stays
+    chosen = ds_config.with_precision(on_gpus, "fp16")
+    assert chosen["fp16"] == {"initial_scale_power": 12, "enabled": True}  # the user's scaling kept
+    assert chosen["data_types"] == {"buffer_dtype": "fp16"} and "enabled" not in on_gpus["fp16"]
+    switched = ds_config.with_precision(chosen, "bf16")
+    assert (switched["bf16"]["enabled"], switched["fp16"]["enabled"]) == (True, False)
+    ds_config.check_with_deepspeed(chosen)
+    ds_config.check_with_deepspeed(switched)
 
 
 @pytest.mark.parametrize(
@@ -70,9 +89,7 @@ def test_deepspeed_schema_catches_the_reference_bf16_typo_and_nested_typos():
         ds_config.check_with_deepspeed(
             build({"zero_optimization": {"offload_optimizer": {"devices": "cpu"}}})
         )
-    with pytest.raises(ConfigError, match="cannot be simultaneously enabled"):
-        ds_config.check_with_deepspeed(build({"bf16": {"enabled": True}, "fp16": {"enabled": True}}))
-    ds_config.check_with_deepspeed(build({"fp16": {"enabled": True}, "zero_optimization": {"stage": 3}}))
+    ds_config.check_with_deepspeed(build({"zero_optimization": {"stage": 3}}, precision="fp16"))
 
 
 def test_offload_detection():
@@ -92,6 +109,7 @@ def test_presets_are_valid(tiny_config):
     cfg = ds_config.build(paper, workers=2)
     ds_config.check_with_deepspeed(cfg)
     assert cfg["gradient_accumulation_steps"] == 8  # the reference's 8 micro-steps per GPU on 2 GPUs
-    assert ds_config.precision(cfg) == "fp16" and ds_config.offloads_optimizer(cfg)
+    assert paper.precision == "auto" and ds_config.offloads_optimizer(cfg)
+    assert ds_config.planned_precision(paper) == "auto"  # bf16 on GPUs that have it, else fp16
     assert paper.schedule.decay == "linear" and paper.optimizer.betas == (0.9, 0.95)
     ds_config.check_with_deepspeed(ds_config.build(tiny_config.train, workers=2))
