@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from evaluate.config import EvaluateConfig
+from pipeline.core.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-class EvaluationDataError(ValueError):
+class EvaluationDataError(InputError):
     """Evaluation data that cannot be scored as asked."""
 
 

@@ -52,6 +52,7 @@ def run_evaluation(
     content.
     """
     from pipeline.registry import resolve_model
+    from train.model.checkpoint import verify_checkpoint
 
     settings = {"format": fmt, "shots": shots, "workers": workers, "use_llm": use_llm}
     settings = {k: v for k, v in settings.items() if v is not None}
@@ -62,6 +63,7 @@ def run_evaluation(
     out = Path(out)
     checkpoint = resolve_model(model_ref)
     plan = plan_evaluation(data_root, cfg, trained_categories(checkpoint))
+    verify_checkpoint(checkpoint)  # here, naming the file: in the actors it is a bare ActorDiedError
     n_images = sum(len(c.items) for c in plan.categories)
     log.info(
         "evaluate: %d test images in %d categories, %s, %d worker(s)",

@@ -8,9 +8,13 @@ and ``run(args) -> int``. Command modules import only the standard library at to
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
+import traceback
+
+from pipeline.core.errors import BAD_INPUT, CANNOT_WRITE, PipelineError
 
 # Order is the order shown by --help.
 COMMANDS = (
@@ -26,13 +30,28 @@ COMMANDS = (
     "ask",
 )
 
+EXIT_CODES = """exit codes:
+  0    done
+  1    a bug: the traceback is printed (please report it)
+  2    bad input: a config, --set, flag, dataset, shard folder, checkpoint or image is wrong
+  3    busy or unreachable: another run holds the folder, MLflow or the Ray cluster cannot be used
+  4    cannot write an output: read-only folder, full disk, no permission
+  130  interrupted (Ctrl-C)
+errors print "error: <message>"; python -m pipeline --debug COMMAND ... adds the traceback."""
+
+WRITE_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT})
+"""OSErrors that mean an output cannot be written (exit 4) rather than a bug."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="AnomalyGPT pipeline: normal images -> synthetic anomalies -> training -> evaluation.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"pipeline.commands.{name.replace('-', '_')}")
@@ -58,16 +77,39 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.runtime import configure_environment
 
     configure_environment()
-    from pipeline.config import ConfigError
-
     try:
         return int(args._run(args) or 0)
-    except (ConfigError, FileNotFoundError, NotADirectoryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        code = exit_code(exc)
+        if code is None:
+            raise  # a bug: exit 1 with the traceback
+        if args.debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"error: {error_message(exc)}", file=sys.stderr)
+        return code
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code of an expected failure (see EXIT_CODES), or None for a bug."""
+    if isinstance(exc, PipelineError):
+        return exc.exit_code
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return BAD_INPUT
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+        return CANNOT_WRITE
+    return None
+
+
+def error_message(exc: BaseException) -> str:
+    """The text after ``error:``; an unwritable output names the file and the OS's reason."""
+    if isinstance(exc, OSError) and not isinstance(exc, PipelineError) and exc.errno in WRITE_ERRNOS:
+        target = f" {exc.filename}" if exc.filename is not None else ""
+        verb = "cannot access" if exc.errno in (errno.EACCES, errno.EPERM) else "cannot write"
+        return f"{verb}{target}: {exc.strerror or exc}"
+    return str(exc)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:

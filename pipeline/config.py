@@ -17,42 +17,107 @@ from typing import Any, TypeVar
 
 import yaml
 
+from pipeline.core.errors import InputError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not match the dataclass schema."""
+class ConfigError(InputError):
+    """A config file or override that does not match the dataclass schema (bad input: exit 2)."""
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML file; every way the file can be wrong is a ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with path.open(encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_problem(path, exc)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    except OSError as exc:  # e.g. no read permission: not an output problem, so not exit 4
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """``FILE, line L, column C: invalid YAML: <problem>`` (1-based, as editors count)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    return f"{path}{where}: invalid YAML: {problem}" + (f" ({context})" if context else "")
+
+
+def split_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML); errors name ``--set ITEM``."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=3e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"--set {item}: the value is not valid YAML: {problem}") from exc
+    return key.strip().split("."), value
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with each ``a.b.c=value`` override applied (value parsed as YAML)."""
     result = _deep_copy(data)
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {item!r}")
+        parts, value = split_override(item)
         node = result
-        parts = key.strip().split(".")
         for part in parts[:-1]:
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {part!r} is not a section")
+                raise ConfigError(f"--set {item}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = value
     return result
+
+
+def check_override(cls: type, item: str) -> None:
+    """Check one ``--set`` against the schema of ``cls``, so a bad key or value names the ``--set``
+    (not the config file it is merged into)."""
+    parts, value = split_override(item)
+    source = f"--set {item}"
+    tp: Any = cls
+    for i, part in enumerate(parts):
+        tp = _section_type(tp)
+        prefix = ".".join(parts[:i])
+        if dataclasses.is_dataclass(tp):
+            fields = sorted(f.name for f in dataclasses.fields(tp) if f.init)
+            if part not in fields:
+                raise ConfigError(
+                    f"{source}: unknown key {'.'.join(parts[: i + 1])!r} "
+                    f"(allowed under {prefix or 'top level'}: {', '.join(fields)})"
+                )
+            tp = typing.get_type_hints(tp)[part]
+        elif typing.get_origin(tp) in (dict, Mapping):
+            args = typing.get_args(tp)
+            tp = args[1] if len(args) == 2 else Any
+        elif tp is Any or typing.get_origin(tp) in (typing.Union, types.UnionType):
+            return  # free-form, or a union of sections: the full config check decides
+        else:
+            raise ConfigError(f"{source}: {prefix!r} is a single value, not a section")
+    _coerce(tp, value, source, ".".join(parts))
+
+
+def _section_type(tp: Any) -> Any:
+    """``X | None`` -> ``X`` (a section may be optional); any other type as is."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str = "<config>", prefix: str = "") -> T:
@@ -81,10 +146,24 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str = "<conf
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """``cls`` from the YAML file at ``path`` with ``overrides`` applied.
+
+    Each override is checked on its own first, so its errors name ``--set KEY=VALUE``; what fails
+    after merging is the file's (or, for checks across keys, the file's together with the overrides).
+    """
     data = load_yaml(path) if path else {}
+    for item in overrides:
+        check_override(cls, item)
     data = apply_overrides(data, overrides)
-    source = str(path) if path else "--set"
-    return from_dict(cls, data, source=source)
+    return from_dict(cls, data, source=_merged_source(path, overrides))
+
+
+def _merged_source(path: str | Path | None, overrides: Sequence[str]) -> str:
+    """What an error in the merged config names: the file, the overrides, or both."""
+    sets = " ".join(f"--set {item}" for item in overrides)
+    if not path:
+        return sets or "the defaults"
+    return f"{path} (with {sets})" if sets else str(path)
 
 
 def to_dict(obj: Any) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +48,50 @@ def model_device(model: Any) -> Any:
 
 def read_image(source: str | Path, size: int) -> Any:
     """uint8 (size, size, 3) RGB from a path or a ``data:image/...;base64,`` URI, resized as training
-    and evaluation do (evaluate.data.load_image)."""
+    and evaluation do (evaluate.data.load_image). A corrupt file is an InputError naming it."""
     from evaluate.data import load_image
+
+    src, label = _image_source(source)
+    return _decoded(lambda: load_image(src, size), label)  # type: ignore[arg-type]
+
+
+def check_image(source: str | Path) -> None:
+    """Decode the image with the model's reader (synth.datasets.load_rgb, which load_image uses), so
+    ``ask`` rejects a corrupt file before the slow model load rather than after it."""
+    from synth.datasets import load_rgb
+
+    src, label = _image_source(source)
+    _decoded(lambda: load_rgb(src), label)  # type: ignore[arg-type]
+
+
+def _image_source(source: str | Path) -> tuple[Path | io.BytesIO, str]:
+    """What the reader opens (a path or the bytes of a data: URI) and how messages name it."""
+    from pipeline.core.errors import InputError
 
     text = str(source)
     if text.startswith("data:"):
         _, _, payload = text.partition(",")
-        return load_image(io.BytesIO(base64.b64decode(payload)), size)  # type: ignore[arg-type]
+        try:
+            return io.BytesIO(base64.b64decode(payload)), "the data: URI image"
+        except ValueError as exc:
+            raise InputError(f"the data: URI image is not valid base64 ({exc})") from exc
     path = Path(text).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    return load_image(path, size)
+    return path, str(path)
+
+
+def _decoded(read: Callable[[], Any], label: str) -> Any:
+    """``read()``, with what PIL raises on a truncated, garbled or non-image file turned into an
+    InputError that names the file (PIL's own messages name neither path nor fix)."""
+    from PIL import Image
+
+    from pipeline.core.errors import InputError
+
+    try:
+        return read()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{label} is not a readable image ({exc}); check or replace the file") from exc
 
 
 def to_tensor(images: Sequence[Any]) -> Any:

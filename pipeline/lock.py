@@ -18,12 +18,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.core.errors import UnavailableError
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "pipeline.lock"
 
 
-class LockBusy(RuntimeError):
+class LockBusy(UnavailableError):
     """Another run holds the workspace lock and did not release it in time."""
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import UnavailableError
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -46,7 +48,7 @@ class RegistryConfig:
     challenger_alias: str = "challenger"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(UnavailableError):
     """The tracking server cannot be reached, or a model reference does not resolve."""
 
 

@@ -2,8 +2,9 @@
 
 Every reader returns the same :class:`ImageRecord`, so later stages never look at a layout again.
 A file whose header cannot be read is skipped with a warning and appended to ``skipped`` (the synth
-stage lists it in its manifest); a missing root, an empty category or a mask whose size differs from
-its image is an error that names the path.
+stage lists it in its manifest); a missing root, a root with no images in the given layout (the
+error says which layout the folder looks like instead), a category with no readable images or a mask
+whose size differs from its image is an error that names the path.
 """
 
 from __future__ import annotations
@@ -18,10 +19,18 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from pipeline.core.errors import InputError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 Split = Literal["train", "test", "all"]
+LAYOUTS = {
+    "mvtec": "<root>/<category>/train/good/*.png, test images in <root>/<category>/test/<defect>/",
+    "visa": "<root>/split_csv/1cls.csv listing the images",
+    "folder": "<root>/<category>/*.png",
+}
+"""What each ``--format`` reads, as error messages show it."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +58,12 @@ class Skipped:
     reason: str
 
 
-class DatasetError(ValueError):
-    """A dataset that cannot be read as the given layout."""
+class DatasetError(InputError):
+    """A dataset that cannot be read as the given layout (exit 2 from the CLI)."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """A missing dataset root or VisA split file (a FileNotFoundError too, for callers catching that)."""
 
 
 def read_dataset(
@@ -63,11 +76,15 @@ def read_dataset(
     """Records of ``split`` sorted by (category, relpath); unreadable files are added to ``skipped``."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found: {root}")
+        raise DatasetNotFoundError(f"dataset root not found: {root}")
     readers = {"mvtec": _read_mvtec, "visa": _read_visa, "folder": _read_folder}
     if fmt not in readers:
         raise DatasetError(f"unknown dataset format {fmt!r} (use one of {sorted(readers)})")
+    if fmt == "visa" and not (root / "split_csv" / "1cls.csv").is_file():
+        raise _layout_error(root, fmt, split, DatasetNotFoundError)
     found = readers[fmt](root, split)
+    if not found and fmt not in looks_like(root):
+        raise _layout_error(root, fmt, split)
     available = sorted({r.category for r in found} | _category_dirs(root, fmt))
     wanted = list(categories) or available
     missing = [c for c in wanted if c not in available]
@@ -77,12 +94,51 @@ def read_dataset(
     records = []
     for category in wanted:
         candidates = [r for r in found if r.category == category]
-        good = [r for r in candidates if _check(r, root, sink)]
+        bad: list[Skipped] = []
+        good = [r for r in candidates if _check(r, root, bad)]
+        sink.extend(bad)
         if not good:
             where = root / category if fmt != "visa" else root / "split_csv" / "1cls.csv"
-            raise DatasetError(f"{where}: category {category!r} has no readable {split} images")
+            raise DatasetError(f"{where}: category {category!r} has no readable {split} images{_why(bad)}")
         records.extend(good)
     return sorted(records, key=lambda r: (r.category, r.relpath))
+
+
+def looks_like(root: Path) -> list[str]:
+    """The known layouts whose images ``root`` holds: for the hint when the given one finds nothing."""
+    subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    kinds = []
+    if any(_images(p / "train" / "good") or _test_images(p) for p in subdirs):
+        kinds.append("mvtec")
+    if (root / "split_csv" / "1cls.csv").is_file():
+        kinds.append("visa")
+    if any(_images(p) for p in subdirs):
+        kinds.append("folder")
+    return kinds
+
+
+def _layout_error(root: Path, fmt: str, split: str, kind: type[DatasetError] = DatasetError) -> DatasetError:
+    """Nothing found as ``fmt``: say what that layout is and which one the folder looks like instead."""
+    others = [k for k in looks_like(root) if k != fmt]
+    message = f"{root}: no {split} images in the {fmt} layout (--format {fmt} reads {LAYOUTS[fmt]})"
+    if others:
+        hint = "; ".join(f"it looks like the {k} layout ({LAYOUTS[k]}): pass --format {k}" for k in others)
+    elif _images(root):
+        hint = (
+            f"the images lie directly in {root}: put them in one folder per category "
+            f"({LAYOUTS['folder']}) and pass --format folder"
+        )
+    else:
+        known = "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items() if k != fmt)
+        hint = f"it matches none of the other layouts either ({known})"
+    return kind(f"{message}; {hint}")
+
+
+def _why(bad: list[Skipped]) -> str:
+    """' (N unreadable files, e.g. ...)' for an error message, or '' when there were none."""
+    if not bad:
+        return " (no image files)"
+    return f" ({len(bad)} unreadable file{'s' if len(bad) != 1 else ''}, e.g. {bad[0].path}: {bad[0].reason})"
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -150,6 +206,11 @@ def _images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _test_images(category_dir: Path) -> bool:
+    test = category_dir / "test"
+    return test.is_dir() and any(_images(d) for d in test.iterdir() if d.is_dir())
 
 
 def _category_dirs(root: Path, fmt: str) -> set[str]:

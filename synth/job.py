@@ -2,7 +2,10 @@
 
 The plan depends only on the dataset, config and seed, so any number of workers (or a cluster via
 ``RAY_ADDRESS``) writes the same bytes. A shard counts as done when its tar and its small stats
-file in ``_parts/`` both exist; a killed run therefore resumes with the missing shards only.
+file in ``_parts/`` both exist and the tar has the recorded size (and sha256 with ``verify``); a
+killed run therefore resumes with the missing shards only. A rerun of a finished output checks its
+shards against the manifest the same way and rewrites only the damaged ones. A category none of
+whose images can be decoded is an error, not a category quietly missing from the manifest.
 Shards are written by the tasks straight into the output folder: on a cluster it must be shared.
 """
 
@@ -20,9 +23,19 @@ from typing import Any
 from pipeline.config import ConfigError, to_dict
 from pipeline.fingerprint import records_fingerprint
 from synth.config import SynthConfig
-from synth.datasets import Skipped, read_dataset
+from synth.datasets import DatasetError, Skipped, read_dataset
 from synth.samples import SampleMaker, Source, sources_from_records
-from synth.shards import MANIFEST, MANIFEST_FORMAT, PAIRING_UNIT, atomic_write, shard_name, write_tar
+from synth.shards import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    PAIRING_UNIT,
+    ShardError,
+    atomic_write,
+    shard_name,
+    shard_problem,
+    unchecked_fields,
+    write_tar,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +49,14 @@ def run_synth(
     seed: int = 0,
     force: bool = False,
     progress: bool = True,
+    verify: bool = False,
 ) -> dict[str, Any]:
     """Write shards + manifest.json for the normals under ``data_root``; returns the manifest.
 
-    The returned dict also carries ``status`` (``written`` or ``up_to_date``) and run figures
-    under ``run`` (not stored in the manifest, so manifests compare equal across runs).
+    The dataset is read (and refused, DatasetError) before anything is written. ``verify`` hashes
+    every finished shard instead of comparing sizes only. The returned dict also carries ``status``
+    (``written``, ``repaired`` or ``up_to_date``) and run figures under ``run`` (not stored in the
+    manifest, so manifests compare equal across runs).
     """
     data_root, out = Path(data_root).expanduser(), Path(out).expanduser()
     skipped: list[Skipped] = []
@@ -50,41 +66,26 @@ def run_synth(
     fingerprint = records_fingerprint(records)
     settings = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # workers never change output
     plan_id = _hash({"seed": seed, "config": settings, "source": fingerprint, "format": MANIFEST_FORMAT})
-    parts = out / PARTS
+    shards = plan_shards(len(sources), cfg.per_image, cfg.samples_per_shard)
+    job = _Job(cfg, sources, shards, seed, out, progress)
 
     if force and out.exists():
         _clear(out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / MANIFEST
-    if manifest_path.exists():
-        try:
-            existing = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{manifest_path}: unreadable ({exc}); use --force to rebuild") from exc
-        if existing.get("plan_id") == plan_id:
-            log.info("synth: %s is complete and up to date; nothing to do (--force rebuilds)", out)
-            return {**existing, "status": "up_to_date"}
-        raise ConfigError(
-            f"{out} holds shards of another dataset/config/seed or synth version; use --force to rebuild"
-        )
-    parts.mkdir(exist_ok=True)
-    plan_file = parts / "plan.json"
-    if plan_file.exists() and json.loads(plan_file.read_text()).get("plan_id") != plan_id:
-        raise ConfigError(f"{out} holds a partial run of another dataset/config/seed; use --force to rebuild")
-    atomic_write(plan_file, json.dumps({"plan_id": plan_id}).encode())
-    for stale in [*out.glob(".shard-*.tmp"), *parts.glob(".*.tmp")]:  # left by a killed run
-        stale.unlink(missing_ok=True)
-
-    shards = plan_shards(len(sources), cfg.per_image, cfg.samples_per_shard)
-    pending = [i for i in range(len(shards)) if not _done(out, i)]
+    existing = _finished_manifest(out, plan_id)
+    if existing is not None:
+        return _recheck(job, existing, verify)
+    _start_plan(out, plan_id)
+    pending = [i for i in range(len(shards)) if not _done(out, i, verify)]
     if len(pending) < len(shards):
         log.info("synth: resuming, %d of %d shards already written", len(shards) - len(pending), len(shards))
-    elapsed = _run_tasks(pending, shards, sources, cfg, seed, str(out), progress)
+    elapsed = job.run(pending)
 
-    stats = [json.loads((parts / f"{shard_name(i)}.json").read_text()) for i in range(len(shards))]
+    stats = [_read_stats(out, i) for i in range(len(shards))]
+    _require_every_category(sources, stats, skipped, data_root)
     manifest = _manifest(cfg, settings, seed, data_root, fingerprint, plan_id, stats, skipped)
-    atomic_write(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    shutil.rmtree(parts, ignore_errors=True)
+    atomic_write(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    shutil.rmtree(out / PARTS, ignore_errors=True)
     written = sum(stats[i]["samples"] for i in pending)
     rate = written / elapsed if elapsed > 0 else 0.0
     print(
@@ -94,6 +95,128 @@ def run_synth(
     )
     run = {"elapsed_s": elapsed, "samples_written": written, "samples_per_s": rate}
     return {**manifest, "status": "written", "run": run}
+
+
+@dataclasses.dataclass
+class _Job:
+    """What the shard tasks need, bundled so the write, resume and repair paths share one call."""
+
+    cfg: SynthConfig
+    sources: list[Source]
+    shards: list[list[PlanItem]]
+    seed: int
+    out: Path
+    progress: bool
+
+    def run(self, pending: list[int]) -> float:
+        """Write the ``pending`` shards (and their ``_parts`` stats); returns seconds spent."""
+        (self.out / PARTS).mkdir(exist_ok=True)
+        return _run_tasks(
+            pending, self.shards, self.sources, self.cfg, self.seed, str(self.out), self.progress
+        )
+
+
+def _finished_manifest(out: Path, plan_id: str) -> dict[str, Any] | None:
+    """The manifest of a finished run of this plan, None if there is none; another plan's is an error."""
+    manifest_path = out / MANIFEST
+    if not manifest_path.exists():
+        return None
+    try:
+        existing = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{manifest_path}: unreadable ({exc}); use --force to rebuild") from exc
+    if existing.get("plan_id") != plan_id:
+        raise ConfigError(
+            f"{out} holds shards of another dataset/config/seed or synth version; use --force to rebuild"
+        )
+    return existing
+
+
+def _start_plan(out: Path, plan_id: str) -> None:
+    """Claim ``_parts/`` for this plan (refusing another plan's partial run); drop a killed run's temps."""
+    parts = out / PARTS
+    parts.mkdir(exist_ok=True)
+    plan_file = parts / "plan.json"
+    if plan_file.exists() and json.loads(plan_file.read_text()).get("plan_id") != plan_id:
+        raise ConfigError(f"{out} holds a partial run of another dataset/config/seed; use --force to rebuild")
+    atomic_write(plan_file, json.dumps({"plan_id": plan_id}).encode())
+    _remove_temps(out)
+
+
+def _recheck(job: _Job, existing: dict[str, Any], verify: bool) -> dict[str, Any]:
+    """A finished output: check its shards against the manifest, rewrite the damaged ones (only)."""
+    damaged = _damaged_shards(job.out, existing["shards"], verify)
+    if not damaged:
+        checked = "sizes and sha256" if verify else "sizes"
+        log.info("synth: %s is complete and up to date (%s checked); nothing to do", job.out, checked)
+        return {**existing, "status": "up_to_date"}
+    _remove_temps(job.out)
+    elapsed = job.run(sorted(damaged))
+    manifest = _patched_manifest(job.out, existing, sorted(damaged))
+    shutil.rmtree(job.out / PARTS, ignore_errors=True)
+    names = ", ".join(shard_name(i) for i in sorted(damaged))
+    print(f"synth: rewrote {len(damaged)} damaged of {len(existing['shards'])} shards in {job.out}: {names}")
+    written = sum(existing["shards"][i]["samples"] for i in damaged)
+    run = {"elapsed_s": elapsed, "samples_written": written, "rewritten": sorted(damaged)}
+    return {**manifest, "status": "repaired", "run": run}
+
+
+def _damaged_shards(out: Path, entries: list[dict[str, Any]], verify: bool) -> dict[int, str]:
+    """Index -> why, for each listed shard that is missing or differs from its manifest record."""
+    damaged = {}
+    unchecked = [e["name"] for e in entries if unchecked_fields(e, verify)]
+    if unchecked:
+        log.warning(
+            "synth: %s records no size/sha256 for %d shards (older synth), e.g. %s: checking that they "
+            "exist only (--force rewrites them all)",
+            out / MANIFEST,
+            len(unchecked),
+            unchecked[0],
+        )
+    for i, entry in enumerate(entries):
+        if entry["name"] != shard_name(i):
+            raise ShardError(f"{out / MANIFEST}: shard {i} is named {entry['name']!r}, not {shard_name(i)!r}")
+        problem = shard_problem(out / entry["name"], entry, verify)
+        if problem:
+            log.warning("synth: rewriting %s: %s", out / entry["name"], problem)
+            damaged[i] = problem
+    return damaged
+
+
+def _patched_manifest(out: Path, existing: dict[str, Any], rewritten: list[int]) -> dict[str, Any]:
+    """The manifest after rewriting shards: unchanged when they came out as recorded (the usual case)."""
+    manifest = json.loads(json.dumps(existing))
+    for i in rewritten:
+        stats, entry = _read_stats(out, i), manifest["shards"][i]
+        if stats["samples"] != entry["samples"]:
+            raise ShardError(
+                f"{out / entry['name']}: rewritten with {stats['samples']} samples, the manifest says "
+                f"{entry['samples']} (the libraries changed since?); rerun with --force to rebuild all"
+            )
+        if (stats["sha256"], stats["bytes"]) != (entry.get("sha256"), entry.get("bytes")):
+            log.warning(
+                "synth: %s came out different from its manifest record; record updated", entry["name"]
+            )
+            entry.update(sha256=stats["sha256"], bytes=stats["bytes"])
+    if manifest != existing:
+        atomic_write(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    return manifest
+
+
+def _require_every_category(
+    sources: list[Source], stats: list[dict[str, Any]], skipped: list[Skipped], data_root: Path
+) -> None:
+    """A category none of whose images could be decoded is an error, not a category left out."""
+    made = {cat for s in stats for cat, c in s["counts"].items() if c["normal"] > 0}
+    undecodable = {x["path"]: x["reason"] for s in stats for x in s["skipped"]}
+    for category in sorted({s.category for s in sources} - made):
+        bad = [s.relpath for s in sources if s.category == category]
+        bad += [s.path for s in skipped if s.path.startswith(f"{category}/")]
+        raise DatasetError(
+            f"{data_root}: category {category!r} has no decodable train images: all {len(bad)} files are "
+            f"unreadable (e.g. {bad[0]}: {undecodable.get(bad[0], 'unreadable')}); fix or remove them, or "
+            "leave the category out with --categories, then rerun with --force"
+        )
 
 
 PlanItem = tuple[int, int, int, int]
@@ -192,9 +315,26 @@ def _run_tasks(
     return time.perf_counter() - start
 
 
-def _done(out: Path, shard: int) -> bool:
+def _done(out: Path, shard: int, verify: bool) -> bool:
+    """A shard of a partial run is done when its stats exist and its tar matches them (else rewritten)."""
     name = shard_name(shard)
-    return (out / name).is_file() and (out / PARTS / f"{name}.json").is_file()
+    stats_file = out / PARTS / f"{name}.json"
+    if not (out / name).is_file() or not stats_file.is_file():
+        return False
+    problem = shard_problem(out / name, json.loads(stats_file.read_text()), verify)
+    if problem:
+        log.warning("synth: rewriting %s: %s", out / name, problem)
+    return problem is None
+
+
+def _read_stats(out: Path, shard: int) -> dict[str, Any]:
+    return json.loads((out / PARTS / f"{shard_name(shard)}.json").read_text())
+
+
+def _remove_temps(out: Path) -> None:
+    """Temporary files a killed run left behind."""
+    for stale in [*out.glob(".shard-*.tmp"), *(out / PARTS).glob(".*.tmp")]:
+        stale.unlink(missing_ok=True)
 
 
 def _manifest(

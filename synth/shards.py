@@ -2,7 +2,9 @@
 
 A shard is a plain POSIX tar of ``<key>.png``, ``<key>.mask.png``, ``<key>.json`` members with
 fixed mtime, owner and mode, so the same samples always give the same bytes. Files appear only
-complete: they are written under a temporary name and renamed.
+complete: they are written under a temporary name and renamed, and a failed write removes its
+temporary file. The manifest records each shard's ``bytes`` and ``sha256``, so a rerun can find a
+truncated or damaged shard (``shard_problem``).
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import InputError
+
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "anomalygpt-synth-shards/2"
 """/2: every sample names its ``pair`` and shards never split a source image's samples."""
 PAIRING_UNIT = "normal + synthetic of the same image"
 
 
-class ShardError(ValueError):
-    """Shards that do not match their manifest (or no manifest at all)."""
+class ShardError(InputError):
+    """Shards that do not match their manifest (or no manifest at all); exit 2 from the CLI."""
 
 
 def shard_name(index: int) -> str:
@@ -48,13 +52,24 @@ def write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> tuple[str, in
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename: readers never see half a file."""
+    """Write to a temporary name in the same folder, fsync, then rename: readers never see half a file.
+
+    Any failure removes the temporary file, so a failed write leaves nothing behind. An OS error
+    without a file name (a full disk on write or fsync) is raised again naming ``path``, same errno,
+    so the CLI's "cannot write <file>" (exit 4) says which output failed.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 def file_sha256(path: Path) -> str:
@@ -89,19 +104,43 @@ def load_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def shard_problem(path: Path, entry: dict[str, Any], check_hash: bool) -> str | None:
+    """Why the shard at ``path`` does not match its record (``bytes``, ``sha256``), or None if it does.
+
+    Size is always compared (cheap: finds truncated shards); the sha256 only with ``check_hash``.
+    A record without a field is not checked on it (see ``unchecked_fields``).
+    """
+    if not path.is_file():
+        return f"shard listed in {path.parent / MANIFEST} is missing"
+    size = path.stat().st_size
+    if "bytes" in entry and size != entry["bytes"]:
+        return f"size {size} != manifest {entry['bytes']}"
+    if check_hash and "sha256" in entry and file_sha256(path) != entry["sha256"]:
+        return "sha256 differs from the manifest (file changed or corrupt)"
+    return None
+
+
+def unchecked_fields(entry: dict[str, Any], check_hash: bool) -> list[str]:
+    """The fields ``shard_problem`` would need but the record lacks (a manifest from an older synth)."""
+    return [key for key in ("bytes", "sha256") if key not in entry and (key == "bytes" or check_hash)]
+
+
 def verify_shards(directory: str | Path, check_hash: bool = True) -> dict[str, Any]:
-    """Check each shard in the manifest exists with its sha256 and sample count; returns the manifest."""
+    """Check each listed shard exists with its size, sha256 and sample count; returns the manifest."""
     directory = Path(directory)
     manifest = load_manifest(directory)
     total = 0
     for entry in manifest["shards"]:
         path = directory / entry["name"]
-        if not path.is_file():
-            raise ShardError(f"{path}: shard listed in {directory / MANIFEST} is missing")
-        if path.stat().st_size != entry["bytes"]:
-            raise ShardError(f"{path}: size {path.stat().st_size} != manifest {entry['bytes']}")
-        if check_hash and file_sha256(path) != entry["sha256"]:
-            raise ShardError(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
+        missing = unchecked_fields(entry, check_hash)
+        if missing:
+            raise ShardError(
+                f"{directory / MANIFEST}: no {' or '.join(missing)} recorded for {entry['name']}, so it "
+                "cannot be checked; rerun `python -m pipeline synth` with --force to rewrite the shards"
+            )
+        problem = shard_problem(path, entry, check_hash)
+        if problem:
+            raise ShardError(f"{path}: {problem}")
         count = count_samples(path)
         if count != entry["samples"]:
             raise ShardError(f"{path}: {count} samples, manifest says {entry['samples']}")

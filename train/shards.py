@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import InputError
+
 PARTS = ("png", "mask.png", "json")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Training data that cannot be used as given (the message names the file)."""
 
 

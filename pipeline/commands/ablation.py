@@ -34,29 +34,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from evaluate.data import EvaluationDataError
     from pipeline.ablation import DEFAULT_TABLE, markdown, run_ablation
-    from synth.datasets import DatasetError
 
     overrides = list(args.overrides)
     if args.format:
         overrides += [f"synth.format={args.format}", f"evaluate.format={args.format}"]
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
-    try:
-        summary = run_ablation(
-            args.config,
-            args.data,
-            args.out,
-            overrides=overrides,
-            rows=rows,
-            table=args.table or DEFAULT_TABLE,
-            train_workers=args.train_workers,
-            instruct=args.instruct,
-        )
-    except (DatasetError, EvaluationDataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = run_ablation(
+        args.config,
+        args.data,
+        args.out,
+        overrides=overrides,
+        rows=rows,
+        table=args.table or DEFAULT_TABLE,
+        train_workers=args.train_workers,
+        instruct=args.instruct,
+    )
     print(markdown(summary), end="")
     return 0

@@ -76,17 +76,12 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from pipeline.registry import RegistryError
+    from train.model.checkpoint import verify_checkpoint
 
-    for path in [args.image, *args.reference]:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image not found: {path}")
+    _check_images([args.image, *args.reference])
     category = args.category or guess_category(args.image)
-    try:
-        checkpoint = _checkpoint(args.model, args.store)
-    except RegistryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+    checkpoint = _checkpoint(args.model, args.store)  # a RegistryError exits 3 (pipeline/cli.py)
+    verify_checkpoint(checkpoint)
 
     from pipeline.inference import (
         build_bank,
@@ -128,6 +123,15 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"A: {turn.answer}")
         history += [{"from": "human", "value": text}, {"from": "gpt", "value": turn.answer or ""}]
+
+
+def _check_images(paths: list[str]) -> None:
+    """Every image must exist and decode (with the model's reader) before the slow model load, so a
+    corrupt file is named at once instead of after the load."""
+    from pipeline.inference import check_image
+
+    for path in paths:
+        check_image(path)
 
 
 def _checkpoint(model: str, store: str):

@@ -30,23 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import sys
     from pathlib import Path
 
-    from pipeline.lock import LockBusy
     from pipeline.orchestrate import RunRequest, run_pipeline
     from pipeline.pipeline_config import load_pipeline_config
-    from pipeline.registry import RegistryError
 
     out = Path(args.out).expanduser().resolve()
     config_path = args.config or Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     config = load_pipeline_config(config_path, args.overrides)
     data, instruct = _prepare_inputs(out, config.seed)
-    try:
-        summary = run_pipeline(RunRequest(config, data, out, workers=args.workers, instruct=instruct))
-    except (LockBusy, RegistryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+    summary = run_pipeline(RunRequest(config, data, out, workers=args.workers, instruct=instruct))
 
     from pipeline.commands.run import report
 

@@ -22,7 +22,6 @@ examples:
 
 import argparse
 import os
-import sys
 
 from pipeline.cli import add_config_arguments
 
@@ -104,10 +103,9 @@ def run(args: argparse.Namespace) -> int:
             )
         os.environ["MLFLOW_TRACKING_URI"] = uri
 
-    from evaluate.data import EvaluationDataError
     from evaluate.job import run_evaluation
+    from pipeline.core.errors import InputError
     from pipeline.registry import RegistryError
-    from synth.datasets import DatasetError
 
     try:
         result = run_evaluation(
@@ -118,9 +116,10 @@ def run(args: argparse.Namespace) -> int:
             use_llm=False if args.no_llm else None,
             config=config,
         )
-    except (DatasetError, EvaluationDataError, RegistryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except RegistryError as exc:
+        # Here the registry only resolves --model: a models:/ or runs:/ reference that does not
+        # resolve is a bad --model (exit 2, as before), not a busy service.
+        raise InputError(str(exc)) from exc
     from evaluate.report import markdown_table
 
     print(markdown_table(result), end="")

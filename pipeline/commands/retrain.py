@@ -31,18 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     from pipeline.commands.run import report, request
-    from pipeline.lock import LockBusy
     from pipeline.orchestrate import run_pipeline
-    from pipeline.registry import RegistryError
 
-    try:
-        summary = run_pipeline(request(args), retrain=True)
-    except (LockBusy, RegistryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+    summary = run_pipeline(request(args), retrain=True)
     if "up_to_date" in summary:
         print(summary["up_to_date"])
         return 0

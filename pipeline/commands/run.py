@@ -101,17 +101,9 @@ def report(summary: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from pipeline.lock import LockBusy
     from pipeline.orchestrate import run_pipeline
-    from pipeline.registry import RegistryError
 
-    try:
-        summary = run_pipeline(request(args))
-    except (LockBusy, RegistryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+    summary = run_pipeline(request(args))
     print(f"run complete in {summary['wall_time_s']:.0f} s:")
     report(summary)
     return 0

@@ -4,8 +4,11 @@ Reads the normal images of a dataset (MVTec-AD, VisA or a plain folder per categ
 normal and --per-image anomalous samples from each, and writes shard-NNNNNN.tar + manifest.json to
 --out, one Ray task per shard (local Ray, or the cluster at RAY_ADDRESS). Output is byte-identical
 for the same data, config and seed whatever --workers is. A killed run resumes with the missing
-shards; a finished output is left alone unless --force. Settings come from the `synth:` section of
---config; flags given here override it. Formats: docs/data.md.
+shards; a rerun of a finished output checks each shard's size against the manifest (and its sha256
+with --verify) and rewrites only missing or damaged ones; --force rebuilds everything. A root with
+no images in the given --format is refused before anything is written; a category none of whose
+images can be decoded is an error (no manifest). Settings come from the `synth:` section of --config;
+flags given here override it. Formats: docs/data.md.
 
 example:
   python -m pipeline sample-data --out runs/data
@@ -13,7 +16,6 @@ example:
 """
 
 import argparse
-import sys
 
 from pipeline.cli import add_config_arguments
 
@@ -35,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, help="image side in pixels (default 224)")
     parser.add_argument("--categories", nargs="+", metavar="NAME", help="only these categories")
     parser.add_argument("--force", action="store_true", help="delete previous output in --out and rebuild")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every finished shard against the manifest (default: sizes only); rewrite damaged ones",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(parser)
 
@@ -58,19 +65,16 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"seed={args.seed}")
     config = load_pipeline_config(args.config, overrides)
 
-    from synth.datasets import DatasetError
     from synth.job import run_synth
 
-    try:
-        run_synth(
-            config.synth,
-            args.data,
-            args.out,
-            seed=config.seed,
-            force=args.force,
-            progress=not args.no_progress,
-        )
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # Bad input raises DatasetError / ShardError (InputError): pipeline.cli prints it, exit 2.
+    run_synth(
+        config.synth,
+        args.data,
+        args.out,
+        seed=config.seed,
+        force=args.force,
+        progress=not args.no_progress,
+        verify=args.verify,
+    )
     return 0

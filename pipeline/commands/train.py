@@ -39,18 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import sys
 
     from pipeline.pipeline_config import load_pipeline_config
 
     config = load_pipeline_config(args.config, args.overrides)
     from train.job import run_training
-    from train.shards import DataError
 
-    try:
-        summary = run_training(config, args.shards, args.out, instruct=args.instruct, workers=args.workers)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = run_training(config, args.shards, args.out, instruct=args.instruct, workers=args.workers)
     print(json.dumps({k: summary[k] for k in ("steps", "samples", "wall_time_s", "mlflow_run_id")}))
     return 0

@@ -2,13 +2,89 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from train.model.anomalygpt import AnomalyGPT
+from pipeline.core.errors import InputError
 from train.model.config import ModelConfig
+
+if TYPE_CHECKING:  # torch stays unimported until a model is built, so verify_checkpoint is cheap
+    from train.model.anomalygpt import AnomalyGPT
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
+_FIX = "re-export the model (train writes it) or re-download it"
+_MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header
+
+
+class CheckpointError(InputError):
+    """A checkpoint folder that cannot be loaded: missing, truncated or garbled files (exit 2)."""
+
+
+def verify_checkpoint(directory: str | Path) -> None:
+    """Check the folder without building the model, so a broken download fails in a second, naming
+    the file, instead of deep inside a model load (or a Ray actor)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory}: not a folder; {_FIX}")
+    _verify_config(directory / CONFIG)
+    _verify_weights(directory / WEIGHTS)
+
+
+def _verify_config(path: Path) -> None:
+    """config.yaml exists and is a valid ModelConfig."""
+    import yaml
+
+    from pipeline.config import ConfigError, load_config
+
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing; {_FIX}")
+    try:
+        load_config(ModelConfig, path)
+    except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint file {path} does not parse ({exc}); {_FIX}") from exc
+
+
+def _verify_weights(path: Path) -> None:
+    """model.safetensors exists and its size is exactly what its header says (8-byte little-endian
+    header length + JSON header + tensor data): truncated or garbage files are caught unread."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing; {_FIX}")
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"checkpoint file {path} is truncated: {size} of at least 8 bytes; {_FIX}")
+        n = int.from_bytes(prefix, "little")
+        if n > _MAX_HEADER:
+            raise CheckpointError(
+                f"checkpoint file {path} is not a safetensors file (header length {n}); {_FIX}"
+            )
+        if 8 + n > size:
+            raise CheckpointError(
+                f"checkpoint file {path} is truncated: {size} of at least {8 + n} bytes; {_FIX}"
+            )
+        raw = fh.read(n)
+    expected = 8 + n + _data_end(path, raw)
+    if size < expected:
+        raise CheckpointError(f"checkpoint file {path} is truncated: {size} of {expected} bytes; {_FIX}")
+    if size > expected:
+        raise CheckpointError(
+            f"checkpoint file {path} is corrupt: {size} bytes where its header says {expected}; {_FIX}"
+        )
+
+
+def _data_end(path: Path, raw: bytes) -> int:
+    """The largest ``data_offsets`` end in a safetensors JSON header (the data section's length)."""
+    try:
+        header = json.loads(raw)
+        entries = [v for k, v in header.items() if k != "__metadata__"]
+        return max((int(e["data_offsets"][1]) for e in entries), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise CheckpointError(
+            f"checkpoint file {path} is not a safetensors file (unreadable header: {exc}); {_FIX}"
+        ) from exc
 
 
 def save_checkpoint(model: AnomalyGPT, cfg: ModelConfig, directory: str | Path) -> Path:
@@ -26,8 +102,9 @@ def save_checkpoint(model: AnomalyGPT, cfg: ModelConfig, directory: str | Path) 
 
 
 def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[AnomalyGPT, ModelConfig]:
-    """Rebuild the model from ``config.yaml`` (frozen parts from their packages/paths), then load
-    the trained tensors; every trainable tensor must be present and nothing else."""
+    """Check the folder (:func:`verify_checkpoint`), rebuild the model from ``config.yaml`` (frozen
+    parts from their packages/paths), then load the trained tensors; every trainable tensor must be
+    present and nothing else."""
     from safetensors.torch import load_file
 
     from pipeline.config import load_config
@@ -35,9 +112,7 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[Anomaly
     from train.model.llm import copy_tensors
 
     directory = Path(directory)
-    for name in (WEIGHTS, CONFIG):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"checkpoint {directory}: {name} missing")
+    verify_checkpoint(directory)
     cfg = load_config(ModelConfig, directory / CONFIG)
     model = build_model(cfg)
     state = load_file(str(directory / WEIGHTS), device=device)
