@@ -17,13 +17,11 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the packages, not benchmarks/synth.py, answer "import synth"
 
 
 def main() -> None:
@@ -38,8 +36,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TQDM_DISABLE", "1")
 
+    from pipeline.core.runtime import configure_environment, init_ray
     from pipeline.pipeline_config import load_pipeline_config
-    from pipeline.runtime import configure_environment, init_ray
 
     configure_environment()
     import torch

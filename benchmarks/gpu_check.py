@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the packages, not benchmarks/synth.py, answer "import synth"
 
 TINY = ROOT / "configs" / "tiny.yaml"
 DEMO = ROOT / "configs" / "demo.yaml"

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the packages, not benchmarks/synth.py, answer "import synth"
+sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for `benchmarks.*` imports
 
 from benchmarks.quality_cli import parser_with_model_and_data, start  # noqa: E402
 

@@ -15,7 +15,6 @@ real run adds allocator fragmentation and library workspaces, so keep a few GiB 
 from __future__ import annotations
 
 import json
-import sys
 from argparse import ArgumentParser, RawDescriptionHelpFormatter
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,8 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the packages, not benchmarks/synth.py, answer "import synth"
 
-from pipeline.config import from_dict  # noqa: E402
+from pipeline.core.config import from_dict  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.model.config import ModelConfig  # noqa: E402
 

@@ -11,11 +11,8 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _median_seconds(fn, repeats: int) -> float:

@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _timed(fn):
@@ -41,7 +39,7 @@ def main() -> None:
     parser.add_argument("--megabytes", type=float, default=20.0, help="checkpoint size to register")
     args = parser.parse_args()
 
-    from pipeline.runtime import configure_environment
+    from pipeline.core.runtime import configure_environment
 
     configure_environment()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -50,9 +48,10 @@ def main() -> None:
     import yaml
     from safetensors.torch import save_file
 
-    from pipeline.fingerprint import HashCache, dataset_fingerprint
+    from pipeline.core.mlflow_store import configure_mlflow
+    from pipeline.fingerprint import dataset_fingerprint
     from pipeline.registry import RegistryConfig, register_and_promote, resolve_model
-    from pipeline.tracking import configure_mlflow
+    from synth.fingerprint import HashCache
     from synth.sample_data import write_sample_dataset
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,7 +24,7 @@ def parser_with_model_and_data(doc: str | None, threads: int, why: str) -> argpa
 def start(threads: int) -> Any:
     """Quiet logging, the project's runtime environment, ``threads`` torch threads; returns torch."""
     logging.basicConfig(level=logging.WARNING)
-    from pipeline.runtime import configure_environment
+    from pipeline.core.runtime import configure_environment
 
     configure_environment()
     import torch

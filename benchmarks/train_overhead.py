@@ -18,13 +18,11 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the packages, not benchmarks/synth.py, answer "import synth"
 
 
 def main() -> None:
@@ -40,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from pipeline.runtime import configure_environment, init_ray
+    from pipeline.core.runtime import configure_environment, init_ray
 
     configure_environment()
     load_before = os.getloadavg()
@@ -76,7 +74,7 @@ def main() -> None:
 
 
 def _config(args):
-    from pipeline.config import apply_overrides, from_dict, to_dict
+    from pipeline.core.config import apply_overrides, from_dict, to_dict
     from pipeline.pipeline_config import PipelineConfig, load_pipeline_config
 
     base = to_dict(load_pipeline_config(ROOT / "configs" / f"{args.preset}.yaml"))
@@ -146,7 +144,7 @@ def ray_deepspeed(cfg, shards: Path, out: Path, workers: int, skip: int) -> tupl
     from train.job import run_training
 
     began = time.perf_counter()
-    summary = run_training(cfg, shards, out, workers=workers)
+    summary = run_training(cfg.train_job(), shards, out, workers=workers)
     wall = time.perf_counter() - began
     history = MlflowClient(summary["mlflow_tracking_uri"]).get_metric_history(
         summary["mlflow_run_id"], "samples_per_s"

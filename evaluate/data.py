@@ -16,6 +16,8 @@ import numpy as np
 
 from evaluate.config import EvaluateConfig
 from pipeline.core.errors import InputError
+from synth.datasets import Skipped, load_mask, load_rgb, read_dataset
+from synth.text import region_positions
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,6 @@ def trained_categories(checkpoint: Path) -> list[str] | None:
 
 def plan_evaluation(root: str | Path, cfg: EvaluateConfig, known: list[str] | None = None) -> EvaluationPlan:
     """Read the test split (and train split for references) and check it against ``cfg``."""
-    from synth.datasets import Skipped, read_dataset
-
     skipped: list[Skipped] = []
     records = read_dataset(root, cfg.format, split="test", categories=cfg.categories, skipped=skipped)
     unreadable = [{"path": s.path, "split": "test", "reason": s.reason} for s in skipped]
@@ -116,8 +116,6 @@ def plan_evaluation(root: str | Path, cfg: EvaluateConfig, known: list[str] | No
 
 def _train_normals(root, cfg: EvaluateConfig, categories: list[str], skipped: list) -> list:
     """The train split's records; none (not an error) for all-shot on data without a train split."""
-    from synth.datasets import read_dataset
-
     try:
         return read_dataset(root, cfg.format, split="train", categories=categories, skipped=skipped)
     except (FileNotFoundError, ValueError):
@@ -151,8 +149,6 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
     """uint8 (size, size, 3) RGB: squashed to a square with bicubic resampling, as training does."""
     from PIL import Image
 
-    from synth.datasets import load_rgb
-
     rgb = load_rgb(path)
     if rgb.shape[:2] != (size, size):
         rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC))
@@ -165,8 +161,6 @@ def load_ground_truth(path: str | Path | None, size: int, threshold: float) -> n
     if path is None:
         return np.zeros((size, size), bool)
     from PIL import Image
-
-    from synth.datasets import load_mask
 
     mask = load_mask(path)
     if mask.shape != (size, size):
@@ -184,8 +178,6 @@ def gt_positions(gt: np.ndarray) -> list[str]:
     answers are checked against the words the model was taught. Specks under MIN_REGION_PIXELS are
     left out unless nothing else is there (then the largest component stands for the defect)."""
     import cv2
-
-    from synth.text import region_positions
 
     n, labels, stats, _ = cv2.connectedComponentsWithStats(gt.astype(np.uint8), connectivity=8)
     areas = stats[1:n, cv2.CC_STAT_AREA]

@@ -28,6 +28,10 @@ from evaluate.data import (
     plan_evaluation,
     trained_categories,
 )
+from evaluate.worker import EvalWorker
+from pipeline.core.runtime import init_ray, require_gpus
+from synth.text import question_for
+from train.model.checkpoint import verify_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ _ACTOR_START_TIMEOUT_S = 900  # a demo model converts its LLM on first load (~40
 
 
 def run_evaluation(
-    model_ref: str | Path,
+    checkpoint: str | Path,
     data_root: str | Path,
     out: str | Path,
     fmt: str | None = None,
@@ -44,16 +48,16 @@ def run_evaluation(
     categories: list[str] | None = None,
     use_llm: bool | None = None,
     config: EvaluateConfig | None = None,
+    model_ref: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint folder or an MLflow URI (``models:/anomalygpt@champion``) on a dataset.
+    """Evaluate a local checkpoint folder (``model.safetensors`` + ``config.yaml``) on a dataset.
 
-    Arguments left ``None`` come from ``config`` (default ``EvaluateConfig()``). Writes
-    metrics.json, metrics.md, answers.jsonl and maps/ under ``out`` and returns the metrics.json
-    content.
+    A registered model (``models:/...``, ``runs:/...``) is the caller's to download first
+    (``pipeline.registry.resolve_model``); ``model_ref`` is then what the user named, recorded as
+    metrics.json's ``model`` (default: the checkpoint folder). Arguments left ``None`` come from
+    ``config`` (default ``EvaluateConfig()``). Writes metrics.json, metrics.md, answers.jsonl and
+    maps/ under ``out`` and returns the metrics.json content.
     """
-    from pipeline.registry import resolve_model
-    from train.model.checkpoint import verify_checkpoint
-
     settings = {"format": fmt, "shots": shots, "workers": workers, "use_llm": use_llm}
     settings = {k: v for k, v in settings.items() if v is not None}
     if categories is not None:
@@ -61,7 +65,7 @@ def run_evaluation(
     cfg = dataclasses.replace(config or EvaluateConfig(), **settings)
     started = time.perf_counter()
     out = Path(out)
-    checkpoint = resolve_model(model_ref)
+    checkpoint = Path(checkpoint)
     plan = plan_evaluation(data_root, cfg, trained_categories(checkpoint))
     verify_checkpoint(checkpoint)  # here, naming the file: in the actors it is a bare ActorDiedError
     n_images = sum(len(c.items) for c in plan.categories)
@@ -114,7 +118,7 @@ def run_evaluation(
     result = {
         "setting": cfg.setting,
         "shots": cfg.shots,
-        "model": str(model_ref),
+        "model": str(checkpoint) if model_ref is None else model_ref,
         "checkpoint": str(checkpoint),
         "data": str(data_root),
         "format": cfg.format,
@@ -147,9 +151,6 @@ def _start_actors(checkpoint: Path, cfg: EvaluateConfig, pixel: dict[str, Any]) 
     """``cfg.workers`` actors, each with the model loaded; fails with a clear message if the cluster
     cannot place them."""
     import ray
-
-    from evaluate.worker import EvalWorker
-    from pipeline.runtime import init_ray, require_gpus
 
     init_ray()
     if cfg.use_gpu:
@@ -204,8 +205,6 @@ def _score_category(
     reported map's and, with a memory bank, the decoder map's."""
     import ray
     from tqdm import tqdm
-
-    from synth.text import question_for
 
     bank = None
     if category.reference_paths:  # built once by one actor, shared through the object store

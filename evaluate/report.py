@@ -31,6 +31,7 @@ import numpy as np
 
 from evaluate import metrics
 from evaluate.pixel_state import PixelMetricState
+from train.model.conversation import parse_answer
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,6 @@ def category_metrics(
     ``accuracy`` is the strict parse of the answers when ``answers_used``, else the paper's
     max-normal-score threshold rule; ``accuracy_substring`` is the reference's "Yes"/"No" rule.
     """
-    from train.model.conversation import parse_answer
-
     ok = [r for r in rows if r["error"] is None]
     labels = np.array([r["label"] for r in ok], dtype=int)
     scores = [r["score"] for r in ok]
@@ -87,8 +86,6 @@ def category_metrics(
 
 def answer_metrics(ok: list[dict[str, Any]], answers_used: bool, scored: bool) -> dict[str, Any]:
     """ANSWER_METRICS and n_position_answers of one category's readable rows (``null`` where undefined)."""
-    from train.model.conversation import parse_answer
-
     out: dict[str, Any] = dict.fromkeys(ANSWER_METRICS)
     labels = np.array([r["label"] for r in ok], dtype=int)
     scores = [r["score"] for r in ok]
@@ -218,8 +215,6 @@ def _decoder_table(decoder_only: dict[str, Any]) -> list[str]:
 
 def write_outputs(out: Path, result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """metrics.json, metrics.md and answers.jsonl (rows sorted by category and image)."""
-    from train.model.conversation import parse_answer
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "metrics.md").write_text(markdown_table(result))

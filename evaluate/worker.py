@@ -15,6 +15,7 @@ import numpy as np
 from evaluate.data import EvalItem, gt_positions, load_ground_truth, load_image
 from evaluate.overlay import encode_png, render_overlay
 from evaluate.pixel_state import PixelMetricState
+from train.model.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,6 @@ class EvalWorker:
         self, checkpoint: str, threads: int, pixel: dict[str, Any], write_maps: bool, device: str = "cpu"
     ) -> None:
         import torch
-
-        from train.model.checkpoint import load_checkpoint
 
         torch.set_num_threads(threads)
         self.device = device

@@ -3,22 +3,31 @@
 Recipe: ``synth`` the training shards once (and the instruction set, when the config uses one),
 then per row ``train`` (Ray Train, resumable; a row with nothing trainable is saved untrained, as
 the paper's LLM-only row is the off-the-shelf model) and ``evaluate`` in each setting of the table
-(unsupervised and 1-shot). A row whose metrics.json exists is not redone, so a killed ablation
-continues where it stopped. Rows and the paper's figures live in configs/ablation/table4.yaml.
+(unsupervised and 1-shot). Rows and the paper's figures live in configs/ablation/table4.yaml.
+
+Every step is a stage of the orchestrator's kind (:mod:`pipeline.orchestrate`), keyed the same way:
+the shards by the normal images, synth settings and seed; a row's training by the shards, the row's
+effective config (``--config``, ``--set``, then the row's switches and ``set``), the seed, the
+worker count and the instruction set; each evaluation by the checkpoint's content, the test set and
+the setting's protocol. ``stage.json`` (the orchestrator's record) and ``inputs.json`` (the same
+inputs, readable) sit beside each step's outputs. A step whose recorded key equals the current one
+is skipped ("up to date"); one interrupted with the same key resumes (training from its last
+checkpoint), so a killed ablation continues where it stopped; any other is started over, and the
+log says what changed ("config changed: train.max_steps 2 -> 3", "data changed (test)").
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.config import ConfigError
+from pipeline.core.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +101,10 @@ def run_ablation(
     instruct: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train + evaluate the chosen rows (default all) on ``data_root``; writes ablation.json/.md."""
+    from pipeline.core.mlflow_store import shared_store, tracking_uri
+    from pipeline.orchestrate import instruct_fingerprint
     from pipeline.pipeline_config import load_pipeline_config
-    from pipeline.tracking import shared_store, tracking_uri
-    from synth.job import run_synth
+    from pipeline.registry import checkpoint_digest
 
     spec = load_table(table)
     chosen = [r for r in spec.rows if rows is None or r.name in rows]
@@ -106,7 +116,7 @@ def run_ablation(
     configs = {r.name: load_pipeline_config(config, [*overrides, *r.config_overrides()]) for r in chosen}
     base = load_pipeline_config(config, overrides)
     shards = out / "shards"
-    run_synth(base.synth, data_root, shards, seed=base.seed)
+    plan_id = _synth(base, data_root, shards)["plan_id"]
     if instruct is None and base.train.instruction_fraction > 0:
         instruct = _instruction_set(base, data_root, out)
     results: dict[str, Any] = {}
@@ -114,10 +124,15 @@ def run_ablation(
         for row in chosen:
             cfg = configs[row.name]
             log.info("ablation: row %s (%s)", row.name, row.switches)
-            row_instruct = instruct if cfg.train.instruction_fraction > 0 else None
-            checkpoint = _train(cfg, shards, out / row.name / "train", row_instruct, train_workers)
+            row_instruct = None if instruct is None or cfg.train.instruction_fraction == 0 else Path(instruct)
+            row_instruct_id = instruct_fingerprint(row_instruct)
+            train = TrainInputs(shards, plan_id, row_instruct, row_instruct_id, train_workers)
+            checkpoint = _train(cfg, train, out / row.name / "train", row.name)
+            digest = checkpoint_digest(checkpoint)
+            test = _test_fingerprint(cfg, data_root, out)
             results[row.name] = {
-                s["name"]: _evaluate(cfg, checkpoint, data_root, out, row, s) for s in spec.settings
+                s["name"]: _evaluate(cfg, (checkpoint, digest), (data_root, test), out, row, s)
+                for s in spec.settings
             }
     summary = {"data": str(data_root), "config": str(config), "settings": spec.settings, "rows": []}
     for row in chosen:
@@ -129,42 +144,136 @@ def run_ablation(
     return summary
 
 
+@dataclass(frozen=True)
+class TrainInputs:
+    """What every row trains from: the shards (and their plan id), the instruction set, the workers."""
+
+    shards: Path
+    plan_id: str
+    instruct: Path | None
+    instruct_id: str
+    workers: int
+
+
+def _stage(label: str, folder: Path, key: str, inputs: dict[str, Any], fn: Callable[[], dict]) -> dict:
+    """Skip, resume or (re)start one step by its recorded key, saying which and why; returns its summary."""
+    from pipeline.fingerprint import read_stage, write_stage
+    from pipeline.stage_check import NOT_RUN, check_stage, start_stage
+
+    check = check_stage(folder, key, inputs)
+    if check.status == "complete":
+        log.info("ablation: %s: skipped, %s (%s)", label, check.reason, folder)
+        return (read_stage(folder) or {}).get("summary") or {}
+    verb = "resuming" if check.status == "resume" else "running" if check.reason == NOT_RUN else "redoing"
+    log.info("ablation: %s: %s (%s) -> %s", label, verb, check.reason, folder)
+    start_stage(folder, key, inputs, check)
+    result = fn()
+    write_stage(folder, key, "complete", result)
+    return result
+
+
+def _synth(cfg: Any, data_root: str | Path, folder: Path) -> dict:
+    """The shards every row trains on: the orchestrator's synth stage, keyed the same way."""
+    from pipeline.core.config import flatten
+    from pipeline.orchestrate import data_fingerprints, synth_key, synth_settings
+    from synth.job import run_synth
+
+    normals = data_fingerprints(cfg, Path(data_root), folder.parent)["normals"]
+    inputs = {
+        "config": flatten({"seed": cfg.seed, "synth": synth_settings(cfg)}),
+        "data": {"normals": normals},
+    }
+
+    def synth() -> dict:
+        manifest = run_synth(cfg.synth, data_root, folder, seed=cfg.seed)
+        return {k: manifest[k] for k in ("plan_id", "samples", "source_fingerprint", "categories")}
+
+    return _stage("shards", folder, synth_key(cfg, normals), inputs, synth)
+
+
 def _instruction_set(cfg: Any, data_root: str | Path, out: Path) -> Path | None:
+    from pipeline.fingerprint import dataset_fingerprint, stage_key
+    from synth.fingerprint import HashCache
     from train.instruct import write_instruction_set
 
     if cfg.synth.format != "mvtec":
         log.warning("ablation: instruction data is written from MVTec-layout data only; training without")
         return None
     target = out / "instruct"
-    if not target.is_dir():
-        write_instruction_set(data_root, target, seed=cfg.seed, size=cfg.model.image_size)
+    cache = HashCache(out / "hashes.json")
+    images = dataset_fingerprint(data_root, "mvtec", "train", (), cache)  # every category's train images
+    cache.save()
+    settings = {"seed": cfg.seed, "size": cfg.model.image_size}
+    key = stage_key(images=images, **settings)
+    inputs = {"config": settings, "data": {"train images": images}}
+
+    def write() -> dict:
+        written = write_instruction_set(data_root, target, seed=cfg.seed, size=cfg.model.image_size)
+        return {"json": str(written)}
+
+    _stage("instruction set", target, key, inputs, write)
     return target
 
 
-def _train(cfg: Any, shards: Path, out: Path, instruct: Path | None, workers: int) -> Path:
-    from train.job import run_training
-    from train.model import build_model, save_checkpoint
+def _train(cfg: Any, train: TrainInputs, out: Path, row: str) -> Path:
+    """The row's model: the orchestrator's train stage key over the row's effective config."""
+    from pipeline.core.config import flatten
+    from pipeline.orchestrate import model_fingerprint, model_settings, train_key
 
-    if (out / "model.safetensors").is_file() and (out / "config.yaml").is_file():
-        return out
-    model = build_model(cfg.model)
-    if not any(p.requires_grad for p in model.parameters()):
-        log.info("ablation: nothing trainable in this row; evaluating the model as built")
-        return save_checkpoint(model, cfg.model, out)
-    del model
-    run_training(cfg, shards, out, instruct=instruct, workers=workers)
+    key = train_key(train.plan_id, model_fingerprint(cfg), train.workers, train.instruct_id)
+    inputs = {
+        "config": flatten(model_settings(cfg)),
+        "data": {"shards": train.plan_id, "instruction set": train.instruct_id},
+        "workers": train.workers,
+    }
+
+    def fit() -> dict:
+        from train.job import run_training
+        from train.model import build_model, save_checkpoint
+
+        model = build_model(cfg.model)
+        if not any(p.requires_grad for p in model.parameters()):
+            log.info("ablation: nothing trainable in this row; evaluating the model as built")
+            save_checkpoint(model, cfg.model, out)
+            return {"trained": False}
+        del model
+        job = cfg.train_job()
+        return run_training(job, train.shards, out, instruct=train.instruct, workers=train.workers)
+
+    _stage(f"row {row} train", out, key, inputs, fit)
     return out
 
 
-def _evaluate(cfg: Any, checkpoint: Path, data_root: str | Path, out: Path, row: Row, setting: dict) -> dict:
-    from evaluate.job import run_evaluation
+def _test_fingerprint(cfg: Any, data_root: str | Path, out: Path) -> str:
+    from pipeline.orchestrate import data_fingerprints
 
+    return data_fingerprints(cfg, Path(data_root), out)["test"]
+
+
+def _evaluate(
+    cfg: Any, model: tuple[Path, str], data: tuple[str | Path, str], out: Path, row: Row, setting: dict
+) -> dict:
+    """One cell group of the table: the orchestrator's evaluate key over the setting's protocol.
+    ``model``: the checkpoint and its digest; ``data``: the dataset root and its test fingerprint."""
+    from pipeline.core.config import flatten
+    from pipeline.orchestrate import eval_identity, eval_protocol, evaluate_key
+
+    (checkpoint, digest), (data_root, test) = model, data
+    setting_cfg = replace(cfg, evaluate=replace(cfg.evaluate, shots=setting["shots"]))
+    key = evaluate_key(digest, eval_identity(setting_cfg, test))
+    inputs = {
+        "config": flatten({"evaluate": eval_protocol(setting_cfg)}),
+        "data": {"test": test},
+        "model": digest,
+    }
     target = out / row.name / f"eval-{setting['name']}"
-    done = target / "metrics.json"
-    if done.is_file():
-        result = json.loads(done.read_text())
-    else:
-        result = run_evaluation(checkpoint, data_root, target, shots=setting["shots"], config=cfg.evaluate)
+
+    def score() -> dict:
+        from evaluate.job import run_evaluation
+
+        return run_evaluation(checkpoint, data_root, target, shots=setting["shots"], config=cfg.evaluate)
+
+    result = _stage(f"row {row.name} eval-{setting['name']}", target, key, inputs, score)
     return {k: result["mean"][k] for k in METRICS}
 
 

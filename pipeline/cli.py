@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from pipeline.runtime import configure_environment
+    from pipeline.core.runtime import configure_environment  # after parsing: --help imports no yaml
 
     configure_environment()
     try:

@@ -12,14 +12,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from evaluate.data import load_image
+from evaluate.overlay import encode_png, render_overlay
+from pipeline.core.config import ConfigError
+from pipeline.core.errors import InputError
+from synth.datasets import load_rgb
+from synth.text import question_for
+from train.model.checkpoint import load_checkpoint
+from train.model.conversation import render, tables
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(device: str) -> str:
     """``auto``: CUDA when torch sees a GPU, else CPU. ``cuda`` without a GPU is an error naming why."""
     import torch
-
-    from pipeline.config import ConfigError
 
     if device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -34,8 +41,6 @@ def resolve_device(device: str) -> str:
 
 def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[Any, Any]:
     """The model in eval mode on ``device`` (auto, cpu, cuda) and its ModelConfig, from a checkpoint."""
-    from train.model.checkpoint import load_checkpoint
-
     model, cfg = load_checkpoint(checkpoint, device=resolve_device(device))
     model.eval()
     return model, cfg
@@ -49,8 +54,6 @@ def model_device(model: Any) -> Any:
 def read_image(source: str | Path, size: int) -> Any:
     """uint8 (size, size, 3) RGB from a path or a ``data:image/...;base64,`` URI, resized as training
     and evaluation do (evaluate.data.load_image). A corrupt file is an InputError naming it."""
-    from evaluate.data import load_image
-
     src, label = _image_source(source)
     return _decoded(lambda: load_image(src, size), label)  # type: ignore[arg-type]
 
@@ -58,16 +61,12 @@ def read_image(source: str | Path, size: int) -> Any:
 def check_image(source: str | Path) -> None:
     """Decode the image with the model's reader (synth.datasets.load_rgb, which load_image uses), so
     ``ask`` rejects a corrupt file before the slow model load rather than after it."""
-    from synth.datasets import load_rgb
-
     src, label = _image_source(source)
     _decoded(lambda: load_rgb(src), label)  # type: ignore[arg-type]
 
 
 def _image_source(source: str | Path) -> tuple[Path | io.BytesIO, str]:
     """What the reader opens (a path or the bytes of a data: URI) and how messages name it."""
-    from pipeline.core.errors import InputError
-
     text = str(source)
     if text.startswith("data:"):
         _, _, payload = text.partition(",")
@@ -86,8 +85,6 @@ def _decoded(read: Callable[[], Any], label: str) -> Any:
     InputError that names the file (PIL's own messages name neither path nor fix)."""
     from PIL import Image
 
-    from pipeline.core.errors import InputError
-
     try:
         return read()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -104,8 +101,6 @@ def to_tensor(images: Sequence[Any]) -> Any:
 
 def write_overlay(rgb: Any, prediction: Any, path: str | Path, title: str) -> Path:
     """The anomaly-map overlay PNG (evaluate.overlay's picture) for one prediction."""
-    from evaluate.overlay import encode_png, render_overlay
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_png(render_overlay(rgb, prediction.anomaly_map, None, title, prediction.answer)))
@@ -113,8 +108,6 @@ def write_overlay(rgb: Any, prediction: Any, path: str | Path, title: str) -> Pa
 
 
 def default_question(category: str) -> str:
-    from synth.text import question_for
-
     return question_for(category)
 
 
@@ -126,8 +119,6 @@ def chat_question(history: Sequence[dict[str, str]], question: str) -> str:
     """
     if not history:
         return question
-    from train.model.conversation import render, tables
-
     return render(list(history)) + tables()["conversation"]["human"].split("{}")[0] + question
 
 

@@ -27,17 +27,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import to_dict
+from evaluate.job import run_evaluation
+from pipeline.core.config import to_dict
+from pipeline.core.files import file_sha256, json_sha256, write_json_atomic
+from pipeline.core.mlflow_store import configure_mlflow, shared_store, tracking_uri
+from pipeline.core.runtime import configure_environment
 from pipeline.fingerprint import (
-    HashCache,
     dataset_fingerprint,
-    hash_json,
     read_stage,
     stage_key,
     stage_status,
 )
 from pipeline.fingerprint import write_stage as _write_stage
+from pipeline.lock import workspace_lock
 from pipeline.pipeline_config import PipelineConfig
+from pipeline.registry import (
+    alias_version,
+    checkpoint_digest,
+    ensure_reachable,
+    register_and_promote,
+    resolve_model,
+)
+from synth.fingerprint import HashCache
+from synth.job import run_synth
+from train.instruct import resolve
+from train.job import RESUMABLE_KEYS, run_training
 
 log = logging.getLogger(__name__)
 
@@ -60,28 +74,72 @@ class RunRequest:
     """Start every stage over even when its inputs are unchanged."""
 
 
+def synth_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    """The synth section less its worker count (shards are byte-identical for any count)."""
+    return {k: v for k, v in to_dict(cfg.synth).items() if k != "workers"}
+
+
+def model_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    """The settings :func:`model_fingerprint` hashes, readable: callers record them to say what changed."""
+    train = {k: v for k, v in to_dict(cfg.train).items() if k not in RESUMABLE_KEYS}
+    return {"seed": cfg.seed, "synth": synth_settings(cfg), "model": to_dict(cfg.model), "train": train}
+
+
 def model_fingerprint(cfg: PipelineConfig) -> str:
     """What defines a trained model besides the data: seed, synth, model and training settings."""
-    from train.job import RESUMABLE_KEYS
+    return json_sha256(model_settings(cfg))
 
-    train = {k: v for k, v in to_dict(cfg.train).items() if k not in RESUMABLE_KEYS}
-    synth = {k: v for k, v in to_dict(cfg.synth).items() if k != "workers"}
-    return hash_json({"seed": cfg.seed, "synth": synth, "model": to_dict(cfg.model), "train": train})
+
+def eval_protocol(cfg: PipelineConfig) -> dict[str, Any]:
+    """The evaluation section less the settings that change how fast, not what is measured."""
+    return {k: v for k, v in to_dict(cfg.evaluate).items() if k not in EVAL_SPEED_KEYS}
 
 
 def eval_identity(cfg: PipelineConfig, eval_data: str) -> str:
     """The evaluation data and protocol: figures with equal identities are comparable."""
-    protocol = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in EVAL_SPEED_KEYS}
-    return hash_json({"data": eval_data, "protocol": protocol})
+    return json_sha256({"data": eval_data, "protocol": eval_protocol(cfg)})
 
 
-def fingerprints(cfg: PipelineConfig, data: Path, out: Path) -> dict[str, str]:
-    """Normal training images, evaluation set + protocol, model config (content hashes, cached)."""
+def data_fingerprints(cfg: PipelineConfig, data: Path, out: Path) -> dict[str, str]:
+    """Content hashes of the normal training images and of the test set (cached in out/hashes.json)."""
     cache = HashCache(out / "hashes.json")
     normals = dataset_fingerprint(data, cfg.synth.format, "train", cfg.synth.categories, cache)
     test = dataset_fingerprint(data, cfg.evaluate.format, "test", cfg.evaluate.categories, cache)
     cache.save()
-    return {"normals": normals, "eval": eval_identity(cfg, test), "model": model_fingerprint(cfg)}
+    return {"normals": normals, "test": test}
+
+
+def fingerprints(cfg: PipelineConfig, data: Path, out: Path) -> dict[str, str]:
+    """Normal training images, evaluation set + protocol, model config (content hashes, cached)."""
+    data_fps = data_fingerprints(cfg, data, out)
+    return {
+        "normals": data_fps["normals"],
+        "eval": eval_identity(cfg, data_fps["test"]),
+        "model": model_fingerprint(cfg),
+    }
+
+
+def synth_key(cfg: PipelineConfig, normals: str) -> str:
+    """The synth stage's key: the normal images, the synth settings and the seed."""
+    return stage_key(normals=normals, synth=synth_settings(cfg), seed=cfg.seed)
+
+
+def train_key(plan_id: str, model_fp: str, workers: int, instruct_id: str) -> str:
+    """The train stage's key: the shards' plan, the model fingerprint, the worker count (a checkpoint
+    resumes only with the same one) and the instruction set's hash ("" without one)."""
+    return stage_key(shards=plan_id, model=model_fp, workers=workers, instruct=instruct_id)
+
+
+def evaluate_key(checkpoint_digest: str, eval_id: str) -> str:
+    """The evaluate stage's key: the checkpoint's content and the evaluation identity."""
+    return stage_key(model=checkpoint_digest, eval=eval_id)
+
+
+def instruct_fingerprint(instruct: Path | None) -> str:
+    """sha256 of an instruction set's JSON ("" for none): what training read from it."""
+    if instruct is None:
+        return ""
+    return file_sha256(resolve(instruct)[0])
 
 
 def run_pipeline(req: RunRequest, retrain: bool = False) -> dict[str, Any]:
@@ -91,11 +149,6 @@ def run_pipeline(req: RunRequest, retrain: bool = False) -> dict[str, Any]:
     the newest registered version; when one matches (and not ``force``), return at once with
     ``{"up_to_date": message}``.
     """
-    from pipeline.lock import workspace_lock
-    from pipeline.registry import ensure_reachable
-    from pipeline.runtime import configure_environment
-    from pipeline.tracking import configure_mlflow, shared_store, tracking_uri
-
     configure_environment()
     req.out.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(req.out)
@@ -114,8 +167,6 @@ def up_to_date(cfg: PipelineConfig, fps: dict[str, str]) -> str | None:
     """Why no retraining is needed, or None: the champion or the newest version was trained on
     these normal images with this model config."""
     from mlflow import MlflowClient
-
-    from pipeline.registry import alias_version
 
     client = MlflowClient()
     name = cfg.registry.model_name
@@ -147,8 +198,6 @@ class Pipeline:
     def execute(self, fps: dict[str, str]) -> dict[str, Any]:
         import mlflow
 
-        from pipeline.tracking import configure_mlflow
-
         started = time.perf_counter()
         configure_mlflow(self.out, self.cfg.name)
         state_file = self.out / "run_state.json"
@@ -160,7 +209,7 @@ class Pipeline:
         ) as parent:
             if resume:
                 self.say(f"resuming pipeline run {parent.info.run_id} (the last one did not finish)")
-            _atomic_json(state_file, {"parent_run_id": parent.info.run_id, "status": "running"})
+            write_json_atomic(state_file, {"parent_run_id": parent.info.run_id, "status": "running"})
             # Tags, not params: a resumed run may be called with other --workers (params are write-once).
             mlflow.set_tags({"stage": "pipeline", "config": self.cfg.name, "data": str(self.req.data)})
             mlflow.set_tags({"out": str(self.out), "workers": str(self.req.workers)})
@@ -174,41 +223,27 @@ class Pipeline:
                 fingerprints=fps,
                 wall_time_s=round(time.perf_counter() - started, 1),
             )
-        _atomic_json(state_file, {"parent_run_id": self.parent_id, "status": "complete"})
-        _atomic_json(self.out / "run.json", self.summary)
+        write_json_atomic(state_file, {"parent_run_id": self.parent_id, "status": "complete"})
+        write_json_atomic(self.out / "run.json", self.summary)
         return self.summary
 
     def stages(self, fps: dict[str, str]) -> None:
         """The four stages; each key names exactly what its output depends on."""
-        from pipeline.registry import checkpoint_digest
+        manifest = self._stage(1, "synth", synth_key(self.cfg, fps["normals"]), self._synth)
 
-        synth_cfg = {k: v for k, v in to_dict(self.cfg.synth).items() if k != "workers"}
-        key = stage_key(normals=fps["normals"], synth=synth_cfg, seed=self.cfg.seed)
-        manifest = self._stage(1, "synth", key, self._synth)
-
-        key = stage_key(
-            shards=manifest["plan_id"],
-            model=fps["model"],
-            workers=self.req.workers,
-            instruct=self._instruct_id(),
-        )
+        key = train_key(manifest["plan_id"], fps["model"], self.req.workers, self._instruct_id())
         train = self._stage(2, "train", key, self._train, own_run=True)
         self.summary["train"] = {k: train.get(k) for k in ("steps", "wall_time_s", "mlflow_run_id")}
 
         digest = checkpoint_digest(self.out / "train")
-        self.metrics = self._stage(3, "evaluate", stage_key(model=digest, eval=fps["eval"]), self._evaluate)
+        self.metrics = self._stage(3, "evaluate", evaluate_key(digest, fps["eval"]), self._evaluate)
         self.summary["mean"] = self.metrics.get("mean", {})
 
         key = stage_key(model=digest, eval=fps["eval"], registry=to_dict(self.cfg.registry))
         self.summary["registry"] = self._stage(4, "register", key, self._register)
 
     def _instruct_id(self) -> str:
-        if self.req.instruct is None:
-            return ""
-        from pipeline.fingerprint import file_sha256
-        from train.instruct import resolve
-
-        return file_sha256(resolve(self.req.instruct)[0])
+        return instruct_fingerprint(self.req.instruct)
 
     def _stage(self, n: int, name: str, key: str, fn: Callable[[Path], dict], own_run: bool = False) -> dict:
         """Skip, resume or (re)start one stage, inside a child MLflow run (``own_run``: the stage
@@ -246,27 +281,21 @@ class Pipeline:
     def _synth(self, folder: Path) -> dict:
         import mlflow
 
-        from synth.job import run_synth
-
         manifest = run_synth(self.cfg.synth, self.req.data, folder, seed=self.cfg.seed)
         mlflow.log_params({f"synth.{k}": v for k, v in to_dict(self.cfg.synth).items()})
         mlflow.log_metrics({"samples": manifest["samples"], "shards": len(manifest["shards"])})
         return {k: manifest[k] for k in ("plan_id", "samples", "source_fingerprint", "categories")}
 
     def _train(self, folder: Path) -> dict:
-        from train.job import run_training
-
         shards = self.out / "synth"
-        return run_training(self.cfg, shards, folder, instruct=self.req.instruct, workers=self.req.workers)
+        return run_training(
+            self.cfg.train_job(), shards, folder, instruct=self.req.instruct, workers=self.req.workers
+        )
 
     def _evaluate(self, folder: Path) -> dict:
-        from evaluate.job import run_evaluation
-
         return run_evaluation(self.out / "train", self.req.data, folder, config=self.cfg.evaluate)
 
     def _register(self, folder: Path) -> dict:
-        from pipeline.registry import register_and_promote
-
         tags = {
             "pipeline_run_id": self.parent_id,
             "config_name": self.cfg.name,
@@ -288,12 +317,13 @@ class Pipeline:
         """The champion evaluated on this run's data (it was scored on other data)."""
         import mlflow
 
-        from evaluate.job import run_evaluation
-
         folder = self.out / "register" / ("champion-" + model_uri.rsplit("/", 1)[-1])
         with mlflow.start_run(run_name="evaluate-champion", nested=True):
             mlflow.set_tags({"stage": "evaluate", "model": model_uri})
-            return run_evaluation(model_uri, self.req.data, folder, config=self.cfg.evaluate)
+            checkpoint = resolve_model(model_uri)
+            return run_evaluation(
+                checkpoint, self.req.data, folder, config=self.cfg.evaluate, model_ref=model_uri
+            )
 
 
 def _run_exists(run_id: str | None) -> bool:
@@ -307,9 +337,3 @@ def _run_exists(run_id: str | None) -> bool:
         return True
     except MlflowException:
         return False
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)

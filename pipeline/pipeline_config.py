@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluate.config import EvaluateConfig
-from pipeline.config import load_config
+from pipeline.core.config import load_config, to_dict
 from pipeline.registry import RegistryConfig
 from synth.config import SynthConfig
-from train.config import TrainConfig
+from train.config import TrainConfig, TrainJobConfig
 from train.model.config import ModelConfig
 
 
@@ -27,6 +27,10 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+    def train_job(self) -> TrainJobConfig:
+        """The train stage's config; the whole config rides along, as the run records it."""
+        return TrainJobConfig(self.name, self.seed, self.model, self.train, run_config=to_dict(self))
 
 
 def load_pipeline_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PipelineConfig:

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 """Name of the checkpoint folder inside the logged MLflow model (``<model>/artifacts/checkpoint``)."""
+PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
+"""The pyfunc, logged as code (MLflow "models from code"): a path, not an import (importing it would
+run its ``set_model`` here, and it imports this module)."""
 CHECKPOINT_FILES = ("model.safetensors", "config.yaml")
 
 
@@ -128,8 +131,6 @@ def log_pyfunc(checkpoint_dir: str | Path) -> Any:
 
     import mlflow
 
-    from pipeline import pyfunc_model
-
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / CHECKPOINT_ARTIFACT
         staged.mkdir()
@@ -137,7 +138,7 @@ def log_pyfunc(checkpoint_dir: str | Path) -> Any:
             shutil.copy2(Path(checkpoint_dir) / name, staged / name)
         return mlflow.pyfunc.log_model(
             name="model",
-            python_model=pyfunc_model.__file__,
+            python_model=str(PYFUNC_MODEL_FILE),
             artifacts={CHECKPOINT_ARTIFACT: str(staged)},
             model_config={"device": "auto"},  # declared, so that a loader may choose cpu or cuda
             pip_requirements=pip_requirements(),

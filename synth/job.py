@@ -12,7 +12,6 @@ Shards are written by the tasks straight into the output folder: on a cluster it
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import shutil
@@ -20,17 +19,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, to_dict
-from pipeline.fingerprint import records_fingerprint
+from pipeline.core.config import ConfigError, to_dict
+from pipeline.core.files import atomic_write, json_sha256, write_json_atomic
+from pipeline.core.runtime import init_ray
 from synth.config import SynthConfig
 from synth.datasets import DatasetError, Skipped, read_dataset
+from synth.fingerprint import records_fingerprint
 from synth.samples import SampleMaker, Source, sources_from_records
 from synth.shards import (
     MANIFEST,
     MANIFEST_FORMAT,
     PAIRING_UNIT,
     ShardError,
-    atomic_write,
     shard_name,
     shard_problem,
     unchecked_fields,
@@ -65,7 +65,8 @@ def run_synth(
     sources = sources_from_records(records)
     fingerprint = records_fingerprint(records)
     settings = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # workers never change output
-    plan_id = _hash({"seed": seed, "config": settings, "source": fingerprint, "format": MANIFEST_FORMAT})
+    identity = {"seed": seed, "config": settings, "source": fingerprint, "format": MANIFEST_FORMAT}
+    plan_id = json_sha256(identity)
     shards = plan_shards(len(sources), cfg.per_image, cfg.samples_per_shard)
     job = _Job(cfg, sources, shards, seed, out, progress)
 
@@ -84,7 +85,7 @@ def run_synth(
     stats = [_read_stats(out, i) for i in range(len(shards))]
     _require_every_category(sources, stats, skipped, data_root)
     manifest = _manifest(cfg, settings, seed, data_root, fingerprint, plan_id, stats, skipped)
-    atomic_write(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    write_json_atomic(out / MANIFEST, manifest)
     shutil.rmtree(out / PARTS, ignore_errors=True)
     written = sum(stats[i]["samples"] for i in pending)
     rate = written / elapsed if elapsed > 0 else 0.0
@@ -199,7 +200,7 @@ def _patched_manifest(out: Path, existing: dict[str, Any], rewritten: list[int])
             )
             entry.update(sha256=stats["sha256"], bytes=stats["bytes"])
     if manifest != existing:
-        atomic_write(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        write_json_atomic(out / MANIFEST, manifest)
     return manifest
 
 
@@ -293,8 +294,6 @@ def _run_tasks(
     import ray
     from tqdm import tqdm
 
-    from pipeline.runtime import init_ray
-
     init_ray()
     workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     remote = ray.remote(num_cpus=1, max_retries=2)(write_shard)
@@ -381,10 +380,6 @@ def _pairing(categories: dict[str, dict[str, int]]) -> dict[str, Any]:
         "pairs": sum(c["anomalous"] + c["fallback_normal"] for c in categories.values()),
         "fallback_pairs": sum(c["fallback_normal"] for c in categories.values()),
     }
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def _clear(out: Path) -> None:

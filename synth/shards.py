@@ -2,9 +2,9 @@
 
 A shard is a plain POSIX tar of ``<key>.png``, ``<key>.mask.png``, ``<key>.json`` members with
 fixed mtime, owner and mode, so the same samples always give the same bytes. Files appear only
-complete: they are written under a temporary name and renamed, and a failed write removes its
-temporary file. The manifest records each shard's ``bytes`` and ``sha256``, so a rerun can find a
-truncated or damaged shard (``shard_problem``).
+complete (``pipeline.core.files.atomic_write``: a temporary name, fsync, rename; a failed write
+removes its temporary file). The manifest records each shard's ``bytes`` and ``sha256``, so a rerun
+can find a truncated or damaged shard (``shard_problem``).
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import InputError
+from pipeline.core.files import atomic_write, file_sha256
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "anomalygpt-synth-shards/2"
@@ -49,35 +49,6 @@ def write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> tuple[str, in
     data = buf.getvalue()
     atomic_write(path, data)
     return hashlib.sha256(data).hexdigest(), len(data)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename: readers never see half a file.
-
-    Any failure removes the temporary file, so a failed write leaves nothing behind. An OS error
-    without a file name (a full disk on write or fsync) is raised again naming ``path``, same errno,
-    so the CLI's "cannot write <file>" (exit 4) says which output failed.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_manifest(directory: str | Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.runtime import RUNTIME_ENV_DEFAULTS
+from pipeline.core.runtime import RUNTIME_ENV_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 

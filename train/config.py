@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from train.model.config import ModelConfig
+
 
 @dataclass
 class OptimizerConfig:
@@ -146,3 +148,23 @@ class TrainConfig:
 
     def storage(self, out: Path) -> str:
         return self.storage_path or str(Path(out).resolve() / "ray")
+
+
+@dataclass
+class TrainJobConfig:
+    """What the train job reads of a run's config: its own sections plus the run's name and seed.
+
+    The top layer builds it from its whole config (``PipelineConfig.train_job()``), so the train
+    stage does not depend on the layer that drives it.
+    """
+
+    name: str = "anomalygpt"
+    """Run name: the MLflow experiment and the prefix of the Ray Train run folder."""
+    seed: int = 0
+    """Seed of the trainable weights, the data order and the augmentations."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run_config: dict[str, Any] = field(default_factory=dict)
+    """The caller's whole config as plain data (other stages' sections too), recorded with the run:
+    ``pipeline_config.yaml``, the MLflow params and the resume fingerprint. Its name, seed, model
+    and train entries are replaced by the fields above; empty: those four alone."""

@@ -19,12 +19,11 @@ import numpy as np
 
 from train.config import AugmentConfig
 from train.instruct import InstructionSample
+from train.model.batch import Batch
 from train.shards import DataError, ShardIndex, decode_png
 
 if TYPE_CHECKING:
     import torch
-
-    from train.model.batch import Batch
 
 INSTRUCTION_CATEGORY = "object"  # the reference matches instruction images against "object" prompts
 
@@ -115,8 +114,6 @@ class BatchSource:
         """``micro / 2`` pairs: each normal image followed by its synthetic twin, augmented alike."""
         import torch
 
-        from train.model.batch import Batch
-
         images, masks, categories, conversations, sources = [], [], [], [], []
         positions = rank_positions(j, self.micro // 2, self.rank, self.world)
         for pos in positions:
@@ -135,8 +132,6 @@ class BatchSource:
 
     def instruction(self, j: int) -> Batch:
         from PIL import Image
-
-        from train.model.batch import Batch
 
         images, conversations = [], []
         positions = rank_positions(j, self.micro, self.rank, self.world)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import ConfigError
+from pipeline.core.config import ConfigError
 from train.config import TrainConfig
 
 SECTION = "train.deepspeed"

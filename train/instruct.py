@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from synth.datasets import load_rgb, read_dataset
 from train.shards import DataError
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,6 @@ def write_instruction_set(
     from the image's own pixels. Returns the JSON path.
     """
     from PIL import Image
-
-    from synth.datasets import load_rgb, read_dataset
 
     records = read_dataset(images_root, "mvtec", split="train")
     if not records:

@@ -17,13 +17,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, dump_yaml, to_dict
-from pipeline.pipeline_config import PipelineConfig
+from pipeline.core.config import ConfigError, dump_yaml, to_dict
+from pipeline.core.files import file_sha256, json_sha256
+from pipeline.core.runtime import configure_environment, init_ray, require_gpus
 from train import ds_config, tracking
-from train.instruct import InstructionSample, read_instruction_set
-from train.loop import STATE
+from train.config import TrainConfig, TrainJobConfig
+from train.context import WorkerContext
+from train.instruct import InstructionSample, read_instruction_set, resolve
+from train.loop import STATE, train_loop
+from train.model.checkpoint import CONFIG, WEIGHTS
 from train.schedule import total_steps
-from train.shards import ShardIndex, index_shards
+from train.shards import ShardIndex, index_shards, shard_hashes
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ RESUMABLE_KEYS = ("max_failures", "log_every", "keep_checkpoints", "checkpoint_e
 class Plan:
     """Everything the workers need, checked; built by :func:`prepare`."""
 
-    cfg: PipelineConfig
+    cfg: TrainJobConfig
     out: Path
     workers: int
     index: ShardIndex
@@ -54,7 +58,7 @@ class Plan:
 
 
 def run_training(
-    config: PipelineConfig,
+    config: TrainJobConfig,
     shards: str | Path,
     out: str | Path,
     instruct: str | Path | None = None,
@@ -64,13 +68,12 @@ def run_training(
     started = time.perf_counter()
     plan = prepare(config, shards, out, instruct, workers)
     if plan.cfg.train.use_gpu:  # before the MLflow run: Ray Train would wait for GPUs, then retry
-        from pipeline.runtime import init_ray, require_gpus
-
         init_ray()
         require_gpus(workers, f"train.use_gpu with --workers {workers} (one GPU per worker)")
     run_id, uri = tracking.open_run(
         plan.out,
-        plan.cfg,
+        plan.cfg.name,
+        run_record(plan.cfg),
         (plan.previous or {}).get("mlflow_run_id"),
         {
             "workers": plan.workers,
@@ -95,12 +98,18 @@ def run_training(
     return summary
 
 
+def run_record(cfg: TrainJobConfig) -> dict[str, Any]:
+    """The config a run records (``pipeline_config.yaml``, MLflow params, resume fingerprint): the
+    caller's whole config, with this job's own name, seed, model and train in it (a fresh copy)."""
+    record = to_dict(cfg.run_config)
+    record.update(name=cfg.name, seed=cfg.seed, model=to_dict(cfg.model), train=to_dict(cfg.train))
+    return record
+
+
 def prepare(
-    cfg: PipelineConfig, shards: str | Path, out: str | Path, instruct: str | Path | None, workers: int
+    cfg: TrainJobConfig, shards: str | Path, out: str | Path, instruct: str | Path | None, workers: int
 ) -> Plan:
     """Every check that can fail on bad input, before a worker starts."""
-    from pipeline.runtime import configure_environment
-
     configure_environment()
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
@@ -165,29 +174,26 @@ def fit(plan: Plan, run_id: str, uri: str) -> Path:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipeline.runtime import init_ray
-    from train.loop import train_loop
-
     init_ray()
     t = plan.cfg.train
     resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
-    ctx = {
-        "config": to_dict(plan.cfg),
-        "deepspeed": plan.deepspeed,
-        "index": plan.index,
-        "instructions": plan.instructions,
-        "fraction": plan.fraction,
-        "total_steps": plan.total_steps,
-        "accumulation": plan.deepspeed["gradient_accumulation_steps"],
-        "offload_optimizer": ds_config.offloads_optimizer(plan.deepspeed),
-        "precision": ds_config.planned_precision(t),
-        "fingerprint": plan.fingerprint,
-        "mlflow_run_id": run_id,
-        "mlflow_uri": uri,
-    }
+    ctx = WorkerContext(
+        config=plan.cfg,
+        deepspeed=plan.deepspeed,
+        index=plan.index,
+        instructions=plan.instructions,
+        fraction=plan.fraction,
+        total_steps=plan.total_steps,
+        accumulation=plan.deepspeed["gradient_accumulation_steps"],
+        offload_optimizer=ds_config.offloads_optimizer(plan.deepspeed),
+        precision=ds_config.planned_precision(t),
+        fingerprint=plan.fingerprint,
+        mlflow_run_id=run_id,
+        mlflow_uri=uri,
+    )
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=ctx,
+        train_loop_config={"context": ctx},  # Ray Train passes a dict to the loop
         scaling_config=ray.train.ScalingConfig(
             num_workers=plan.workers, use_gpu=t.use_gpu, resources_per_worker=resources
         ),
@@ -204,19 +210,17 @@ def fit(plan: Plan, run_id: str, uri: str) -> Path:
     return Path(result.checkpoint.path)
 
 
-def _precision_text(train) -> str:
+def _precision_text(train: TrainConfig) -> str:
     planned = ds_config.planned_precision(train)
     return "bf16 or fp16 (auto, chosen on the GPUs)" if planned == "auto" else planned
 
 
 def finish(plan: Plan, checkpoint_dir: Path, run_id: str, uri: str, wall: float) -> dict[str, Any]:
     """Copy the final weights and config to ``out``, write the summary, close the MLflow run."""
-    from train.model.checkpoint import CONFIG, WEIGHTS
-
     state = json.loads((checkpoint_dir / STATE).read_text())
     for name in (WEIGHTS, CONFIG):
         shutil.copy2(checkpoint_dir / name, plan.out / name)
-    dump_yaml(plan.cfg, plan.out / "pipeline_config.yaml")
+    dump_yaml(run_record(plan.cfg), plan.out / "pipeline_config.yaml")
     (plan.out / "deepspeed.json").write_text(json.dumps(plan.deepspeed, indent=1))
     summary = {
         "steps": state["step"],
@@ -264,20 +268,16 @@ def latest_checkpoint(storage: str, name: str) -> tuple[dict[str, Any] | None, P
     return json.loads((folder / STATE).read_text()), folder
 
 
-def _fingerprint(cfg: PipelineConfig, shards, instruct, workers: int, fraction: float) -> str:
+def _fingerprint(cfg: TrainJobConfig, shards, instruct, workers: int, fraction: float) -> str:
     """What a checkpoint must match to be resumed: config (less RESUMABLE_KEYS), data, workers."""
-    from synth.shards import file_sha256, load_manifest
-    from train.instruct import resolve
-
-    config = to_dict(cfg)
+    config = run_record(cfg)
     for key in RESUMABLE_KEYS:
         config["train"].pop(key, None)
-    manifest = load_manifest(shards)
     identity = {
         "config": config,
         "workers": workers,
         "fraction": fraction,
-        "shards": [entry["sha256"] for entry in manifest["shards"]],
+        "shards": shard_hashes(shards),
         "instructions": file_sha256(resolve(instruct)[0]) if instruct else None,
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_sha256(identity)[:16]

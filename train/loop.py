@@ -1,5 +1,8 @@
 """The per-worker training function that Ray Train runs on every rank: setup, train, checkpoint.
 
+torch, deepspeed and ray are imported inside the functions: ``train.job`` imports this module on the
+driver, which must not pay for them before its input checks.
+
 One optimizer step = ``accumulation`` micro-steps on this rank; each micro-step is an anomaly or an
 instruction micro-batch (``train.schedule.is_instruction_step``). DeepSpeed owns the optimizer step,
 gradient accumulation, ZeRO partitioning, clipping and mixed precision.
@@ -13,11 +16,16 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
+from pipeline.core.runtime import configure_environment
 from train import ds_config
-from train.schedule import micro_step_plan
+from train.config import TrainJobConfig
+from train.context import WorkerContext
+from train.data import BatchSource
+from train.model.checkpoint import save_checkpoint
+from train.schedule import WarmupDecay, micro_step_plan
 from train.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
@@ -27,20 +35,16 @@ STATE = "train_state.json"
 PARTS = ("loss", "ce", "focal", "dice")
 
 
-def train_loop(ctx: dict[str, Any]) -> None:
-    """Entry point of each Ray Train worker; ``ctx`` is built by ``train.job``."""
-    from pipeline.runtime import configure_environment
-
-    if ctx["config"]["train"]["use_gpu"]:  # before deepspeed is imported: the local default is cpu
+def train_loop(config: dict[str, WorkerContext]) -> None:
+    """Entry point of each Ray Train worker; ``config["context"]`` is built by ``train.job.fit``."""
+    ctx = config["context"]
+    cfg = ctx.config
+    if cfg.train.use_gpu:  # before deepspeed is imported: the local default is cpu
         os.environ["DS_ACCELERATOR"] = "cuda"
     configure_environment()
     import ray.train
     import torch
 
-    from pipeline.config import from_dict
-    from pipeline.pipeline_config import PipelineConfig
-
-    cfg = from_dict(PipelineConfig, ctx["config"], source="train job")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     if not cfg.train.use_gpu:  # use what Ray reserved: more threads than CPUs thrash on a busy node
@@ -48,13 +52,13 @@ def train_loop(ctx: dict[str, Any]) -> None:
     source = _batches(cfg, ctx, rank, world)
     engine, model, precision = _setup(cfg, ctx, source)
     start = _restore(engine)
-    logger = MetricLogger(ctx) if rank == 0 else None
-    total = ctx["total_steps"]
+    logger = MetricLogger(ctx.mlflow_uri, ctx.mlflow_run_id, ctx.total_steps) if rank == 0 else None
+    total = ctx.total_steps
     if rank == 0:
         log.info("train: %s", start_line(engine.device, precision, ctx, world, cfg.train.global_batch_size))
         how = "resuming at" if start else "starting"
         log.info("train: %s step %d/%d on %d worker(s)", how, start, total, world)
-    ctx = {**ctx, "precision": precision}
+    ctx = replace(ctx, precision=precision)
     window: dict[str, list[float]] = {}
     for step in range(start, total):
         metrics = _train_step(engine, source, step, ctx, world, cfg.train.global_batch_size)
@@ -72,17 +76,17 @@ def train_loop(ctx: dict[str, Any]) -> None:
 
 
 def _train_step(
-    engine, source, step: int, ctx: dict[str, Any], world: int, global_batch: int
+    engine, source, step: int, ctx: WorkerContext, world: int, global_batch: int
 ) -> dict[str, float]:
     """One optimizer step: ``accumulation`` micro-steps, each an anomaly or an instruction batch."""
     import torch
 
     began = time.perf_counter()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(ctx["precision"], torch.float32)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(ctx.precision, torch.float32)
     # Loss parts per kind, then counts; on the engine's device: NCCL reduces only CUDA tensors.
     sums = torch.zeros(2 * len(PARTS) + 2, dtype=torch.float64, device=engine.device)
-    for k in range(ctx["accumulation"]):
-        instruction, j = micro_step_plan(step * ctx["accumulation"] + k, ctx["fraction"])
+    for k in range(ctx.accumulation):
+        instruction, j = micro_step_plan(step * ctx.accumulation + k, ctx.fraction)
         batch = _to(source.instruction(j) if instruction else source.anomaly(j), engine.device, dtype)
         losses = engine(batch)
         engine.backward(losses["loss"])
@@ -94,18 +98,17 @@ def _train_step(
     return _step_metrics(sums, world, engine, global_batch, time.perf_counter() - began)
 
 
-def _setup(cfg, ctx, source):
+def _setup(cfg: TrainJobConfig, ctx: WorkerContext, source: BatchSource):
     import deepspeed
     import torch
 
-    from train.model import build_model
-    from train.schedule import WarmupDecay
+    from train.model.build import build_model  # imports torch and transformers
 
     # DeepSpeed JIT-compiles its shm all-reduce op (60-80 s) when it creates the comm backend, though
     # only inference uses it. `deepspeed.comm.torch` as an attribute path is the torch package, so
     # the module is taken from importlib.
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-    precision = _decide_precision(ctx["precision"])
+    precision = _decide_precision(ctx.precision)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, seed=cfg.seed)
     if cfg.model.few_shot_train_prob > 0 and model.prompt_learner is not None and model.decoder is not None:
@@ -116,18 +119,18 @@ def _setup(cfg, ctx, source):
     if not params:
         raise ValueError("the model has no trainable parameters (check the model section)")
     o = cfg.train.optimizer
-    if ctx["offload_optimizer"]:
+    if ctx.offload_optimizer:
         from deepspeed.ops.adam import DeepSpeedCPUAdam  # JIT-builds cpu_adam once (~95 s)
 
         optimizer = DeepSpeedCPUAdam(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     else:  # a torch optimizer: nothing to compile
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-    schedule = WarmupDecay(cfg.train.schedule, ctx["total_steps"])
+    schedule = WarmupDecay(cfg.train.schedule, ctx.total_steps)
     engine, *_ = deepspeed.initialize(
         model=model,  # its forward() is training_losses()
         optimizer=optimizer,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-        config=ds_config.with_precision(ctx["deepspeed"], precision),
+        config=ds_config.with_precision(ctx.deepspeed, precision),
     )
     return engine, model, precision
 
@@ -140,25 +143,25 @@ def _decide_precision(planned: str) -> str:
     import ray.train.torch
     import torch
 
-    from train.collectives import all_ranks_agree
+    from train.collectives import all_ranks_agree  # imports torch
 
     device = ray.train.torch.get_device()
     supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
     return ds_config.resolve_precision(planned, all_ranks_agree(supported, device))
 
 
-def start_line(device, precision: str, ctx: dict[str, Any], world: int, global_batch: int) -> str:
+def start_line(device, precision: str, ctx: WorkerContext, world: int, global_batch: int) -> str:
     """What a reader of the log needs first: where and how the run trains."""
     import torch
 
     name = torch.cuda.get_device_name(device) if getattr(device, "type", "") == "cuda" else None
-    ds = ctx["deepspeed"]
+    ds = ctx.deepspeed
     zero = ds.get("zero_optimization", {}).get("stage", 0)
-    offload = ", optimizer offloaded to CPU" if ctx["offload_optimizer"] else ""
+    offload = ", optimizer offloaded to CPU" if ctx.offload_optimizer else ""
     return (
         f"device {device}{f' ({name})' if name else ''}, {precision}, ZeRO {zero}{offload}, "
         f"world {world}, global batch {global_batch} (micro {ds['train_micro_batch_size_per_gpu']}"
-        f" x accumulation {ctx['accumulation']} x {world} worker(s))"
+        f" x accumulation {ctx.accumulation} x {world} worker(s))"
     )
 
 
@@ -176,12 +179,10 @@ def _restore(engine) -> int:
         return int(json.loads((Path(d) / STATE).read_text())["step"])
 
 
-def _batches(cfg, ctx, rank: int, world: int):
-    from train.data import BatchSource
-
+def _batches(cfg: TrainJobConfig, ctx: WorkerContext, rank: int, world: int) -> BatchSource:
     return BatchSource(
-        ctx["index"],
-        ctx["instructions"],
+        ctx.index,
+        ctx.instructions,
         image_size=cfg.model.image_size,
         micro=cfg.train.micro_batch_size,
         rank=rank,
@@ -192,8 +193,6 @@ def _batches(cfg, ctx, rank: int, world: int):
 
 
 def _to(batch, device, dtype):
-    from dataclasses import replace
-
     def move(t):
         return None if t is None else t.to(device=device, dtype=dtype, non_blocking=True)
 
@@ -202,7 +201,7 @@ def _to(batch, device, dtype):
 
 def _step_metrics(sums, world: int, engine, global_batch: int, seconds: float) -> dict[str, float]:
     """Loss parts averaged over micro-steps and ranks (one small all-reduce), lr and throughput."""
-    from train.collectives import all_reduce_sum
+    from train.collectives import all_reduce_sum  # imports torch
 
     if world > 1:
         all_reduce_sum(sums, engine.device, "the step's loss sums")
@@ -223,12 +222,19 @@ def _step_metrics(sums, world: int, engine, global_batch: int, seconds: float) -
     return metrics
 
 
-def _save(engine, model, cfg, ctx, step: int, summary: dict[str, float], start: int, rank: int) -> None:
+def _save(
+    engine,
+    model,
+    cfg: TrainJobConfig,
+    ctx: WorkerContext,
+    step: int,
+    summary: dict[str, float],
+    start: int,
+    rank: int,
+) -> None:
     """Every rank writes its DeepSpeed shard; rank 0 adds the weights, config and state; Ray merges."""
     import ray.train
     from ray.train import Checkpoint
-
-    from train.model import save_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="ckpt-") as d:
         engine.save_checkpoint(d, tag=DS_TAG, exclude_frozen_parameters=True)
@@ -236,12 +242,12 @@ def _save(engine, model, cfg, ctx, step: int, summary: dict[str, float], start: 
             save_checkpoint(model, cfg.model, d)
             state = {
                 "step": step,
-                "total_steps": ctx["total_steps"],
+                "total_steps": ctx.total_steps,
                 "samples": step * cfg.train.global_batch_size,
-                "fingerprint": ctx["fingerprint"],
-                "mlflow_run_id": ctx["mlflow_run_id"],
+                "fingerprint": ctx.fingerprint,
+                "mlflow_run_id": ctx.mlflow_run_id,
                 "started_at_step": start,
-                "precision": ctx["precision"],
+                "precision": ctx.precision,
                 "metrics": summary,
             }
             (Path(d) / STATE).write_text(json.dumps(state, indent=1))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import InputError
+from synth.shards import ShardError, load_manifest, verify_shards
 
 PARTS = ("png", "mask.png", "json")
 
@@ -114,8 +115,6 @@ def shard_paths(root: str | Path, verify: bool = True) -> list[Path]:
     ``verify`` checks sizes, sha256 and sample counts (synth.shards.verify_shards); a ``.tar`` in
     the folder that the manifest does not list is an error too (it would be silently ignored).
     """
-    from synth.shards import ShardError, load_manifest, verify_shards
-
     root = Path(root)
     if not root.exists():
         raise DataError(f"shard folder not found: {root}")
@@ -132,6 +131,16 @@ def shard_paths(root: str | Path, verify: bool = True) -> list[Path]:
     if extra:
         raise DataError(f"{root}: shards not in manifest.json: {', '.join(extra)}")
     return listed
+
+
+def shard_hashes(root: str | Path) -> list[str]:
+    """The sha256 of each shard as the manifest records it, in order: the data a checkpoint was
+    trained on (part of its resume fingerprint)."""
+    try:
+        manifest = load_manifest(root)
+    except ShardError as exc:
+        raise DataError(str(exc)) from exc
+    return [entry["sha256"] for entry in manifest["shards"]]
 
 
 def index_shards(root: str | Path, verify: bool = True) -> ShardIndex:

@@ -1,6 +1,7 @@
 """MLflow for the train job: the driver opens (or reopens) the run and closes it; rank 0 logs steps.
 
 The run lives across worker restarts and reruns: its id travels in each checkpoint's state.
+mlflow is imported inside the functions: the driver imports this module before its input checks.
 """
 
 from __future__ import annotations
@@ -9,18 +10,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import flatten, to_dict
+from pipeline.core.config import flatten
+from pipeline.core.mlflow_store import configure_mlflow
 
 log = logging.getLogger(__name__)
 
 
-def open_run(out: Path, cfg: Any, resume_id: str | None, extra: dict[str, Any]) -> tuple[str, str]:
-    """(run id, tracking URI): the resumed run, or a new one with the flattened config as params."""
+def open_run(
+    out: Path, experiment: str, config: dict[str, Any], resume_id: str | None, extra: dict[str, Any]
+) -> tuple[str, str]:
+    """(run id, tracking URI): the resumed run, or a new one in ``experiment`` with the flattened
+    ``config`` (plain data) and ``extra`` (as ``run.*``) as params."""
     from mlflow.exceptions import MlflowException
 
-    from pipeline.tracking import configure_mlflow
-
-    uri = configure_mlflow(out, cfg.name)
+    uri = configure_mlflow(out, experiment)
     client = _client(uri)
     if resume_id:
         try:
@@ -33,9 +36,9 @@ def open_run(out: Path, cfg: Any, resume_id: str | None, extra: dict[str, Any]) 
     import mlflow
     from mlflow.entities import Param
 
-    experiment = mlflow.get_experiment_by_name(cfg.name)
-    run = client.create_run(experiment.experiment_id, run_name=f"train-{out.name}", tags={"stage": "train"})
-    params = {**flatten(to_dict(cfg)), **{f"run.{k}": v for k, v in extra.items()}}
+    experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    run = client.create_run(experiment_id, run_name=f"train-{out.name}", tags={"stage": "train"})
+    params = {**flatten(config), **{f"run.{k}": v for k, v in extra.items()}}
     items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # the store takes at most 100 params per batch
         client.log_batch(run.info.run_id, params=items[i : i + 100])
@@ -62,12 +65,12 @@ def _client(uri: str):
 class MetricLogger:
     """Rank 0 only: per-step metrics to MLflow (asynchronously) and a progress line to the log."""
 
-    def __init__(self, ctx: dict[str, Any]) -> None:
+    def __init__(self, uri: str, run_id: str, total_steps: int) -> None:
         import mlflow
 
-        mlflow.set_tracking_uri(ctx["mlflow_uri"])
-        self.mlflow, self.run_id = mlflow, ctx["mlflow_run_id"]
-        self.every = max(1, ctx["total_steps"] // 20)
+        mlflow.set_tracking_uri(uri)
+        self.mlflow, self.run_id = mlflow, run_id
+        self.every = max(1, total_steps // 20)
 
     def log(self, metrics: dict[str, float], step: int, total: int) -> None:
         self.mlflow.log_metrics(metrics, step=step, run_id=self.run_id, synchronous=False)

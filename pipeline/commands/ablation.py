@@ -4,7 +4,8 @@ Each row switches parts of the model on or off (decoder, prompt learner, LLM, Lo
 paper's figures in configs/ablation/table4.yaml): the row's model is trained with --config (shards
 made once from --data) and evaluated unsupervised and 1-shot on the test split of --data. Writes
 --out/ablation.md and ablation.json, and per row <row>/train and <row>/eval-<setting>. A rerun with
-the same --out continues where a killed one stopped.
+the same --out skips each step whose inputs (config after --set and the row's switches, data, seed,
+evaluation settings) are unchanged, resumes one that was killed, and redoes the others, saying why.
 
 example:
   python -m pipeline sample-data --out runs/data

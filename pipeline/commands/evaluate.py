@@ -74,7 +74,7 @@ def _shots(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError
+    from pipeline.core.config import ConfigError
     from pipeline.pipeline_config import load_pipeline_config
 
     overrides = list(args.overrides)
@@ -104,23 +104,25 @@ def run(args: argparse.Namespace) -> int:
         os.environ["MLFLOW_TRACKING_URI"] = uri
 
     from evaluate.job import run_evaluation
+    from evaluate.report import markdown_table
     from pipeline.core.errors import InputError
-    from pipeline.registry import RegistryError
+    from pipeline.registry import RegistryError, resolve_model
 
     try:
-        result = run_evaluation(
-            model,
-            args.data,
-            args.out,
-            categories=categories,
-            use_llm=False if args.no_llm else None,
-            config=config,
-        )
+        checkpoint = resolve_model(model)
     except RegistryError as exc:
         # Here the registry only resolves --model: a models:/ or runs:/ reference that does not
         # resolve is a bad --model (exit 2, as before), not a busy service.
         raise InputError(str(exc)) from exc
-    from evaluate.report import markdown_table
+    result = run_evaluation(
+        checkpoint,
+        args.data,
+        args.out,
+        categories=categories,
+        use_llm=False if args.no_llm else None,
+        config=config,
+        model_ref=model,
+    )
 
     print(markdown_table(result), end="")
     return 0

@@ -58,7 +58,7 @@ def request(args: argparse.Namespace):
     """The RunRequest for parsed `run`/`retrain` arguments; errors name the missing path."""
     from pathlib import Path
 
-    from pipeline.config import ConfigError
+    from pipeline.core.config import ConfigError
     from pipeline.orchestrate import RunRequest
     from pipeline.pipeline_config import load_pipeline_config
 

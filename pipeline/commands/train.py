@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_pipeline_config(args.config, args.overrides)
     from train.job import run_training
 
-    summary = run_training(config, args.shards, args.out, instruct=args.instruct, workers=args.workers)
+    job = config.train_job()
+    summary = run_training(job, args.shards, args.out, instruct=args.instruct, workers=args.workers)
     print(json.dumps({k: summary[k] for k in ("steps", "samples", "wall_time_s", "mlflow_run_id")}))
     return 0

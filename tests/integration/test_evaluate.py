@@ -48,6 +48,7 @@ def test_one_and_two_workers_give_identical_metrics_and_follow_the_schema(
     out = tmp_path / "w2"
     written = json.loads((out / "metrics.json").read_text())
     assert written["setting"] == "all_shot" and written["shots"] == "all"  # the default: every train normal
+    assert written["model"] == written["checkpoint"] == str(tiny_checkpoint)
     assert sorted(written["references"]) == sorted(written["per_category"])
     decoder = written["decoder_only"]  # the decoder's own map, reported beside the fused one
     assert sorted(decoder["per_category"]) == sorted(written["per_category"])
@@ -89,7 +90,9 @@ def test_few_shot_records_references_and_without_llm_uses_the_threshold_rule(
         categories=["brick", "coin"],
         use_llm=False,
         config=cfg,
+        model_ref="models:/anomalygpt/3",  # what the caller resolved to tiny_checkpoint
     )
+    assert result["model"] == "models:/anomalygpt/3" and result["checkpoint"] == str(tiny_checkpoint)
     assert result["setting"] == "few_shot" and result["shots"] == 2
     assert result["accuracy_rule"] == "max_normal_score_threshold"
     train = sorted(p.name for p in (Path(sample_data_root) / "brick" / "train" / "good").iterdir())

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 from pipeline.ablation import DEFAULT_TABLE, load_table, markdown
 from pipeline.cli import main
+from pipeline.fingerprint import read_stage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,9 +26,10 @@ def test_table_file_has_the_papers_eight_rows_and_full_model_is_best():
         assert (row.paper["unsupervised"][0] is None) == (not row.switches["decoder"])
 
 
-@pytest.mark.slow  # ~2-3 min on 2 cores: synth, 2 Ray Train runs, 4 evaluations, a rerun
+@pytest.mark.slow  # ~1.5 min on 2 cores: synth, 3 Ray Train runs, 6 evaluations, 2 reruns
 @pytest.mark.integration
-def test_ablation_runs_the_tiny_preset_end_to_end(ray_session, sample_data_root, tmp_path, capsys):
+def test_ablation_runs_the_tiny_preset_end_to_end(ray_session, sample_data_root, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="pipeline.ablation")
     out = tmp_path / "ablation"
     args = [
         "ablation",
@@ -65,6 +68,21 @@ def test_ablation_runs_the_tiny_preset_end_to_end(ray_session, sample_data_root,
     assert table == markdown(summary)
     assert "| ✓ |  |  |  | " in table and "(97.1)" in table and "(72.2)" in table
     assert table in capsys.readouterr().out
-    # a rerun finds every row done and rewrites the same table
+    # a rerun finds every step up to date by its recorded key and rewrites the same table
+    steps = ["shards", "instruct"]
+    steps += [f"{r}/{s}" for r in rows for s in ("train", "eval-unsupervised", "eval-1-shot")]
+    keys = {step: read_stage(out / step)["key"] for step in steps}
+    caplog.clear()
     assert main(args) == 0
     assert (out / "ablation.md").read_text() == table
+    said = [r.getMessage() for r in caplog.records if r.name == "pipeline.ablation"]
+    assert sum("skipped, up to date" in line for line in said) == len(steps)
+    # another --set redoes what it changes: the decoder row trains 3 steps, its figures are new
+    caplog.clear()
+    fewer = [*args[: args.index("--rows")], "--rows", "decoder", "--set", "evaluate.write_maps=false"]
+    assert main([*fewer, "--set", "train.max_steps=3"]) == 0
+    assert json.loads((out / "decoder" / "train" / "train_summary.json").read_text())["steps"] == 3
+    for step in ("decoder/train", "decoder/eval-unsupervised", "decoder/eval-1-shot"):
+        assert read_stage(out / step)["key"] != keys[step], step
+    said = [r.getMessage() for r in caplog.records if r.name == "pipeline.ablation"]
+    assert any("row decoder train: redoing (config changed: train.max_steps 2 -> 3)" in s for s in said)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.config import ConfigError
+from pipeline.core.config import ConfigError
 from pipeline.fingerprint import dataset_fingerprint
 from synth import text
 from synth.config import SynthConfig

@@ -15,8 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import yaml
 
-from pipeline.config import apply_overrides, from_dict, to_dict
+from pipeline.core.config import apply_overrides, from_dict, to_dict
 from pipeline.pipeline_config import PipelineConfig, load_pipeline_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,7 +87,7 @@ def test_two_workers_zero2_survive_a_killed_worker(tiny_shards, instruct_set, tm
 
     killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
     killer.start()
-    summary = run_training(cfg, tiny_shards, out, instruct=instruct_set, workers=2)
+    summary = run_training(cfg.train_job(), tiny_shards, out, instruct=instruct_set, workers=2)
     killer.join(timeout=5)
 
     # The run finished despite the kill, resuming from a checkpoint rather than from scratch.
@@ -104,6 +105,8 @@ def test_two_workers_zero2_survive_a_killed_worker(tiny_shards, instruct_set, tm
     assert run.info.status == "FINISHED"
     assert run.data.params["train.deepspeed.zero_optimization.stage"] == "2"
     assert run.data.params["run.workers"] == "2"
+    assert run.data.params["synth.size"] == str(cfg.synth.size)  # the whole run config, as before
+    assert yaml.safe_load((out / "pipeline_config.yaml").read_text()) == to_dict(cfg)
     assert {"model.safetensors", "config.yaml", "train_summary.json", "deepspeed.json"} <= {
         a.path for a in client.list_artifacts(run.info.run_id)
     }
@@ -179,7 +182,7 @@ def test_rerun_after_the_whole_job_died_resumes(tiny_shards, tmp_path):
     assert not (out / "train_summary.json").exists()
 
     # The same command again (here in-process, on the test session's Ray) resumes.
-    summary = run_training(tiny(*overrides), tiny_shards, out, instruct=None, workers=1)
+    summary = run_training(tiny(*overrides).train_job(), tiny_shards, out, instruct=None, workers=1)
     assert summary["steps"] == 24
     assert summary["resumed_from_step"] >= state["step"] >= 6
     assert summary["mlflow_run_id"] == state["mlflow_run_id"]  # the same MLflow run continues

@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from pipeline.config import ConfigError, apply_overrides, flatten, from_dict, load_config, to_dict
+from pipeline.core.config import ConfigError, apply_overrides, flatten, from_dict, load_config, to_dict
 
 
 @dataclass

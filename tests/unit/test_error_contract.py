@@ -93,7 +93,7 @@ def test_debug_adds_the_traceback(tmp_path):
     proc = cli("--debug", *train_args(tmp_path), "--set", "train.nope=1")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("Traceback (most recent call last):")
-    assert "pipeline.config.ConfigError: --set train.nope=1" in proc.stderr
+    assert "pipeline.core.config.ConfigError: --set train.nope=1" in proc.stderr
     assert proc.stderr.rstrip().splitlines()[-1].startswith("error: --set train.nope=1: unknown key")
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import from_dict
+from pipeline.core.config import from_dict
 from train.config import TrainConfig
 from train.model.config import ModelConfig
 from train.model.imagebind import ImageBindVisionEncoder

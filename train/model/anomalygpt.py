@@ -12,7 +12,7 @@ from train.model.batch import Batch, Prediction
 from train.model.config import ModelConfig
 from train.model.conversation import IGNORE, pad_batch, tables, tokenize_turns
 from train.model.decoder import AnomalyDecoder
-from train.model.encoders import ImageEncoder
+from train.model.encoder_base import ImageEncoder
 from train.model.losses import dice_loss, focal_loss
 from train.model.map_reading import agreeing_samples, boundary_gain
 from train.model.memory_bank import ROTATIONS, Calibration, MemoryBank, squash, with_rotations

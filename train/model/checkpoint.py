@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
+from pipeline.core.config import ConfigError, dump_yaml, load_config
 from pipeline.core.errors import InputError
 from train.model.config import ModelConfig
 
@@ -34,10 +37,6 @@ def verify_checkpoint(directory: str | Path) -> None:
 
 def _verify_config(path: Path) -> None:
     """config.yaml exists and is a valid ModelConfig."""
-    import yaml
-
-    from pipeline.config import ConfigError, load_config
-
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} is missing; {_FIX}")
     try:
@@ -91,8 +90,6 @@ def save_checkpoint(model: AnomalyGPT, cfg: ModelConfig, directory: str | Path) 
     """Write ``model.safetensors`` (the trainable tensors) and ``config.yaml`` (the ModelConfig)."""
     from safetensors.torch import save_file
 
-    from pipeline.config import dump_yaml
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
@@ -107,8 +104,7 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[Anomaly
     present and nothing else."""
     from safetensors.torch import load_file
 
-    from pipeline.config import load_config
-    from train.model.build import build_model
+    from train.model.build import build_model  # torch and transformers: only when a model is built
     from train.model.llm import copy_tensors
 
     directory = Path(directory)

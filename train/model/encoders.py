@@ -8,46 +8,14 @@ describes its surroundings, as a ViT token does.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class EncoderOutput:
-    patch_maps: list[torch.Tensor]
-    """One (B, C_l, h_l, w_l) map per chosen layer."""
-    global_embed: torch.Tensor
-    """(B, D) image embedding (the LLM's image token comes from it)."""
-
-
-class ImageEncoder(nn.Module):
-    """Base: frozen, always in eval mode, input RGB in [0, 1]."""
-
-    channels: list[int]
-    embed_dim: int
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    def freeze(self) -> ImageEncoder:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        return self.eval()
-
-    def train(self, mode: bool = True) -> ImageEncoder:
-        return super().train(False)  # BatchNorm statistics and dropout stay as pretrained
-
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return (images - self.mean) / self.std
+from train.model.encoder_base import IMAGENET_MEAN, IMAGENET_STD, EncoderOutput, ImageEncoder
+from train.model.imagebind import ImageBindVisionEncoder
 
 
 def _package_file(package: str, *parts: str) -> Path:
@@ -151,8 +119,6 @@ def build_encoder(name: str, layers: list[int] | None, pretrained: bool, **kwarg
     if name == "mobilenetv2":
         return MobileNetV2Encoder(layers, pretrained)
     if name == "imagebind_huge":
-        from train.model.imagebind import ImageBindVisionEncoder
-
         return ImageBindVisionEncoder.from_checkpoint(
             kwargs.get("checkpoint"), layers, kwargs.get("heads", 16)
         )

@@ -48,3 +48,42 @@ def test_mlflow_uri_without_tracking_store_is_an_error(sample_data_root, tmp_pat
     code = main(["evaluate", "--data", str(sample_data_root), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "models:/anomalygpt@champion" in capsys.readouterr().err
+
+
+def test_a_registered_model_is_resolved_by_the_command_and_named_in_the_metrics(tmp_path, monkeypatch):
+    """evaluate.job takes a local checkpoint folder: the command downloads a models:/ URI and passes
+    what the user typed on, for metrics.json's ``model``."""
+    import evaluate.job
+    import evaluate.report
+    import pipeline.registry
+
+    ckpt, calls = _fake_checkpoint(tmp_path), {}
+
+    def resolve(ref):
+        calls["resolved"] = ref
+        return ckpt
+
+    def evaluate_(checkpoint, data, out, **kwargs):
+        calls.update(checkpoint=checkpoint, model_ref=kwargs["model_ref"])
+        return {}
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(pipeline.registry, "resolve_model", resolve)
+    monkeypatch.setattr(evaluate.job, "run_evaluation", evaluate_)
+    monkeypatch.setattr(evaluate.report, "markdown_table", lambda result: "")
+    uri = "models:/anomalygpt@champion"
+    assert main(["evaluate", "--model", uri, "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    assert calls == {"resolved": uri, "checkpoint": ckpt, "model_ref": uri}
+
+
+def test_a_model_uri_that_does_not_resolve_is_bad_input(tmp_path, monkeypatch, capsys):
+    import pipeline.registry
+
+    def resolve(ref):
+        raise pipeline.registry.RegistryError(f"model {ref}: no such version")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(pipeline.registry, "resolve_model", resolve)
+    args = ["--model", "models:/nope/9", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(["evaluate", *args]) == 2
+    assert "models:/nope/9: no such version" in capsys.readouterr().err

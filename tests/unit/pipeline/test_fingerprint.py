@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 
+from pipeline.core.files import json_sha256
 from pipeline.fingerprint import (
-    HashCache,
     dataset_fingerprint,
-    hash_json,
     read_stage,
     stage_key,
     stage_status,
     write_stage,
 )
+from synth.fingerprint import HashCache
 
 
 def test_normals_fingerprint_tracks_content_not_mtime(sample_data_root, tmp_path):
@@ -48,9 +48,9 @@ def test_normals_fingerprint_tracks_content_not_mtime(sample_data_root, tmp_path
     assert dataset_fingerprint(root, "mvtec", "train", categories=[category]) != changed
 
 
-def test_hash_json_is_order_independent():
-    assert hash_json({"a": 1, "b": [1, 2]}) == hash_json({"b": [1, 2], "a": 1})
-    assert hash_json({"a": 1}) != hash_json({"a": 2})
+def test_json_sha256_is_order_independent():
+    assert json_sha256({"a": 1, "b": [1, 2]}) == json_sha256({"b": [1, 2], "a": 1})
+    assert json_sha256({"a": 1}) != json_sha256({"a": 2})
     assert stage_key(data="x", config={"lr": 1}) != stage_key(data="x", config={"lr": 2})
 
 

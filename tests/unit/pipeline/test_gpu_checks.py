@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import ConfigError, apply_overrides, from_dict, to_dict
+from pipeline.core.config import ConfigError, apply_overrides, from_dict, to_dict
+from pipeline.core.runtime import MissingGPUError, require_gpus
 from pipeline.pipeline_config import PipelineConfig, load_pipeline_config
-from pipeline.runtime import MissingGPUError, require_gpus
 
 
 def test_require_gpus_names_what_asked_and_what_the_cluster_offers(ray_session):
@@ -28,5 +28,5 @@ def test_training_on_gpus_without_gpus_stops_before_any_worker_starts(ray_sessio
     )
     cfg = from_dict(PipelineConfig, data)
     with pytest.raises(MissingGPUError, match=r"--workers 2 \(one GPU per worker\) needs 2 GPU"):
-        run_training(cfg, tiny_shards, tmp_path / "train", workers=2)
+        run_training(cfg.train_job(), tiny_shards, tmp_path / "train", workers=2)
     assert not (tmp_path / "train" / "mlflow.db").exists()  # no MLflow run was opened

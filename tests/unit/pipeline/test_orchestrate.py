@@ -49,8 +49,8 @@ def test_retrain_up_to_date_only_for_same_normals_and_config(cfg, tmp_path):
     import yaml
     from safetensors.torch import save_file
 
+    from pipeline.core.mlflow_store import configure_mlflow
     from pipeline.registry import register_and_promote
-    from pipeline.tracking import configure_mlflow
 
     configure_mlflow(tmp_path / "runs", "up-to-date")
     fps = {"normals": "n1", "model": model_fingerprint(cfg), "eval": "e"}

@@ -26,9 +26,9 @@ def tiny_checkpoint(tmp_path_factory):
 def test_pyfunc_matches_direct_prediction(tiny_checkpoint, sample_data_root, tmp_path, monkeypatch):
     import mlflow
 
+    from pipeline.core.mlflow_store import configure_mlflow
     from pipeline.inference import load_model, predict_one
     from pipeline.registry import RegistryConfig, register_and_promote
-    from pipeline.tracking import configure_mlflow
 
     monkeypatch.setenv("ANOMALYGPT_CACHE", str(tmp_path / "cache"))
     configure_mlflow(tmp_path / "runs", "pyfunc-test")

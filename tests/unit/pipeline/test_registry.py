@@ -81,7 +81,7 @@ def store_root(tmp_path_factory):
 
 @pytest.fixture()
 def reg(store_root, tmp_path, request, monkeypatch) -> Registry:
-    from pipeline.tracking import configure_mlflow
+    from pipeline.core.mlflow_store import configure_mlflow
 
     monkeypatch.setenv("ANOMALYGPT_CACHE", str(tmp_path / "cache"))
     configure_mlflow(store_root / "runs", "registry-test")
@@ -192,7 +192,7 @@ def test_unreachable_server_fails_fast(tmp_path):
 
 
 def test_resolve_cache_keeps_stores_apart(reg):
-    from pipeline.tracking import configure_mlflow
+    from pipeline.core.mlflow_store import configure_mlflow
 
     reg.register(1, 0.7)
     first = resolve_model(reg.uri("@champion"))

@@ -18,10 +18,11 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.core.errors import InputError
+from pipeline.core.files import file_sha256
 from synth.config import SynthConfig
 from synth.datasets import DatasetError
 from synth.job import run_synth
-from synth.shards import file_sha256, verify_shards, write_tar
+from synth.shards import verify_shards, write_tar
 
 SIZE = 32
 CFG = {"size": SIZE, "per_image": 1, "samples_per_shard": 4}  # 2 images per shard
@@ -230,7 +231,7 @@ def test_failed_shard_write_removes_its_temp_file(tmp_path, monkeypatch, error, 
         written.extend(p.name for p in tmp_path.iterdir())
         raise error
 
-    monkeypatch.setattr("synth.shards.os.fsync", failing_fsync)
+    monkeypatch.setattr("pipeline.core.files.os.fsync", failing_fsync)
     with pytest.raises(expected) as caught:
         write_tar(tmp_path / "shard-000000.tar", [("00000000.json", b"{}")])
     assert written and written[0].startswith(".shard-000000.tar.") and written[0].endswith(".tmp")

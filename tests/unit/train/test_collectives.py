@@ -9,6 +9,8 @@ import torch.distributed as dist
 
 from train import collectives, loop
 from train.collectives import CollectiveDeviceError, all_reduce_sum, check_device
+from train.config import TrainJobConfig
+from train.context import WorkerContext
 from train.model.batch import Batch
 
 
@@ -66,7 +68,10 @@ def test_the_step_sums_are_built_and_reduced_on_the_engine_device(monkeypatch):
         raise _Reduced
 
     monkeypatch.setattr(collectives.dist, "all_reduce", spy)
-    ctx = {"precision": "fp32", "accumulation": 2, "fraction": 0.5}
+    ctx = WorkerContext(
+        TrainJobConfig(), {}, None, [], fraction=0.5, total_steps=1, accumulation=2, offload_optimizer=False,
+        precision="fp32", fingerprint="", mlflow_run_id="", mlflow_uri="",
+    )  # fmt: skip
     with pytest.raises(_Reduced):
         loop._train_step(_Engine(), _Source(), 0, ctx, world=2, global_batch=8)
     assert seen == [torch.device("meta")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import ConfigError
+from pipeline.core.config import ConfigError
 from train import ds_config
 from train.config import TrainConfig
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
-from pipeline.config import ConfigError
+from pipeline.core.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def init_ray(num_cpus: int | None = None) -> None:
             num_cpus=num_cpus,
             include_dashboard=False,
             log_to_driver=True,
-            runtime_env={"worker_process_setup_hook": "pipeline.runtime.quiet_ray_worker"},
+            runtime_env={"worker_process_setup_hook": "pipeline.core.runtime.quiet_ray_worker"},
         )
 
 

@@ -3,7 +3,7 @@
 Prints one JSON object. Data: the sample dataset (scikit-image crops) with more train images than
 the demo, written to a temporary folder. Ray is started once and excluded from the timings.
 
-    .venv/bin/python benchmarks/synth.py [--train 48] [--per-image 1] [--repeats 2]
+    .venv/bin/python benchmarks/synth_throughput.py [--train 48] [--per-image 1] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _ms(fn, items, repeats: int = 3) -> float:
@@ -112,7 +109,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from pipeline.runtime import configure_environment, init_ray
+    from pipeline.core.runtime import configure_environment, init_ray
 
     configure_environment()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
