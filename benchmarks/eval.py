@@ -44,7 +44,7 @@ def main() -> None:
 
     from evaluate.config import EvaluateConfig
     from evaluate.job import run_evaluation
-    from synth.sample_data import write_sample_dataset
+    from synth.demo_dataset import write_sample_dataset
     from train.model import build_model, save_checkpoint
 
     cfg = load_pipeline_config(ROOT / "configs" / f"{args.preset}.yaml")

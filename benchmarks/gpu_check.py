@@ -78,7 +78,7 @@ def _devices(torch) -> list[dict[str, Any]]:
 
 def _pipeline_on_gpu(folder: Path, gpus: int) -> dict[str, Any]:
     """``python -m pipeline run`` on the tiny preset with GPU training and GPU evaluation actors."""
-    from synth.sample_data import write_sample_dataset
+    from synth.demo_dataset import write_sample_dataset
 
     data = write_sample_dataset(folder / "data", size=64, n_train=6, n_test_good=4, n_per_defect=1)
     workers = 2 if gpus >= 2 else 1  # the tiny preset's global batch (4 = 2 x 2) splits over 1 or 2
@@ -126,7 +126,7 @@ def _demo_model_timings(shards: Path, repeats: int) -> dict[str, Any]:
     from train.config import AugmentConfig
     from train.data import BatchSource
     from train.model import build_model
-    from train.shards import index_shards
+    from train.shard_reader import index_shards
 
     device = torch.device("cuda", 0)
     precision = ds_config.resolve_precision("auto", torch.cuda.is_bf16_supported())

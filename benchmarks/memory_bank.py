@@ -106,7 +106,7 @@ def load_model(path: Path, preset: str) -> tuple[Any, str]:
 def sample_paths(data: Path | None, category: str | None, tmp: Path) -> tuple[str, list[Path], list[Path]]:
     """The category's train normals and a few test images (the sample data when ``data`` is None)."""
     from synth.datasets import read_dataset
-    from synth.sample_data import write_sample_dataset
+    from synth.demo_dataset import write_sample_dataset
 
     if data is None or not data.is_dir():
         data = write_sample_dataset(tmp / "data", n_test_good=QUERY_IMAGES, n_per_defect=1)

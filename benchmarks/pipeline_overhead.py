@@ -51,8 +51,8 @@ def main() -> None:
     from pipeline.core.mlflow_store import configure_mlflow
     from pipeline.fingerprint import dataset_fingerprint
     from pipeline.registry import RegistryConfig, register_and_promote, resolve_model
+    from synth.demo_dataset import write_sample_dataset
     from synth.fingerprint import HashCache
-    from synth.sample_data import write_sample_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -35,8 +35,8 @@ def step_costs(root: Path, size: int) -> dict[str, float]:
     from synth import nsa
     from synth.config import SynthConfig
     from synth.datasets import load_rgb, read_dataset
-    from synth.samples import SampleMaker, _Augmenter, sources_from_records
-    from synth.shards import write_tar
+    from synth.shard_format import write_tar
+    from synth.shard_samples import SampleMaker, _Augmenter, sources_from_records
 
     cv2.setNumThreads(1)
     cfg = SynthConfig(size=size)
@@ -113,7 +113,7 @@ def main() -> None:
 
     configure_environment()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from synth.sample_data import write_sample_dataset
+    from synth.demo_dataset import write_sample_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         root = write_sample_dataset(

@@ -91,8 +91,8 @@ def _config(args):
 
 
 def _shards(cfg, tmp: Path) -> Path:
+    from synth.demo_dataset import write_sample_dataset
     from synth.job import run_synth
-    from synth.sample_data import write_sample_dataset
 
     data = write_sample_dataset(
         tmp / "data", seed=0, size=cfg.synth.size, n_train=6, n_test_good=1, n_per_defect=1
@@ -108,7 +108,7 @@ def plain_loop(cfg, shards: Path, skip: int) -> float:
     from train.data import BatchSource
     from train.model import build_model
     from train.schedule import WarmupDecay
-    from train.shards import index_shards
+    from train.shard_reader import index_shards
 
     t, o = cfg.train, cfg.train.optimizer
     torch.set_num_threads(max(1, int(t.cpus_per_worker)))  # what a Ray Train worker gets

@@ -42,7 +42,9 @@ class EvalItem:
 
 
 @dataclass
-class CategoryPlan:
+class CategoryTestSet:
+    """One category's test images and the normal train images of its memory bank: what the actors score."""
+
     category: str
     items: list[EvalItem]
     references: list[str] = field(default_factory=list)
@@ -54,12 +56,14 @@ class CategoryPlan:
     """Anomalous images left out of the pixel metrics (allow_missing_masks)."""
     seen_in_training: bool | None = None
     n_unreadable: int = 0
-    """Test files of this category the reader could not open (listed in EvaluationPlan.unreadable)."""
+    """Test files of this category the reader could not open (listed in EvaluationSet.unreadable)."""
 
 
 @dataclass
-class EvaluationPlan:
-    categories: list[CategoryPlan]
+class EvaluationSet:
+    """Every category to evaluate, read and checked on the driver, and the files that could not be read."""
+
+    categories: list[CategoryTestSet]
     unreadable: list[dict[str, str]]
     """Files the readers could not open: {"path", "split", "reason"}; never silently dropped."""
 
@@ -74,7 +78,9 @@ def trained_categories(checkpoint: Path) -> list[str] | None:
     return sorted(names) if isinstance(names, list) else None
 
 
-def plan_evaluation(root: str | Path, cfg: EvaluateConfig, known: list[str] | None = None) -> EvaluationPlan:
+def read_evaluation_set(
+    root: str | Path, cfg: EvaluateConfig, known: list[str] | None = None
+) -> EvaluationSet:
     """Read the test split (and train split for references) and check it against ``cfg``."""
     skipped: list[Skipped] = []
     records = read_dataset(root, cfg.format, split="test", categories=cfg.categories, skipped=skipped)
@@ -85,33 +91,33 @@ def plan_evaluation(root: str | Path, cfg: EvaluateConfig, known: list[str] | No
             f"the model was trained on {known} and {root} has {categories}: no category in common "
             "(evaluate k-shot with --shots K for categories the model has not seen)"
         )
-    plans = []
+    test_sets = []
     for category in categories:
-        plans.append(_plan_category(category, [r for r in records if r.category == category], cfg))
-        plans[-1].seen_in_training = None if known is None else category in known
-        plans[-1].n_unreadable = sum(u["path"].startswith(f"{category}/") for u in unreadable)
+        test_sets.append(_category_test_set(category, [r for r in records if r.category == category], cfg))
+        test_sets[-1].seen_in_training = None if known is None else category in known
+        test_sets[-1].n_unreadable = sum(u["path"].startswith(f"{category}/") for u in unreadable)
     if cfg.uses_bank:
         skipped = []
         train = _train_normals(root, cfg, categories, skipped)
         unreadable += [{"path": s.path, "split": "train", "reason": s.reason} for s in skipped]
-        for plan in plans:
-            normals = [r for r in train if r.category == plan.category and r.label == 0]
+        for test_set in test_sets:
+            normals = [r for r in train if r.category == test_set.category and r.label == 0]
             if cfg.shots == "all":
                 if not normals:
-                    log.info("evaluate: %s has no normal train images; decoder map only", plan.category)
-                plan.references = [r.relpath for r in normals]
-                plan.reference_paths = [str(r.path) for r in normals]
+                    log.info("evaluate: %s has no normal train images; decoder map only", test_set.category)
+                test_set.references = [r.relpath for r in normals]
+                test_set.reference_paths = [str(r.path) for r in normals]
                 continue
             chosen = normals[cfg.reference_start : cfg.reference_start + cfg.shots]
             if len(chosen) < cfg.shots:
                 raise EvaluationDataError(
-                    f"{root}: category {plan.category!r} has {len(normals)} readable normal train images; "
-                    f"{cfg.shots}-shot from position {cfg.reference_start} needs "
+                    f"{root}: category {test_set.category!r} has {len(normals)} readable normal "
+                    f"train images; {cfg.shots}-shot from position {cfg.reference_start} needs "
                     f"{cfg.reference_start + cfg.shots}"
                 )
-            plan.references = [r.relpath for r in chosen]
-            plan.reference_paths = [str(r.path) for r in chosen]
-    return EvaluationPlan(plans, unreadable)
+            test_set.references = [r.relpath for r in chosen]
+            test_set.reference_paths = [str(r.path) for r in chosen]
+    return EvaluationSet(test_sets, unreadable)
 
 
 def _train_normals(root, cfg: EvaluateConfig, categories: list[str], skipped: list) -> list:
@@ -124,7 +130,7 @@ def _train_normals(root, cfg: EvaluateConfig, categories: list[str], skipped: li
         raise
 
 
-def _plan_category(category: str, records: list, cfg: EvaluateConfig) -> CategoryPlan:
+def _category_test_set(category: str, records: list, cfg: EvaluateConfig) -> CategoryTestSet:
     anomalous = [r for r in records if r.label == 1]
     without = [r for r in anomalous if r.mask_path is None]
     pixel_metrics = not anomalous or len(without) < len(anomalous)
@@ -142,7 +148,7 @@ def _plan_category(category: str, records: list, cfg: EvaluateConfig) -> Categor
         mask = str(r.mask_path) if r.mask_path and pixel_metrics and r.relpath not in missing else None
         pixel = pixel_metrics and (r.label == 0 or mask is not None)
         items.append(EvalItem(r.relpath, str(r.path), category, int(r.label), r.defect, mask, pixel))
-    return CategoryPlan(category, items, pixel_metrics=pixel_metrics, missing_masks=sorted(missing))
+    return CategoryTestSet(category, items, pixel_metrics=pixel_metrics, missing_masks=sorted(missing))
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:

@@ -1,6 +1,6 @@
-"""The evaluate job: plan on the driver, score on Ray actors, merge, report.
+"""The evaluate job: read the data on the driver, score on Ray actors, merge, report.
 
-Recipe: ``plan`` (read and check the data; nothing starts before it passes), ``start actors``
+Recipe: ``read`` (read and check the data; nothing starts before it passes), ``start actors``
 (each loads the model once), then per category ``bank`` (k-shot: built once by one actor, put in
 the object store, shared by all), ``score`` (fixed batches spread over the actors; rows come back,
 pixel histograms stay in the actors), ``merge`` (histograms gathered and added), and ``report``.
@@ -22,10 +22,10 @@ from typing import Any
 from evaluate import report
 from evaluate.config import EvaluateConfig
 from evaluate.data import (
-    CategoryPlan,
+    CategoryTestSet,
     EvalItem,
     EvaluationDataError,
-    plan_evaluation,
+    read_evaluation_set,
     trained_categories,
 )
 from evaluate.worker import EvalWorker
@@ -66,13 +66,13 @@ def run_evaluation(
     started = time.perf_counter()
     out = Path(out)
     checkpoint = Path(checkpoint)
-    plan = plan_evaluation(data_root, cfg, trained_categories(checkpoint))
+    eval_set = read_evaluation_set(data_root, cfg, trained_categories(checkpoint))
     verify_checkpoint(checkpoint)  # here, naming the file: in the actors it is a bare ActorDiedError
-    n_images = sum(len(c.items) for c in plan.categories)
+    n_images = sum(len(c.items) for c in eval_set.categories)
     log.info(
         "evaluate: %d test images in %d categories, %s, %d worker(s)",
         n_images,
-        len(plan.categories),
+        len(eval_set.categories),
         cfg.setting.replace("_", "-") if cfg.shots in (0, "all") else f"{cfg.shots}-shot",
         cfg.workers,
     )
@@ -92,7 +92,7 @@ def run_evaluation(
     per_category: dict[str, dict[str, Any]] = {}
     decoder_only: dict[str, dict[str, Any]] = {}
     try:
-        for category in plan.categories:
+        for category in eval_set.categories:
             cat_rows, state, decoder_state = _score_category(category, actors, cfg, generate, out)
             rows += cat_rows
             if decoder_state is not None or any(r.get("decoder_score") is not None for r in cat_rows):
@@ -112,7 +112,7 @@ def run_evaluation(
         scoring_s = time.perf_counter() - scoring_started
     finally:
         _stop(actors)
-    unreadable = plan.unreadable + [
+    unreadable = eval_set.unreadable + [
         {"path": r["image"], "split": "test", "reason": r["error"]} for r in rows if r["error"]
     ]
     result = {
@@ -131,8 +131,8 @@ def run_evaluation(
             if decoder_only
             else None
         ),
-        "references": {c.category: c.references for c in plan.categories if c.references},
-        "without_mask": {c.category: c.missing_masks for c in plan.categories if c.missing_masks},
+        "references": {c.category: c.references for c in eval_set.categories if c.references},
+        "without_mask": {c.category: c.missing_masks for c in eval_set.categories if c.missing_masks},
         "unreadable": unreadable,
         "workers": cfg.workers,
         "devices": sorted({a[1]["device"] for a in actors}),
@@ -199,7 +199,7 @@ def _batches(items: list[EvalItem], size: int) -> list[list[EvalItem]]:
 
 
 def _score_category(
-    category: CategoryPlan, actors: list[tuple[Any, dict]], cfg: EvaluateConfig, generate: bool, out: Path
+    category: CategoryTestSet, actors: list[tuple[Any, dict]], cfg: EvaluateConfig, generate: bool, out: Path
 ) -> tuple[list[dict[str, Any]], Any, Any]:
     """Rows of every test image of the category and its merged pixel histograms (or None): the
     reported map's and, with a memory bank, the decoder map's."""

@@ -25,8 +25,7 @@ from pipeline.core.runtime import init_ray
 from synth.config import SynthConfig
 from synth.datasets import DatasetError, Skipped, read_dataset
 from synth.fingerprint import records_fingerprint
-from synth.samples import SampleMaker, Source, sources_from_records
-from synth.shards import (
+from synth.shard_format import (
     MANIFEST,
     MANIFEST_FORMAT,
     PAIRING_UNIT,
@@ -36,10 +35,12 @@ from synth.shards import (
     unchecked_fields,
     write_tar,
 )
+from synth.shard_samples import SampleMaker, Source, sources_from_records
 
 log = logging.getLogger(__name__)
 
-PARTS = "_parts"
+PARTS_DIR = "_parts"
+"""The folder of a run in progress: its plan id and each finished shard's record."""
 
 
 def run_synth(
@@ -86,7 +87,7 @@ def run_synth(
     _require_every_category(sources, stats, skipped, data_root)
     manifest = _manifest(cfg, settings, seed, data_root, fingerprint, plan_id, stats, skipped)
     write_json_atomic(out / MANIFEST, manifest)
-    shutil.rmtree(out / PARTS, ignore_errors=True)
+    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
     written = sum(stats[i]["samples"] for i in pending)
     rate = written / elapsed if elapsed > 0 else 0.0
     print(
@@ -111,7 +112,7 @@ class _Job:
 
     def run(self, pending: list[int]) -> float:
         """Write the ``pending`` shards (and their ``_parts`` stats); returns seconds spent."""
-        (self.out / PARTS).mkdir(exist_ok=True)
+        (self.out / PARTS_DIR).mkdir(exist_ok=True)
         return _run_tasks(
             pending, self.shards, self.sources, self.cfg, self.seed, str(self.out), self.progress
         )
@@ -135,7 +136,7 @@ def _finished_manifest(out: Path, plan_id: str) -> dict[str, Any] | None:
 
 def _start_plan(out: Path, plan_id: str) -> None:
     """Claim ``_parts/`` for this plan (refusing another plan's partial run); drop a killed run's temps."""
-    parts = out / PARTS
+    parts = out / PARTS_DIR
     parts.mkdir(exist_ok=True)
     plan_file = parts / "plan.json"
     if plan_file.exists() and json.loads(plan_file.read_text()).get("plan_id") != plan_id:
@@ -154,7 +155,7 @@ def _recheck(job: _Job, existing: dict[str, Any], verify: bool) -> dict[str, Any
     _remove_temps(job.out)
     elapsed = job.run(sorted(damaged))
     manifest = _patched_manifest(job.out, existing, sorted(damaged))
-    shutil.rmtree(job.out / PARTS, ignore_errors=True)
+    shutil.rmtree(job.out / PARTS_DIR, ignore_errors=True)
     names = ", ".join(shard_name(i) for i in sorted(damaged))
     print(f"synth: rewrote {len(damaged)} damaged of {len(existing['shards'])} shards in {job.out}: {names}")
     written = sum(existing["shards"][i]["samples"] for i in damaged)
@@ -275,7 +276,7 @@ def write_shard(
         "counts": counts,
         "skipped": maker.stats.skipped,
     }
-    atomic_write(Path(out) / PARTS / f"{name}.json", json.dumps(stats, sort_keys=True).encode())
+    atomic_write(Path(out) / PARTS_DIR / f"{name}.json", json.dumps(stats, sort_keys=True).encode())
     return stats
 
 
@@ -317,7 +318,7 @@ def _run_tasks(
 def _done(out: Path, shard: int, verify: bool) -> bool:
     """A shard of a partial run is done when its stats exist and its tar matches them (else rewritten)."""
     name = shard_name(shard)
-    stats_file = out / PARTS / f"{name}.json"
+    stats_file = out / PARTS_DIR / f"{name}.json"
     if not (out / name).is_file() or not stats_file.is_file():
         return False
     problem = shard_problem(out / name, json.loads(stats_file.read_text()), verify)
@@ -327,12 +328,12 @@ def _done(out: Path, shard: int, verify: bool) -> bool:
 
 
 def _read_stats(out: Path, shard: int) -> dict[str, Any]:
-    return json.loads((out / PARTS / f"{shard_name(shard)}.json").read_text())
+    return json.loads((out / PARTS_DIR / f"{shard_name(shard)}.json").read_text())
 
 
 def _remove_temps(out: Path) -> None:
     """Temporary files a killed run left behind."""
-    for stale in [*out.glob(".shard-*.tmp"), *(out / PARTS).glob(".*.tmp")]:
+    for stale in [*out.glob(".shard-*.tmp"), *(out / PARTS_DIR).glob(".*.tmp")]:
         stale.unlink(missing_ok=True)
 
 
@@ -386,4 +387,4 @@ def _clear(out: Path) -> None:
     """--force: remove what a previous synth run wrote (and only that)."""
     for path in [*out.glob("shard-*.tar"), *out.glob(".shard-*.tmp"), out / MANIFEST]:
         path.unlink(missing_ok=True)
-    shutil.rmtree(out / PARTS, ignore_errors=True)
+    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)

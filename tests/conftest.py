@@ -37,7 +37,7 @@ def sample_data_root(tmp_path_factory):
     Per category: 6 train/good, 3 test/good and 4 defective test images (scratch, hole, stain,
     foreign) with ground_truth masks. Read-only for tests: copy it before changing anything.
     """
-    from synth.sample_data import write_sample_dataset
+    from synth.demo_dataset import write_sample_dataset
 
     root = tmp_path_factory.mktemp("sample_data")
     return write_sample_dataset(root, seed=0, size=64, n_train=6, n_test_good=3, n_per_defect=1)

@@ -7,12 +7,12 @@ from typing import Any
 
 from train.config import TrainJobConfig
 from train.instruct import InstructionSample
-from train.shards import ShardIndex
+from train.shard_reader import ShardIndex
 
 
 @dataclass(repr=False)  # repr=False: the index and instruction list would print megabytes
 class WorkerContext:
-    """The checked plan of a training run, as each worker needs it."""
+    """The prepared (checked) training run, as each worker needs it."""
 
     config: TrainJobConfig
     deepspeed: dict[str, Any]
@@ -27,7 +27,7 @@ class WorkerContext:
     offload_optimizer: bool
     """ZeRO offloads the optimizer to CPU: DeepSpeed's CPU Adam instead of torch's AdamW."""
     precision: str
-    """Planned precision (``auto`` until the workers agree on bf16 or fp16)."""
+    """``ds_config.driver_precision``: ``auto`` until the workers agree on bf16 or fp16."""
     fingerprint: str
     """What a checkpoint must match to be resumed (written into each checkpoint's state)."""
     mlflow_run_id: str

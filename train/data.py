@@ -20,7 +20,7 @@ import numpy as np
 from train.config import AugmentConfig
 from train.instruct import InstructionSample
 from train.model.batch import Batch
-from train.shards import DataError, ShardIndex, decode_png
+from train.shard_reader import DataError, ShardIndex, decode_png
 
 if TYPE_CHECKING:
     import torch

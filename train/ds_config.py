@@ -56,7 +56,7 @@ def validate_section(section: dict[str, Any]) -> None:
             raise ConfigError(f"{where} must be a {kind}, got {value!r}")
 
 
-def planned_precision(train: TrainConfig) -> str:
+def driver_precision(train: TrainConfig) -> str:
     """``train.precision`` as far as the driver can decide it: ``auto`` stays ``auto`` on GPUs,
     where the workers choose (the driver of a cluster may have no GPU to ask)."""
     if train.precision != "auto":
@@ -64,10 +64,10 @@ def planned_precision(train: TrainConfig) -> str:
     return "auto" if train.use_gpu else "fp32"
 
 
-def resolve_precision(planned: str, bf16_everywhere: bool) -> str:
+def resolve_precision(driver_choice: str, bf16_everywhere: bool) -> str:
     """The precision a GPU worker trains in: ``auto`` is bf16 if every worker's GPU has it, else fp16."""
-    if planned != "auto":
-        return planned
+    if driver_choice != "auto":
+        return driver_choice
     return "bf16" if bf16_everywhere else "fp16"
 
 
@@ -89,9 +89,9 @@ def build(train: TrainConfig, workers: int) -> dict[str, Any]:
     With ``train.precision`` auto on GPUs the precision sections stay off: the workers set them."""
     validate_section(train.deepspeed)
     config = _merge(copy.deepcopy(schema()["defaults"]), train.deepspeed)
-    planned = planned_precision(train)
-    if planned != "auto":
-        config = with_precision(config, planned)
+    driver_choice = driver_precision(train)
+    if driver_choice != "auto":
+        config = with_precision(config, driver_choice)
     try:
         accumulation = train.accumulation_steps(workers)
     except ValueError as exc:

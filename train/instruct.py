@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from synth.datasets import load_rgb, read_dataset
-from train.shards import DataError
+from train.shard_reader import DataError
 
 log = logging.getLogger(__name__)
 

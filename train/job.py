@@ -27,7 +27,7 @@ from train.instruct import InstructionSample, read_instruction_set, resolve
 from train.loop import STATE, train_loop
 from train.model.checkpoint import CONFIG, WEIGHTS
 from train.schedule import total_steps
-from train.shards import ShardIndex, index_shards, shard_hashes
+from train.shard_reader import ShardIndex, index_shards, shard_hashes
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ RESUMABLE_KEYS = ("max_failures", "log_every", "keep_checkpoints", "checkpoint_e
 
 
 @dataclass
-class Plan:
-    """Everything the workers need, checked; built by :func:`prepare`."""
+class PreparedRun:
+    """One training run as :func:`prepare` checked it: inputs, settings and the checkpoint to resume."""
 
     cfg: TrainJobConfig
     out: Path
@@ -66,32 +66,36 @@ def run_training(
 ) -> dict[str, Any]:
     """Train ``config`` on the shards with ``workers`` Ray Train workers; returns the summary."""
     started = time.perf_counter()
-    plan = prepare(config, shards, out, instruct, workers)
-    if plan.cfg.train.use_gpu:  # before the MLflow run: Ray Train would wait for GPUs, then retry
+    prepared = prepare(config, shards, out, instruct, workers)
+    if prepared.cfg.train.use_gpu:  # before the MLflow run: Ray Train would wait for GPUs, then retry
         init_ray()
         require_gpus(workers, f"train.use_gpu with --workers {workers} (one GPU per worker)")
     run_id, uri = tracking.open_run(
-        plan.out,
-        plan.cfg.name,
-        run_record(plan.cfg),
-        (plan.previous or {}).get("mlflow_run_id"),
+        prepared.out,
+        prepared.cfg.name,
+        run_record(prepared.cfg),
+        (prepared.previous or {}).get("mlflow_run_id"),
         {
-            "workers": plan.workers,
-            "total_steps": plan.total_steps,
-            "accumulation_steps": plan.deepspeed["gradient_accumulation_steps"],
-            "instruction_fraction": plan.fraction,
-            "anomaly_samples": len(plan.index),
-            "categories": ",".join(plan.index.categories()),
-            "instruction_samples": len(plan.instructions),
+            "workers": prepared.workers,
+            "total_steps": prepared.total_steps,
+            "accumulation_steps": prepared.deepspeed["gradient_accumulation_steps"],
+            "instruction_fraction": prepared.fraction,
+            "anomaly_samples": len(prepared.index),
+            "categories": ",".join(prepared.index.categories()),
+            "instruction_samples": len(prepared.instructions),
         },
     )
     try:
-        if plan.previous and plan.previous["step"] >= plan.total_steps:
-            log.info("train: %s already finished (%d steps); writing its outputs", plan.out, plan.total_steps)
-            checkpoint_dir = plan.previous_dir
+        if prepared.previous and prepared.previous["step"] >= prepared.total_steps:
+            log.info(
+                "train: %s already finished (%d steps); writing its outputs",
+                prepared.out,
+                prepared.total_steps,
+            )
+            checkpoint_dir = prepared.previous_dir
         else:
-            checkpoint_dir = fit(plan, run_id, uri)
-        summary = finish(plan, checkpoint_dir, run_id, uri, time.perf_counter() - started)
+            checkpoint_dir = fit(prepared, run_id, uri)
+        summary = finish(prepared, checkpoint_dir, run_id, uri, time.perf_counter() - started)
     except BaseException:
         tracking.fail_run(uri, run_id)
         raise
@@ -108,7 +112,7 @@ def run_record(cfg: TrainJobConfig) -> dict[str, Any]:
 
 def prepare(
     cfg: TrainJobConfig, shards: str | Path, out: str | Path, instruct: str | Path | None, workers: int
-) -> Plan:
+) -> PreparedRun:
     """Every check that can fail on bad input, before a worker starts."""
     configure_environment()
     if workers < 1:
@@ -163,31 +167,31 @@ def prepare(
         + (f"; resuming at step {previous['step']}" if previous else ""),
         flush=True,
     )
-    return Plan(
+    return PreparedRun(
         cfg, out, workers, index, instructions, fraction, deepspeed, total, storage, name, fingerprint,
         previous, previous_dir,
     )  # fmt: skip
 
 
-def fit(plan: Plan, run_id: str, uri: str) -> Path:
+def fit(prepared: PreparedRun, run_id: str, uri: str) -> Path:
     """Run the workers; returns the final checkpoint folder."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     init_ray()
-    t = plan.cfg.train
+    t = prepared.cfg.train
     resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
     ctx = WorkerContext(
-        config=plan.cfg,
-        deepspeed=plan.deepspeed,
-        index=plan.index,
-        instructions=plan.instructions,
-        fraction=plan.fraction,
-        total_steps=plan.total_steps,
-        accumulation=plan.deepspeed["gradient_accumulation_steps"],
-        offload_optimizer=ds_config.offloads_optimizer(plan.deepspeed),
-        precision=ds_config.planned_precision(t),
-        fingerprint=plan.fingerprint,
+        config=prepared.cfg,
+        deepspeed=prepared.deepspeed,
+        index=prepared.index,
+        instructions=prepared.instructions,
+        fraction=prepared.fraction,
+        total_steps=prepared.total_steps,
+        accumulation=prepared.deepspeed["gradient_accumulation_steps"],
+        offload_optimizer=ds_config.offloads_optimizer(prepared.deepspeed),
+        precision=ds_config.driver_precision(t),
+        fingerprint=prepared.fingerprint,
         mlflow_run_id=run_id,
         mlflow_uri=uri,
     )
@@ -195,57 +199,57 @@ def fit(plan: Plan, run_id: str, uri: str) -> Path:
         train_loop,
         train_loop_config={"context": ctx},  # Ray Train passes a dict to the loop
         scaling_config=ray.train.ScalingConfig(
-            num_workers=plan.workers, use_gpu=t.use_gpu, resources_per_worker=resources
+            num_workers=prepared.workers, use_gpu=t.use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
-            name=plan.name,
-            storage_path=plan.storage,
+            name=prepared.name,
+            storage_path=prepared.storage,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
         ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint in {plan.storage}/{plan.name}")
+        raise RuntimeError(f"training finished without a checkpoint in {prepared.storage}/{prepared.name}")
     return Path(result.checkpoint.path)
 
 
 def _precision_text(train: TrainConfig) -> str:
-    planned = ds_config.planned_precision(train)
-    return "bf16 or fp16 (auto, chosen on the GPUs)" if planned == "auto" else planned
+    driver_choice = ds_config.driver_precision(train)
+    return "bf16 or fp16 (auto, chosen on the GPUs)" if driver_choice == "auto" else driver_choice
 
 
-def finish(plan: Plan, checkpoint_dir: Path, run_id: str, uri: str, wall: float) -> dict[str, Any]:
+def finish(prepared: PreparedRun, checkpoint_dir: Path, run_id: str, uri: str, wall: float) -> dict[str, Any]:
     """Copy the final weights and config to ``out``, write the summary, close the MLflow run."""
     state = json.loads((checkpoint_dir / STATE).read_text())
     for name in (WEIGHTS, CONFIG):
-        shutil.copy2(checkpoint_dir / name, plan.out / name)
-    dump_yaml(run_record(plan.cfg), plan.out / "pipeline_config.yaml")
-    (plan.out / "deepspeed.json").write_text(json.dumps(plan.deepspeed, indent=1))
+        shutil.copy2(checkpoint_dir / name, prepared.out / name)
+    dump_yaml(run_record(prepared.cfg), prepared.out / "pipeline_config.yaml")
+    (prepared.out / "deepspeed.json").write_text(json.dumps(prepared.deepspeed, indent=1))
     summary = {
         "steps": state["step"],
         "samples": state["samples"],
         "wall_time_s": round(wall, 2),
-        "workers": plan.workers,
-        "global_batch_size": plan.cfg.train.global_batch_size,
-        "accumulation_steps": plan.deepspeed["gradient_accumulation_steps"],
-        "precision": state.get("precision", ds_config.planned_precision(plan.cfg.train)),
-        "zero_stage": plan.deepspeed["zero_optimization"].get("stage", 0),
-        "instruction_fraction": plan.fraction,
-        "anomaly_samples": len(plan.index),
-        "categories": sorted(plan.index.categories()),
-        "instruction_samples": len(plan.instructions),
+        "workers": prepared.workers,
+        "global_batch_size": prepared.cfg.train.global_batch_size,
+        "accumulation_steps": prepared.deepspeed["gradient_accumulation_steps"],
+        "precision": state.get("precision", ds_config.driver_precision(prepared.cfg.train)),
+        "zero_stage": prepared.deepspeed["zero_optimization"].get("stage", 0),
+        "instruction_fraction": prepared.fraction,
+        "anomaly_samples": len(prepared.index),
+        "categories": sorted(prepared.index.categories()),
+        "instruction_samples": len(prepared.instructions),
         "resumed_from_step": state["started_at_step"],
         "final_losses": state["metrics"],
         "mlflow_run_id": run_id,
         "mlflow_tracking_uri": uri,
         "checkpoint": str(checkpoint_dir),
     }
-    (plan.out / SUMMARY).write_text(json.dumps(summary, indent=1))
+    (prepared.out / SUMMARY).write_text(json.dumps(summary, indent=1))
     files = (WEIGHTS, CONFIG, "pipeline_config.yaml", "deepspeed.json", SUMMARY)
-    tracking.close_run(uri, run_id, [plan.out / name for name in files])
+    tracking.close_run(uri, run_id, [prepared.out / name for name in files])
     loss = state["metrics"].get("loss", float("nan"))
-    print(f"train: {summary['steps']} steps, final loss {loss:.4f} -> {plan.out}")
+    print(f"train: {summary['steps']} steps, final loss {loss:.4f} -> {prepared.out}")
     return summary
 
 

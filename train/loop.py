@@ -25,14 +25,15 @@ from train.config import TrainJobConfig
 from train.context import WorkerContext
 from train.data import BatchSource
 from train.model.checkpoint import save_checkpoint
-from train.schedule import WarmupDecay, micro_step_plan
+from train.schedule import WarmupDecay, micro_step_kind
 from train.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
 
 DS_TAG = "ds"
 STATE = "train_state.json"
-PARTS = ("loss", "ce", "focal", "dice")
+LOSS_TERMS = ("loss", "ce", "focal", "dice")
+"""The loss terms the model returns and each step averages (``loss`` is their weighted sum)."""
 
 
 def train_loop(config: dict[str, WorkerContext]) -> None:
@@ -83,18 +84,18 @@ def _train_step(
 
     began = time.perf_counter()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(ctx.precision, torch.float32)
-    # Loss parts per kind, then counts; on the engine's device: NCCL reduces only CUDA tensors.
-    sums = torch.zeros(2 * len(PARTS) + 2, dtype=torch.float64, device=engine.device)
+    # Loss terms per kind, then counts; on the engine's device: NCCL reduces only CUDA tensors.
+    sums = torch.zeros(2 * len(LOSS_TERMS) + 2, dtype=torch.float64, device=engine.device)
     for k in range(ctx.accumulation):
-        instruction, j = micro_step_plan(step * ctx.accumulation + k, ctx.fraction)
+        instruction, j = micro_step_kind(step * ctx.accumulation + k, ctx.fraction)
         batch = _to(source.instruction(j) if instruction else source.anomaly(j), engine.device, dtype)
         losses = engine(batch)
         engine.backward(losses["loss"])
         engine.step()  # DeepSpeed steps the optimizer and the LR schedule at the last micro-step
-        offset = len(PARTS) if instruction else 0
-        for i, name in enumerate(PARTS):
+        offset = len(LOSS_TERMS) if instruction else 0
+        for i, name in enumerate(LOSS_TERMS):
             sums[offset + i] += float(losses[name].detach())
-        sums[2 * len(PARTS) + int(instruction)] += 1
+        sums[2 * len(LOSS_TERMS) + int(instruction)] += 1
     return _step_metrics(sums, world, engine, global_batch, time.perf_counter() - began)
 
 
@@ -135,11 +136,11 @@ def _setup(cfg: TrainJobConfig, ctx: WorkerContext, source: BatchSource):
     return engine, model, precision
 
 
-def _decide_precision(planned: str) -> str:
+def _decide_precision(driver_choice: str) -> str:
     """``auto`` on GPUs: bf16 if every worker's GPU supports it, else fp16 (one MIN all-reduce,
     so that all ranks train in one dtype)."""
-    if planned != "auto":
-        return planned
+    if driver_choice != "auto":
+        return driver_choice
     import ray.train.torch
     import torch
 
@@ -147,7 +148,7 @@ def _decide_precision(planned: str) -> str:
 
     device = ray.train.torch.get_device()
     supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return ds_config.resolve_precision(planned, all_ranks_agree(supported, device))
+    return ds_config.resolve_precision(driver_choice, all_ranks_agree(supported, device))
 
 
 def start_line(device, precision: str, ctx: WorkerContext, world: int, global_batch: int) -> str:
@@ -200,18 +201,18 @@ def _to(batch, device, dtype):
 
 
 def _step_metrics(sums, world: int, engine, global_batch: int, seconds: float) -> dict[str, float]:
-    """Loss parts averaged over micro-steps and ranks (one small all-reduce), lr and throughput."""
+    """Loss terms averaged over micro-steps and ranks (one small all-reduce), lr and throughput."""
     from train.collectives import all_reduce_sum  # imports torch
 
     if world > 1:
         all_reduce_sum(sums, engine.device, "the step's loss sums")
     sums = sums.cpu()
-    n = len(PARTS)
+    n = len(LOSS_TERMS)
     counts = sums[2 * n :]
     metrics: dict[str, float] = {}
     for offset, kind, count in ((0, "anomaly", counts[0]), (n, "instruction", counts[1])):
         if count > 0:
-            for i, name in enumerate(PARTS):
+            for i, name in enumerate(LOSS_TERMS):
                 if kind == "instruction" and name in ("focal", "dice"):
                     continue  # no masks: always 0
                 metrics[f"{kind}/{name}"] = float(sums[offset + i] / count)

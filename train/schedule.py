@@ -1,4 +1,5 @@
-"""Learning-rate schedule and step plan: pure functions of the step number, so resuming is exact."""
+"""Learning-rate schedule and which data each micro-step takes: pure functions of the step number,
+so resuming is exact."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def count_instruction_steps(micro_steps: int, fraction: float) -> int:
     return math.floor(micro_steps * fraction)
 
 
-def micro_step_plan(micro_step: int, fraction: float) -> tuple[bool, int]:
+def micro_step_kind(micro_step: int, fraction: float) -> tuple[bool, int]:
     """(is it an instruction step, its index among the micro-steps of its kind)."""
     if fraction <= 0:
         return False, micro_step

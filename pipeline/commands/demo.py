@@ -67,7 +67,7 @@ def _prepare_inputs(out, seed: int):
     """The sample dataset and instruction set, written once (atomically) into the run folder."""
     import shutil
 
-    from synth.sample_data import write_sample_dataset
+    from synth.demo_dataset import write_sample_dataset
     from train.instruct import write_instruction_set
 
     data, instruct = out / "data", out / "instruct"

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from synth.sample_data import write_sample_dataset
+    from synth.demo_dataset import write_sample_dataset
 
     root = write_sample_dataset(
         args.out,

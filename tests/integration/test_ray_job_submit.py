@@ -1,7 +1,10 @@
-"""The cluster path on one machine, and recovery: `ray start --head` on 127.0.0.1, `ray job submit`
-of `run` (tiny config), the job is stopped during training, submitted again: it resumes (finished
-stages skipped, training from its checkpoint) and registers exactly one model. Then, locally, a
-third `run` skips every stage and `retrain` says it is up to date.
+"""The cluster path on one machine, and recovery: `ray start --head` on 127.0.0.1 with a Ray auth
+token present (so Ray 2.60 turns token authentication on, as on any machine where the demo ran),
+`ray job submit` of `run` (tiny config) in the README's exact form (its auth prefix, options and
+runtime env; only the address and the entrypoint's arguments differ), the job is stopped during
+training, submitted again: it resumes (finished stages skipped, training from its checkpoint) and
+registers exactly one model. Then, locally, a third `run` skips every stage and `retrain` says it
+is up to date.
 
 The head runs in its own process group and temp dir and is stopped by signalling that group:
 `ray stop` would stop every Ray instance on the machine, and a head in the default /tmp/ray leaves
@@ -11,6 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -18,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -45,12 +52,28 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
+def _readme_submit() -> tuple[dict[str, str], list[str], list[str]]:
+    """The README's cluster command ("On a cluster"): (its VAR=value prefix, the `ray ...` argv up to
+    `--`, the entrypoint argv)."""
+    section = (ROOT / "README.md").read_text().split("\n## On a cluster\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)[1]
+    argv = shlex.split(block.replace("\\\n", " "))
+    prefix = {}
+    while "=" in argv[0] and re.match(r"[A-Z_]+=", argv[0]):
+        key, value = argv.pop(0).split("=", 1)
+        prefix[key] = value
+    split = argv.index("--")
+    return prefix, argv[:split], argv[split + 1 :]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float, headers: dict | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "ray start --head exited"
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with urllib.request.urlopen(
+                urllib.request.Request(url, headers=headers or {}), timeout=2
+            ) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -77,13 +100,19 @@ def _pipeline(verb: str, data: Path, out: Path, config: str = "configs/tiny.yaml
 
 @pytest.fixture()
 def head(tmp_path):
-    """A Ray head on 127.0.0.1 started from the venv (the job's `python` is the head's PATH python);
-    yields (dashboard address, environment for the `ray` client)."""
+    """A Ray head on 127.0.0.1 started from the venv (the job's `python` is the head's PATH python),
+    with Ray's defaults for authentication: RAY_AUTH_MODE unset and a token present, so token auth
+    is on. The token is a file of this test (RAY_AUTH_TOKEN_PATH), standing for ~/.ray/auth_token.
+    Yields (dashboard address, the head's environment, which a client on this machine shares)."""
     gcs, dashboard, agent, agent_grpc, metrics, runtime_env_agent, client = _free_ports(7)
-    # Earlier tests in this process may have exported MLflow URIs (mlflow.set_*_uri does): drop them.
-    dropped = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    # Earlier tests in this process may have exported MLflow URIs (mlflow.set_*_uri does) and
+    # RAY_AUTH_MODE (a local ray.init() sets it): drop them.
+    dropped = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
     env = {k: v for k, v in os.environ.items() if k not in dropped}
-    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="disabled")
+    token = secrets.token_hex(32)
+    token_path = tmp_path / "auth_token"
+    token_path.write_text(token)
+    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_TOKEN_PATH=str(token_path))
     temp_dir = tempfile.mkdtemp(prefix="rayjs-", dir="/tmp")  # short: Ray's socket paths live in it
     log = (tmp_path / "head.log").open("w")
     proc = subprocess.Popen(
@@ -97,7 +126,12 @@ def head(tmp_path):
     )  # fmt: skip
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        _wait_http(f"{address}/api/version", proc, timeout=120)
+        _wait_http(f"{address}/api/version", proc, timeout=120, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(f"{address}/api/authentication_mode", timeout=10) as resp:
+            assert json.load(resp) == {"authentication_mode": "token"}
+        with pytest.raises(urllib.error.HTTPError) as refused:  # what a client without the prefix gets
+            urllib.request.urlopen(f"{address}/api/version", timeout=10)
+        assert refused.value.code == 401 and b"Missing authentication token" in refused.value.read()
         yield address, env
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -110,8 +144,9 @@ def head(tmp_path):
 
 
 def _ray(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`ray ARGS` run as the README runs it: from the repository root (its relative paths)."""
     return subprocess.run(
-        [str(VENV_BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout
+        [str(VENV_BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
 
 
@@ -120,20 +155,23 @@ def _ray(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedPro
 def test_submitted_run_stopped_during_training_resumes_once(head, sample_data_root, tmp_path):
     address, env = head
     out = tmp_path / "run"
-    submit = ["job", "submit", "--address", address, "--working-dir", str(ROOT),
-              "--runtime-env-json", json.dumps({"excludes": [".git/", "runs/", "tests/"]})]  # fmt: skip
+    prefix, readme, entrypoint = _readme_submit()
+    assert prefix == {"RAY_AUTH_MODE": "token"}, prefix  # the setting a token-auth head needs
+    assert readme[:3] == ["ray", "job", "submit"] and "http://HEAD:8265" in readme, readme
+    assert "--runtime-env" in readme and entrypoint[:4] == _pipeline("run", sample_data_root, out)[:4]
+    submit = [address if a == "http://HEAD:8265" else a for a in readme[1:]]  # only the address differs
+    client_env = {**env, **prefix}
 
-    first = _ray(
-        env, *submit, "--submission-id", "tiny-1", "--no-wait", "--", *_pipeline("run", sample_data_root, out)
-    )
+    run = _pipeline("run", sample_data_root, out)
+    first = _ray(client_env, *submit, "--submission-id", "tiny-1", "--no-wait", "--", *run)
     assert first.returncode == 0, first.stderr[-2000:]
     deadline = time.monotonic() + 300
     while not list((out / "train" / "ray").glob("*/checkpoint_*/train_state.json")):
-        status = _ray(env, "job", "status", "--address", address, "tiny-1", timeout=60).stdout
+        status = _ray(client_env, "job", "status", "--address", address, "tiny-1", timeout=60).stdout
         assert "FAILED" not in status and "SUCCEEDED" not in status, status
         assert time.monotonic() < deadline, "no training checkpoint within 300 s"
         time.sleep(1)
-    stop = _ray(env, "job", "stop", "--address", address, "tiny-1", timeout=120)
+    stop = _ray(client_env, "job", "stop", "--address", address, "tiny-1", timeout=120)
     assert stop.returncode == 0, stop.stderr[-2000:]
     from mlflow import MlflowClient
 
@@ -141,7 +179,7 @@ def test_submitted_run_stopped_during_training_resumes_once(head, sample_data_ro
     client = MlflowClient(tracking_uri=store, registry_uri=store)
     assert client.search_model_versions("name = 'anomalygpt'") == []  # the stopped run registered nothing
 
-    second = _ray(env, *submit, "--submission-id", "tiny-2", "--", *_pipeline("run", sample_data_root, out))
+    second = _ray(client_env, *submit, "--", *run)  # the README's form, with the test's entrypoint
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
     assert "succeeded" in second.stdout
     assert "synth: skipped" in second.stdout and "train: resuming" in second.stdout
@@ -173,6 +211,7 @@ def test_submitted_run_stopped_during_training_resumes_once(head, sample_data_ro
     assert len(client.search_runs([parent.info.experiment_id], "tags.stage = 'pipeline'")) == 1
 
     local = [sys.executable if a == "python" else a for a in _pipeline("run", sample_data_root, out)]
+    env = {**env, "RAY_AUTH_MODE": "disabled"}  # the local runs start their own Ray, as before
     third = subprocess.run(local, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert third.returncode == 0, third.stderr[-3000:]
     for stage in ("synth", "train", "evaluate", "register"):

@@ -13,7 +13,7 @@ import pytest
 
 from synth.config import SynthConfig
 from synth.job import run_synth
-from synth.shards import verify_shards
+from synth.shard_format import verify_shards
 
 pytestmark = pytest.mark.integration
 

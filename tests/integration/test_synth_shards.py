@@ -18,7 +18,7 @@ from pipeline.fingerprint import dataset_fingerprint
 from synth import text
 from synth.config import SynthConfig
 from synth.job import plan_shards, run_synth
-from synth.shards import MANIFEST_FORMAT, ShardError, load_manifest, verify_shards
+from synth.shard_format import MANIFEST_FORMAT, ShardError, load_manifest, verify_shards
 
 pytestmark = pytest.mark.integration
 

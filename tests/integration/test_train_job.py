@@ -72,7 +72,7 @@ def test_two_workers_zero2_survive_a_killed_worker(tiny_shards, instruct_set, tm
     from train.data import BatchSource
     from train.job import run_training
     from train.model import build_model, load_checkpoint
-    from train.shards import index_shards
+    from train.shard_reader import index_shards
 
     cfg = tiny("train.max_steps=60", "train.checkpoint_every=10", "train.max_failures=2")
     out = tmp_path / "out"

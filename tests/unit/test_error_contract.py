@@ -153,7 +153,7 @@ def test_os_write_errors_exit_4(tmp_path, monkeypatch, capsys, error, message):
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr("synth.sample_data.write_sample_dataset", fail)
+    monkeypatch.setattr("synth.demo_dataset.write_sample_dataset", fail)
     assert main(["sample-data", "--out", str(tmp_path / "x")]) == 4
     assert capsys.readouterr().err == f"error: {message}\n"
 
@@ -162,7 +162,7 @@ def test_other_os_errors_are_bugs(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr("synth.sample_data.write_sample_dataset", fail)
+    monkeypatch.setattr("synth.demo_dataset.write_sample_dataset", fail)
     with pytest.raises(OSError, match="Input/output error"):
         main(["sample-data", "--out", str(tmp_path / "x")])
 
@@ -179,8 +179,8 @@ def _raise_from_run_pipeline(monkeypatch, error: Exception) -> None:
     ("error_class", "code"),
     [
         ("synth.datasets.DatasetError", 2),
-        ("synth.shards.ShardError", 2),
-        ("train.shards.DataError", 2),
+        ("synth.shard_format.ShardError", 2),
+        ("train.shard_reader.DataError", 2),
         ("pipeline.lock.LockBusy", 3),
         ("pipeline.registry.RegistryError", 3),
     ],

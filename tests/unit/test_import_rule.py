@@ -22,7 +22,7 @@ TOP = "pipeline"
 ALLOWED = {
     # (importing module or package, imported module or package): why a stage may import a sibling.
     ("train.instruct", "synth.datasets"): "instruction data is written from the same image folders",
-    ("train.shards", "synth.shards"): "the shard format: train reads what synth writes",
+    ("train.shard_reader", "synth.shard_format"): "the shard format: train reads what synth writes",
     ("evaluate", "synth.datasets"): "the test set is read with the dataset readers synth trains from",
     ("evaluate", "synth.text"): "questions and region words exactly as the model was trained on them",
     ("evaluate", "train.model"): "evaluation loads the trained model and parses its answers",
@@ -139,7 +139,7 @@ CLEAN = {
     "pipeline/orchestrate.py": "import synth.job\nfrom train import job\nfrom evaluate.job import run\n",
     "synth/datasets.py": "from pipeline.core.errors import InputError\n",
     "synth/job.py": "from . import datasets\nfrom .datasets import read\n",
-    "train/shards.py": "from synth.shards import load_manifest\n",
+    "train/shard_reader.py": "from synth.shard_format import load_manifest\n",
     "train/job.py": "def f():\n    from pipeline.core import files\n",
     "evaluate/job.py": "from train.model.checkpoint import load\nfrom synth import datasets\n",
 }
@@ -159,7 +159,7 @@ def test_a_clean_tree_passes(tmp_path):
         ("synth/job.py", "def f():\n    from pipeline.registry import run\n", "imports from pipeline only"),
         ("train/job.py", "from pipeline import pipeline_config\n", "imports from pipeline only"),
         # a sibling stage outside the allowlist: the importer matters, not only the imported module
-        ("train/job.py", "import synth.shards\n", "not a data contract"),
+        ("train/job.py", "import synth.shard_format\n", "not a data contract"),
         ("synth/job.py", "from train import job\n", "not a data contract"),
     ],
 )

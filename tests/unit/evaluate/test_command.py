@@ -11,7 +11,7 @@ def _fake_checkpoint(tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     for name in ("model.safetensors", "config.yaml"):
-        (ckpt / name).write_text("")  # the plan is checked before the model is ever loaded
+        (ckpt / name).write_text("")  # the data is checked before the model is ever loaded
     return ckpt
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from evaluate.config import EvaluateConfig
-from evaluate.data import EvaluationDataError, load_ground_truth, plan_evaluation, trained_categories
+from evaluate.data import EvaluationDataError, load_ground_truth, read_evaluation_set, trained_categories
 from evaluate.pixel_state import PixelMetricState
 from evaluate.report import category_metrics, mean_metrics
 
@@ -25,9 +25,9 @@ def data(sample_data_root, tmp_path) -> Path:
 def test_anomalous_image_without_mask_is_an_error_naming_it_unless_allowed(data):
     (data / "brick" / "ground_truth" / "hole" / "000_mask.png").unlink()
     with pytest.raises(EvaluationDataError, match=r"brick/test/hole/000\.png.*--allow-missing-masks"):
-        plan_evaluation(data, EvaluateConfig())
-    plan = plan_evaluation(data, EvaluateConfig(allow_missing_masks=True))
-    brick = next(c for c in plan.categories if c.category == "brick")
+        read_evaluation_set(data, EvaluateConfig())
+    eval_set = read_evaluation_set(data, EvaluateConfig(allow_missing_masks=True))
+    brick = next(c for c in eval_set.categories if c.category == "brick")
     assert brick.missing_masks == ["brick/test/hole/000.png"]
     hole = next(i for i in brick.items if i.relpath == "brick/test/hole/000.png")
     assert hole.mask_path is None and not hole.in_pixel_metrics and hole.label == 1
@@ -36,17 +36,17 @@ def test_anomalous_image_without_mask_is_an_error_naming_it_unless_allowed(data)
 
 def test_category_without_any_mask_gets_image_metrics_only(data):
     shutil.rmtree(data / "coin" / "ground_truth")
-    coin = next(c for c in plan_evaluation(data, EvaluateConfig()).categories if c.category == "coin")
+    coin = next(c for c in read_evaluation_set(data, EvaluateConfig()).categories if c.category == "coin")
     assert not coin.pixel_metrics and not coin.missing_masks
     assert not any(i.in_pixel_metrics for i in coin.items)
 
 
 def test_unreadable_image_is_listed_not_dropped_silently(data):
     (data / "grass" / "test" / "good" / "999.png").write_bytes(b"not a png")
-    plan = plan_evaluation(data, EvaluateConfig())
-    assert [u["path"] for u in plan.unreadable] == ["grass/test/good/999.png"]
-    assert "unreadable" in plan.unreadable[0]["reason"] and plan.unreadable[0]["split"] == "test"
-    counts = {c.category: c.n_unreadable for c in plan.categories}
+    eval_set = read_evaluation_set(data, EvaluateConfig())
+    assert [u["path"] for u in eval_set.unreadable] == ["grass/test/good/999.png"]
+    assert "unreadable" in eval_set.unreadable[0]["reason"] and eval_set.unreadable[0]["split"] == "test"
+    counts = {c.category: c.n_unreadable for c in eval_set.categories}
     assert counts == {"brick": 0, "coin": 0, "grass": 1, "gravel": 0}
     row = {"label": 0, "score": 0.1, "answer": None, "error": None}
     assert category_metrics([row], None, False, 0.3, n_skipped=1)["n_unreadable"] == 1
@@ -57,22 +57,23 @@ def test_no_category_in_common_is_an_error_unless_k_shot(data, tmp_path):
     known = trained_categories(tmp_path)
     assert known == ["bottle", "cable"]
     with pytest.raises(EvaluationDataError, match="no category in common"):
-        plan_evaluation(data, EvaluateConfig(shots=0), known)
-    plan = plan_evaluation(data, EvaluateConfig(shots=1), known)  # cross-dataset k-shot is the protocol
-    assert all(c.seen_in_training is False for c in plan.categories)
-    plan = plan_evaluation(data, EvaluateConfig(), known)  # the default bank holds every train normal
-    for c in plan.categories:
+        read_evaluation_set(data, EvaluateConfig(shots=0), known)
+    # cross-dataset k-shot is the protocol
+    eval_set = read_evaluation_set(data, EvaluateConfig(shots=1), known)
+    assert all(c.seen_in_training is False for c in eval_set.categories)
+    eval_set = read_evaluation_set(data, EvaluateConfig(), known)  # the default bank holds every train normal
+    for c in eval_set.categories:
         names = sorted(p.name for p in (data / c.category / "train" / "good").iterdir())
         assert c.references == [f"{c.category}/train/good/{n}" for n in names]
     assert trained_categories(tmp_path / "missing") is None
 
 
 def test_references_are_deterministic_and_too_few_is_an_error(data):
-    plan = plan_evaluation(data, EvaluateConfig(shots=2, reference_start=3, categories=["grass"]))
+    eval_set = read_evaluation_set(data, EvaluateConfig(shots=2, reference_start=3, categories=["grass"]))
     names = sorted(p.name for p in (data / "grass" / "train" / "good").iterdir())
-    assert plan.categories[0].references == [f"grass/train/good/{n}" for n in names[3:5]]
+    assert eval_set.categories[0].references == [f"grass/train/good/{n}" for n in names[3:5]]
     with pytest.raises(EvaluationDataError, match="needs 9"):
-        plan_evaluation(data, EvaluateConfig(shots=4, reference_start=5))
+        read_evaluation_set(data, EvaluateConfig(shots=4, reference_start=5))
 
 
 def test_ground_truth_is_resized_bilinearly_and_cut_at_the_threshold(tmp_path):
@@ -109,7 +110,7 @@ def test_category_metrics_are_null_where_undefined_and_both_accuracies_reported(
     assert mean["accuracy"] == 0.75 and mean["image_auroc"] is None and mean["n_images"] == 3
 
 
-def test_visa_layout_is_planned_with_its_0_1_masks(tmp_path):
+def test_visa_layout_is_read_with_its_0_1_masks(tmp_path):
     root = tmp_path / "visa"
     rows = ["object,split,label,image,mask"]
     for split, label, name in [("train", "normal", "a"), ("test", "normal", "b"), ("test", "anomaly", "c")]:
@@ -126,8 +127,8 @@ def test_visa_layout_is_planned_with_its_0_1_masks(tmp_path):
         rows.append(f"candle,{split},{label},candle/Data/Images/{name}.JPG,{mask}")
     (root / "split_csv").mkdir()
     (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
-    plan = plan_evaluation(root, EvaluateConfig(format="visa", shots=1))
-    (candle,) = plan.categories
+    eval_set = read_evaluation_set(root, EvaluateConfig(format="visa", shots=1))
+    (candle,) = eval_set.categories
     assert [(i.relpath, i.label, i.in_pixel_metrics) for i in candle.items] == [
         ("candle/Data/Images/b.JPG", 0, True),
         ("candle/Data/Images/c.JPG", 1, True),

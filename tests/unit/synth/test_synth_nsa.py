@@ -12,7 +12,7 @@ import pytest
 from synth import nsa
 from synth.config import SynthConfig
 from synth.datasets import load_rgb, read_dataset
-from synth.samples import SampleMaker, _Augmenter, sources_from_records
+from synth.shard_samples import SampleMaker, _Augmenter, sources_from_records
 
 SIZE = 96
 SPEC = "width: [[0.03, 0.4], [0.03, 0.4]], resize: [0.5, 2], logistic: [1, 2]"

@@ -22,7 +22,7 @@ from pipeline.core.files import file_sha256
 from synth.config import SynthConfig
 from synth.datasets import DatasetError
 from synth.job import run_synth
-from synth.shards import verify_shards, write_tar
+from synth.shard_format import verify_shards, write_tar
 
 SIZE = 32
 CFG = {"size": SIZE, "per_image": 1, "samples_per_shard": 4}  # 2 images per shard

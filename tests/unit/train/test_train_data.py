@@ -8,7 +8,7 @@ import torch
 from train.config import AugmentConfig
 from train.data import INSTRUCTION_CATEGORY, BatchSource, Stream, rank_positions
 from train.instruct import read_instruction_set
-from train.shards import index_shards
+from train.shard_reader import index_shards
 
 
 def test_stream_is_a_fresh_permutation_each_epoch():

@@ -47,7 +47,7 @@ def test_precision_has_one_home_and_auto_is_fp32_on_cpu_and_decided_on_gpus():
     assert ds_config.precision(build({})) == "fp32"  # auto without GPUs
     on_gpus = build({"fp16": {"initial_scale_power": 12}}, use_gpu=True)
     assert ds_config.precision(on_gpus) == "fp32" and "enabled" not in on_gpus["fp16"]  # workers decide
-    assert ds_config.planned_precision(TrainConfig(use_gpu=True)) == "auto"
+    assert ds_config.driver_precision(TrainConfig(use_gpu=True)) == "auto"
     assert ds_config.resolve_precision("auto", bf16_everywhere=True) == "bf16"
     assert ds_config.resolve_precision("auto", bf16_everywhere=False) == "fp16"
     assert ds_config.resolve_precision("fp32", bf16_everywhere=True) == "fp32"  # an explicit choice stays
@@ -110,6 +110,6 @@ def test_presets_are_valid(tiny_config):
     ds_config.check_with_deepspeed(cfg)
     assert cfg["gradient_accumulation_steps"] == 8  # the reference's 8 micro-steps per GPU on 2 GPUs
     assert paper.precision == "auto" and ds_config.offloads_optimizer(cfg)
-    assert ds_config.planned_precision(paper) == "auto"  # bf16 on GPUs that have it, else fp16
+    assert ds_config.driver_precision(paper) == "auto"  # bf16 on GPUs that have it, else fp16
     assert paper.schedule.decay == "linear" and paper.optimizer.betas == (0.9, 0.95)
     ds_config.check_with_deepspeed(ds_config.build(tiny_config.train, workers=2))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from train.instruct import JSON_NAME, describe, read_instruction_set
-from train.shards import DataError
+from train.shard_reader import DataError
 
 
 def test_generator_writes_pandagpt_format_that_reads_back(instruct_set, sample_data_root):

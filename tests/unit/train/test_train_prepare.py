@@ -13,35 +13,35 @@ import pytest
 
 from pipeline.core.config import ConfigError, apply_overrides, from_dict, to_dict
 from pipeline.pipeline_config import PipelineConfig
-from synth.shards import load_manifest
+from synth.shard_format import load_manifest
 from train.config import TrainJobConfig
 from train.context import WorkerContext
 from train.job import RESUMABLE_KEYS, prepare, run_record
-from train.shards import DataError
+from train.shard_reader import DataError
 
 
 def with_overrides(cfg, *overrides):
     return from_dict(PipelineConfig, apply_overrides(to_dict(cfg), overrides)).train_job()
 
 
-def test_plan_without_instruction_data_trains_on_anomaly_data_only(
+def test_prepared_run_without_instruction_data_trains_on_anomaly_data_only(
     tiny_config, tiny_shards, tmp_path, caplog
 ):
     with caplog.at_level(logging.WARNING):
-        plan = prepare(tiny_config.train_job(), tiny_shards, tmp_path / "out", None, workers=2)
+        prepared = prepare(tiny_config.train_job(), tiny_shards, tmp_path / "out", None, workers=2)
     assert "no instruction data" in caplog.text
-    assert plan.fraction == 0.0 and plan.instructions == []
-    assert plan.total_steps == tiny_config.train.max_steps
-    assert plan.deepspeed["gradient_accumulation_steps"] == 1 and plan.previous is None
-    assert Path(plan.storage) == (tmp_path / "out" / "ray").resolve()
+    assert prepared.fraction == 0.0 and prepared.instructions == []
+    assert prepared.total_steps == tiny_config.train.max_steps
+    assert prepared.deepspeed["gradient_accumulation_steps"] == 1 and prepared.previous is None
+    assert Path(prepared.storage) == (tmp_path / "out" / "ray").resolve()
 
 
-def test_plan_with_instruction_data_and_epochs(tiny_config, tiny_shards, instruct_set, tmp_path):
+def test_prepared_run_with_instruction_data_and_epochs(tiny_config, tiny_shards, instruct_set, tmp_path):
     cfg = with_overrides(tiny_config, "train.max_steps=null", "train.epochs=2")
-    plan = prepare(cfg, tiny_shards, tmp_path / "out", instruct_set, workers=1)
-    assert plan.fraction == 0.5 and len(plan.instructions) == 24
-    assert plan.total_steps == 2 * 48 // 2  # 2 anomaly samples per step of 4
-    assert plan.deepspeed["gradient_accumulation_steps"] == 2
+    prepared = prepare(cfg, tiny_shards, tmp_path / "out", instruct_set, workers=1)
+    assert prepared.fraction == 0.5 and len(prepared.instructions) == 24
+    assert prepared.total_steps == 2 * 48 // 2  # 2 anomaly samples per step of 4
+    assert prepared.deepspeed["gradient_accumulation_steps"] == 2
 
 
 @pytest.mark.parametrize(
@@ -74,10 +74,10 @@ def test_bad_data_fails_before_workers(tiny_config, tiny_shards, tmp_path):
 
 
 def test_rerun_finds_its_checkpoint_and_refuses_a_different_run(tiny_config, tiny_shards, tmp_path):
-    plan = prepare(tiny_config.train_job(), tiny_shards, tmp_path / "out", None, workers=2)
-    ckpt = Path(plan.storage) / plan.name / "checkpoint_2026-01-01_00-00-00.000000"
+    prepared = prepare(tiny_config.train_job(), tiny_shards, tmp_path / "out", None, workers=2)
+    ckpt = Path(prepared.storage) / prepared.name / "checkpoint_2026-01-01_00-00-00.000000"
     ckpt.mkdir(parents=True)
-    (ckpt / "train_state.json").write_text(json.dumps({"step": 10, "fingerprint": plan.fingerprint}))
+    (ckpt / "train_state.json").write_text(json.dumps({"step": 10, "fingerprint": prepared.fingerprint}))
     assert (
         prepare(tiny_config.train_job(), tiny_shards, tmp_path / "out", None, workers=2).previous is None
     )  # not registered
@@ -119,17 +119,17 @@ def test_the_resume_fingerprint_is_unchanged(tiny_config, tiny_shards, tmp_path)
         "instructions": None,
     }
     former = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    plan = prepare(tiny_config.train_job(), tiny_shards, tmp_path / "out", None, workers=2)
-    assert plan.fingerprint == former
+    prepared = prepare(tiny_config.train_job(), tiny_shards, tmp_path / "out", None, workers=2)
+    assert prepared.fingerprint == former
 
 
 def test_the_worker_context_travels_by_pickle(tiny_config, tiny_shards, tmp_path):
-    plan = prepare(tiny_config.train_job(), tiny_shards, tmp_path / "out", None, workers=1)
+    prepared = prepare(tiny_config.train_job(), tiny_shards, tmp_path / "out", None, workers=1)
     ctx = WorkerContext(
-        plan.cfg, plan.deepspeed, plan.index, plan.instructions, plan.fraction, plan.total_steps, 1, False,
-        "fp32", plan.fingerprint, "run", "sqlite:///x.db",
+        prepared.cfg, prepared.deepspeed, prepared.index, prepared.instructions, prepared.fraction,
+        prepared.total_steps, 1, False, "fp32", prepared.fingerprint, "run", "sqlite:///x.db",
     )  # fmt: skip
     back = pickle.loads(pickle.dumps(ctx))
-    assert back.config == plan.cfg and back.fingerprint == plan.fingerprint
-    assert [s.key for s in back.index.samples] == [s.key for s in plan.index.samples]
+    assert back.config == prepared.cfg and back.fingerprint == prepared.fingerprint
+    assert [s.key for s in back.index.samples] == [s.key for s in prepared.index.samples]
     assert repr(ctx).startswith("<train.context.WorkerContext object")  # not megabytes of samples

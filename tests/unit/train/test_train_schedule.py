@@ -12,7 +12,7 @@ from train.schedule import (
     WarmupDecay,
     count_instruction_steps,
     is_instruction_step,
-    micro_step_plan,
+    micro_step_kind,
     total_steps,
 )
 
@@ -59,8 +59,8 @@ def test_total_steps_from_epochs_counts_anomaly_samples_only():
 
 @pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 2 / 3])
 def test_each_stream_reads_consecutive_batches(fraction):
-    plans = [micro_step_plan(m, fraction) for m in range(30)]
+    kinds = [micro_step_kind(m, fraction) for m in range(30)]
     for kind in (False, True):
-        indices = [j for instruction, j in plans if instruction == kind]
+        indices = [j for instruction, j in kinds if instruction == kind]
         assert indices == list(range(len(indices)))
-    assert sum(instruction for instruction, _ in plans) == count_instruction_steps(30, fraction)
+    assert sum(instruction for instruction, _ in kinds) == count_instruction_steps(30, fraction)

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import InputError
-from synth.shards import ShardError, load_manifest, verify_shards
+from synth.shard_format import ShardError, load_manifest, verify_shards
 
-PARTS = ("png", "mask.png", "json")
+SAMPLE_EXTENSIONS = ("png", "mask.png", "json")
+"""The tar members of one sample: ``<key>.png``, ``<key>.mask.png``, ``<key>.json``."""
 
 
 class DataError(InputError):
@@ -112,7 +113,7 @@ class ShardIndex:
 def shard_paths(root: str | Path, verify: bool = True) -> list[Path]:
     """The shards of a synth output folder in manifest order, after checking them against it.
 
-    ``verify`` checks sizes, sha256 and sample counts (synth.shards.verify_shards); a ``.tar`` in
+    ``verify`` checks sizes, sha256 and sample counts (synth.shard_format.verify_shards); a ``.tar`` in
     the folder that the manifest does not list is an error too (it would be silently ignored).
     """
     root = Path(root)
@@ -173,10 +174,9 @@ def _index_tar(path: Path) -> list[SampleRef]:
                     continue
                 name = Path(m.name).name
                 key, dot, ext = name.partition(".")
-                if not dot or ext not in PARTS:
-                    raise DataError(
-                        f"{path}: unexpected member {m.name!r} (expected <key>.{{{','.join(PARTS)}}})"
-                    )
+                if not dot or ext not in SAMPLE_EXTENSIONS:
+                    expected = ",".join(SAMPLE_EXTENSIONS)
+                    raise DataError(f"{path}: unexpected member {m.name!r} (expected <key>.{{{expected}}})")
                 members.setdefault(key, {})[ext] = (m.offset_data, m.size)
                 if ext == "json":
                     metas[key] = tf.extractfile(m).read()
@@ -184,7 +184,7 @@ def _index_tar(path: Path) -> list[SampleRef]:
         raise DataError(f"{path}: not a readable tar shard ({exc})") from exc
     refs = []
     for key in sorted(members):
-        missing = [p for p in PARTS if p not in members[key]]
+        missing = [p for p in SAMPLE_EXTENSIONS if p not in members[key]]
         if missing:
             raise DataError(f"{path}: sample {key!r} lacks {', '.join(missing)}")
         refs.append(_ref(path, key, members[key], metas[key]))

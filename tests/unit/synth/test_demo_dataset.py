@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from synth.defects import DEFECTS, acceptable
-from synth.sample_data import (
+from synth.demo_dataset import (
     _defective,
     _find_objects,
     _normals,

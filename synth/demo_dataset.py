@@ -1,4 +1,4 @@
-"""A small real dataset in MVTec-AD layout, made from images that scikit-image ships.
+"""The demo's dataset: a small real one in MVTec-AD layout, made from images that scikit-image ships.
 
 Normals are crops (texture categories) or single coins (the object category) of the scikit-image
 originals. Train and test never share pixels: texture train crops come from the top rows of the

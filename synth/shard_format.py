@@ -1,4 +1,4 @@
-"""WebDataset tar shards and their manifest: writing (reproducible bytes), loading and verifying.
+"""The shard format: WebDataset tars and their manifest; writing (reproducible bytes), loading, verifying.
 
 A shard is a plain POSIX tar of ``<key>.png``, ``<key>.mask.png``, ``<key>.json`` members with
 fixed mtime, owner and mode, so the same samples always give the same bytes. Files appear only

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from train.shards import DataError, decode_png, index_shards
+from train.shard_reader import DataError, decode_png, index_shards
 
 
 def test_index_reads_every_sample_of_the_manifest(tiny_shards):
