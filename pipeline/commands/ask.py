@@ -16,6 +16,7 @@ examples:
 """
 
 import argparse
+from pathlib import Path
 
 HELP = "answer a question about an image and write its anomaly-map overlay (chat without --question)"
 
@@ -42,10 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="object class for the prompt (default: taken from an MVTec-style path, else 'object')",
     )
     parser.add_argument(
-        "--overlay",
-        metavar="PATH",
-        help="where to write the overlay PNG (default: <image stem>_anomaly.png here)",
+        "--out",
+        default=".",
+        metavar="DIR",
+        help="folder for the overlay PNG (default: here); its name, <stem>_<8 hex of the image's "
+        "full path>_anomaly.png, cannot collide for two images of the same name",
     )
+    parser.add_argument("--overlay", metavar="PATH", help="the overlay's exact path (overrides --out)")
     parser.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
@@ -70,6 +74,15 @@ def guess_category(image: str) -> str:
         if parts[i] in ("train", "test"):
             return parts[i - 1]
     return "object"
+
+
+def overlay_path(image: str, out: str) -> Path:
+    """``out/<stem>_<hash>_anomaly.png``: the hash of the image's resolved path keeps good/000.png
+    and stain/000.png apart, and asking about the same image again replaces its own overlay."""
+    import hashlib
+
+    digest = hashlib.sha256(str(Path(image).resolve()).encode()).hexdigest()[:8]
+    return Path(out) / f"{Path(image).stem}_{digest}_anomaly.png"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     bank = build_bank(model, cfg, args.reference, category) if args.reference else None
     question = args.question or default_question(category)
     pred = predict_one(model, cfg, args.image, category=category, question=question, memory_bank=bank)
-    overlay = Path(args.overlay or f"{Path(args.image).stem}_anomaly.png")
+    overlay = Path(args.overlay) if args.overlay else overlay_path(args.image, args.out)
     title = f"{category}: score {pred.score:.3f}" if pred.score is not None else category
     write_overlay(read_image(args.image, cfg.image_size), pred, overlay, title)
     print(f"Q: {question}")

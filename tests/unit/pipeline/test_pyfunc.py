@@ -106,3 +106,26 @@ def test_ask_answers_writes_overlay_and_chats(tiny_checkpoint, sample_data_root,
         [*args, "--reference", str(tmp_path / "nope.png")], capture_output=True, text=True
     )
     assert missing.returncode == 2 and "image not found" in missing.stderr
+
+
+def test_ask_overlays_of_two_images_with_one_name_do_not_collide(tiny_checkpoint, sample_data_root, tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.commands.ask import overlay_path
+
+    good = sorted((sample_data_root / "coin" / "test" / "good").glob("*.png"))[0]
+    stain = sample_data_root / "coin" / "test" / "stain" / good.name
+    assert stain.is_file()  # the same file name in two folders
+    assert overlay_path(str(good), "o") != overlay_path(str(stain), "o")
+    assert overlay_path(str(good), "o") == overlay_path(str(good.resolve()), "o")  # a rerun replaces it
+    out = tmp_path / "overlays"
+    base = [sys.executable, "-m", "pipeline", "ask", "--model", str(tiny_checkpoint), "--question", "x"]
+    for image in (good, stain):
+        proc = subprocess.run(
+            [*base, "--image", str(image), "--out", str(out)], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    written = sorted(p.name for p in out.glob("*.png"))
+    assert written == sorted([overlay_path(str(good), "x").name, overlay_path(str(stain), "x").name])
+    assert all(name.startswith(good.stem + "_") and name.endswith("_anomaly.png") for name in written)
