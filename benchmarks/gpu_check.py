@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -138,10 +139,10 @@ def _demo_model_timings(shards: Path, repeats: int) -> dict[str, Any]:
         augment=AugmentConfig(enabled=False),
     )  # fmt: skip
     batch = source.anomaly(0)
-    batch = type(batch)(
-        batch.images.to(device, dtype), batch.masks.to(device, dtype), batch.categories, batch.conversations,
-        sources=None, seed=batch.seed,
-    )  # fmt: skip
+    # On the GPU, in the training dtype; no sources: the few-shot path needs the reference pool.
+    batch = replace(
+        batch, images=batch.images.to(device, dtype), masks=batch.masks.to(device, dtype), sources=None
+    )
     torch.cuda.reset_peak_memory_stats(device)
 
     def train_step() -> torch.Tensor:

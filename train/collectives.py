@@ -38,6 +38,5 @@ def all_reduce_sum(tensor: torch.Tensor, device: torch.device | str, what: str) 
 def all_ranks_agree(flag: bool, device: torch.device | str) -> bool:
     """True only if ``flag`` is true on every rank (one small MIN all-reduce on ``device``)."""
     value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    check_device(value, device, "agreement flag")
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())

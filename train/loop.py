@@ -93,8 +93,9 @@ def _train_step(
         engine.backward(losses["loss"])
         engine.step()  # DeepSpeed steps the optimizer and the LR schedule at the last micro-step
         offset = len(LOSS_TERMS) if instruction else 0
-        for i, name in enumerate(LOSS_TERMS):
-            sums[offset + i] += float(losses[name].detach())
+        # Added on the device: a float() per term would wait for the GPU at every micro-step.
+        terms = torch.stack([losses[name].detach().reshape(()) for name in LOSS_TERMS])
+        sums[offset : offset + len(LOSS_TERMS)] += terms.to(sums)
         sums[2 * len(LOSS_TERMS) + int(instruction)] += 1
     return _step_metrics(sums, world, engine, global_batch, time.perf_counter() - began)
 
