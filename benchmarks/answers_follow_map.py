@@ -114,62 +114,58 @@ def parse_shots(text: str) -> int | str:
 
 
 # --- the run --------------------------------------------------------------------------------
-def load_images(paths: list[Any], size: int) -> Any:
-    import torch
-
+def read_images(paths: list[Any], size: int) -> list[np.ndarray]:
     from evaluate.data import load_image
 
-    arrays = np.stack([load_image(p, size) for p in paths])
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)
+    return [load_image(p, size) for p in paths]
 
 
-def build_bank(model: Any, normals: list[Any], shots: int | str, category: str, size: int) -> Any:
+def build_bank(predictor: Any, normals: list[Any], shots: int | str, category: str) -> Any:
     """All train normals, the first K, or None (0: the decoder's map)."""
     if shots == 0:
         return None
     chosen = normals if shots == "all" else normals[:shots]
     if not chosen or (shots != "all" and len(chosen) < shots):
         raise ValueError(f"{category}: {shots}-shot needs more normal train images than {len(normals)}")
-    return model.build_memory_bank(load_images([r.path for r in chosen], size), category)
+    return predictor.memory_bank(category, read_images([r.path for r in chosen], predictor.image_size))
 
 
-def own_maps(model: Any, tests: list[Any], bank: Any, category: str, size: int) -> Any:
+def own_maps(predictor: Any, tests: list[Any], bank: Any, category: str) -> Any:
     """(N, 1, H, W) maps the model gives each test image (no answers generated)."""
     import torch
 
     maps = []
     for i in range(0, len(tests), BATCH):
-        images = load_images([r.path for r in tests[i : i + BATCH]], size)
-        preds = model.predict(images, [category] * images.shape[0], memory_bank=bank, generate=False)
+        images = read_images([r.path for r in tests[i : i + BATCH]], predictor.image_size)
+        preds = predictor.predict(images, [category] * len(images), memory_bank=bank, generate=False)
         maps += [torch.from_numpy(p.anomaly_map) for p in preds]
     return torch.stack(maps).unsqueeze(1)
 
 
-def answers(model: Any, tests: list[Any], maps: Any, question: str, size: int) -> list[str]:
+def answers(predictor: Any, tests: list[Any], maps: Any, question: str) -> list[str]:
     """What the LLM says about each test image when the prompt learner reads ``maps``."""
     out: list[str] = []
     for i in range(0, len(tests), BATCH):
-        images = load_images([r.path for r in tests[i : i + BATCH]], size)
-        out += model.answers_for_maps(images, maps[i : i + BATCH], question)
+        arrays = read_images([r.path for r in tests[i : i + BATCH]], predictor.image_size)
+        out += predictor.model.answers_for_maps(predictor.to_tensor(arrays), maps[i : i + BATCH], question)
     return out
 
 
-def run_category(model: Any, category: str, normals: list[Any], tests: list[Any], shots: int | str):
+def run_category(predictor: Any, category: str, normals: list[Any], tests: list[Any], shots: int | str):
     """The category's labels, verdicts and pairs, and one example pair for the report."""
     from synth.text import question_for
     from train.model.conversation import parse_answer
 
-    size = int(model.cfg.image_size)
-    bank = build_bank(model, normals, shots, category, size)
+    bank = build_bank(predictor, normals, shots, category)
     labels = [int(r.label) for r in tests]
     pairs = partner_pairs(labels)
     mates = partners(pairs)
-    maps = own_maps(model, tests, bank, category, size)
+    maps = own_maps(predictor, tests, bank, category)
     question = question_for(category)
-    own_text = answers(model, tests, maps, question, size)
+    own_text = answers(predictor, tests, maps, question)
     order = sorted(mates)
     swapped_maps = maps[[mates[i] for i in order]]
-    swap_text = answers(model, [tests[i] for i in order], swapped_maps, question, size)
+    swap_text = answers(predictor, [tests[i] for i in order], swapped_maps, question)
     own = [parse_answer(a).is_anomalous for a in own_text]
     swapped = {i: parse_answer(a).is_anomalous for i, a in zip(order, swap_text, strict=True)}
     example = None
@@ -194,11 +190,10 @@ def main() -> None:
     args = parser.parse_args()
     start(args.threads)
     from synth.datasets import read_dataset
-    from train.model import load_checkpoint
+    from train.model.predictor import Predictor
 
     started = time.perf_counter()
-    model = load_checkpoint(args.model)[0]
-    model.eval()
+    predictor = Predictor.from_checkpoint(args.model, device="cpu")
     wanted = [c for c in args.categories.split(",") if c]
     test = read_dataset(args.data, "mvtec", split="test", categories=wanted)
     categories = sorted({r.category for r in test})
@@ -206,7 +201,8 @@ def main() -> None:
     parts, per_category, examples = [], {}, {}
     for c in categories:
         normals = [r for r in train if r.category == c and r.label == 0]
-        part, examples[c] = run_category(model, c, normals, [r for r in test if r.category == c], args.shots)
+        tests = [r for r in test if r.category == c]
+        part, examples[c] = run_category(predictor, c, normals, tests, args.shots)
         parts.append(part)
         per_category[c] = follow_stats(*part)
         print(f"answers_follow_map: {c}: {per_category[c]}", file=sys.stderr)

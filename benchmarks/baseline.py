@@ -132,38 +132,31 @@ def beats(model_mean: float | None, baseline_mean: float | None) -> bool | None:
 
 
 # --- the run --------------------------------------------------------------------------------
-def load_images(paths: list[Any], size: int) -> Any:
+def encode_layers(predictor: Any, paths: list[Any]) -> list[Any]:
+    """The bank layers' patch maps of the images, encoded in batches."""
     import torch
 
     from evaluate.data import load_image
 
-    arrays = np.stack([load_image(p, size) for p in paths])
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)
-
-
-def encode_layers(model: Any, paths: list[Any], size: int) -> list[Any]:
-    """The bank layers' patch maps of the images, encoded in batches."""
-    import torch
-
-    layers = model.cfg.memory_bank.layers
-    parts = [
-        select_layers(model.encode(load_images(paths[i : i + BATCH], size)).patch_maps, layers)
-        for i in range(0, len(paths), BATCH)
-    ]
+    layers, parts = predictor.config.memory_bank.layers, []
+    for i in range(0, len(paths), BATCH):
+        images = predictor.to_tensor([load_image(p, predictor.image_size) for p in paths[i : i + BATCH]])
+        parts.append(select_layers(predictor.model.encode(images).patch_maps, layers))
     return [torch.cat(layer) for layer in zip(*parts, strict=True)]
 
 
-def baseline_category(model: Any, normals: list[Any], tests: list[Any], shots: int | str, size: int) -> dict:
+def baseline_category(predictor: Any, normals: list[Any], tests: list[Any], shots: int | str) -> dict:
     """The baseline's figures for one category at one shot setting."""
     from evaluate.config import EvaluateConfig
     from evaluate.data import load_ground_truth
 
+    size = predictor.image_size
     threshold = EvaluateConfig().mask_threshold  # GT as evaluate cuts it (resize, > 0.1)
-    memory = memory_from_maps(encode_layers(model, [r.path for r in references(normals, shots)], size))
+    memory = memory_from_maps(encode_layers(predictor, [r.path for r in references(normals, shots)]))
     maps, scores = [], []
     for i in range(0, len(tests), BATCH):
         batch = tests[i : i + BATCH]
-        m = distance_maps(encode_layers(model, [r.path for r in batch], size), memory, (size, size))
+        m = distance_maps(encode_layers(predictor, [r.path for r in batch]), memory, (size, size))
         maps += list(m.numpy())
         scores.append(image_scores(m))
     gts = [
@@ -186,17 +179,16 @@ def model_figures(model_dir: Path, data: Path, categories: list[str], shots: int
         )
 
 
-def compare(model: Any, args: argparse.Namespace, categories: list[str], shots: int | str) -> dict:
+def compare(predictor: Any, args: argparse.Namespace, categories: list[str], shots: int | str) -> dict:
     """Baseline and model side by side for one shot setting."""
     from synth.datasets import read_dataset
 
-    size = int(model.cfg.image_size)
     train = read_dataset(args.data, "mvtec", split="train", categories=categories)
     test = read_dataset(args.data, "mvtec", split="test", categories=categories)
     base = {}
     for c in categories:
         normals = [r for r in train if r.category == c and r.label == 0]
-        base[c] = baseline_category(model, normals, [r for r in test if r.category == c], shots, size)
+        base[c] = baseline_category(predictor, normals, [r for r in test if r.category == c], shots)
     result = model_figures(args.model, args.data, categories, shots, args.threads)
     keys = ("image_auroc", "pixel_auroc")
     per_category = {
@@ -224,16 +216,16 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     start(args.threads)
     from synth.datasets import read_dataset
-    from train.model import load_checkpoint
+    from train.model.predictor import Predictor
 
     started = time.perf_counter()
-    model, cfg = load_checkpoint(args.model)
-    model.eval()
+    predictor = Predictor.from_checkpoint(args.model, device="cpu")
+    cfg = predictor.config
     wanted = [c for c in args.categories.split(",") if c]
     categories = sorted(
         {r.category for r in read_dataset(args.data, "mvtec", split="test", categories=wanted)}
     )
-    settings = {str(s): compare(model, args, categories, s) for s in args.shots}
+    settings = {str(s): compare(predictor, args, categories, s) for s in args.shots}
     verdict = {
         k: beats(v["mean"]["model"]["image_auroc"], v["mean"]["baseline"]["image_auroc"])
         for k, v in settings.items()

@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for `benchmarks.*` imports
 
@@ -74,23 +72,15 @@ def parse_ints(text: str) -> list[int]:
 
 
 # --- the run --------------------------------------------------------------------------------
-def load_images(paths: list[Any], size: int) -> Any:
-    import torch
-
-    from evaluate.data import load_image
-
-    arrays = np.stack([load_image(p, size) for p in paths])
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)
-
-
-def load_model(path: Path, preset: str) -> tuple[Any, str]:
+def load_predictor(path: Path, preset: str) -> tuple[Any, str]:
     """The trained model at ``path``, else an untrained one of ``preset`` (with a message)."""
     import torch
 
-    from train.model import build_model, load_checkpoint
+    from train.model import build_model
+    from train.model.predictor import Predictor
 
     if (path / "model.safetensors").is_file():
-        return load_checkpoint(path)[0].eval(), str(path)
+        return Predictor.from_checkpoint(path, device="cpu"), str(path)
     from pipeline.pipeline_config import load_pipeline_config
 
     print(
@@ -100,7 +90,7 @@ def load_model(path: Path, preset: str) -> tuple[Any, str]:
     )
     torch.manual_seed(0)
     cfg = load_pipeline_config(ROOT / "configs" / f"{preset}.yaml").model
-    return build_model(cfg).eval(), f"untrained {preset} preset"
+    return Predictor(build_model(cfg), cfg, "cpu"), f"untrained {preset} preset"
 
 
 def sample_paths(data: Path | None, category: str | None, tmp: Path) -> tuple[str, list[Path], list[Path]]:
@@ -167,13 +157,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="query timing repeats")
     args = parser.parse_args()
     torch = start(args.threads)
-    model, source = load_model(args.model, args.preset)
+    from evaluate.data import load_image
+
+    predictor, source = load_predictor(args.model, args.preset)
+    model, size = predictor.model, predictor.image_size
     default = int(model.cfg.memory_bank.max_patches)
     budgets = [default if b.strip() == "default" else int(b) for b in args.budgets.split(",") if b.strip()]
-    size = int(model.cfg.image_size)
     with tempfile.TemporaryDirectory(prefix="bank-bench-") as tmp:
         category, normals, tests = sample_paths(args.data, args.category, Path(tmp))
-        base, queries = load_images(normals, size), load_images(tests, size)
+        base = predictor.to_tensor([load_image(p, size) for p in normals])
+        queries = predictor.to_tensor([load_image(p, size) for p in tests])
     measure(model, base[:2], queries[:1], category, 100, 1)  # warm-up: first calls are slow
     runs = []
     for n in args.sizes:

@@ -1,17 +1,28 @@
 """Settings of the evaluate stage (the ``evaluate:`` section of a pipeline config).
 
-Stdlib only, so the CLI validates configs without importing torch or Ray.
+No torch or Ray here, so the CLI validates configs without importing them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
+
+from pipeline.core.config import to_dict
 
 
 @dataclass
 class EvaluateConfig:
     """How a trained model is scored on a test set (paper protocol, section 3 of the reference)."""
+
+    OUTPUT_NEUTRAL_KEYS: ClassVar[tuple[str, ...]] = (
+        "workers",
+        "threads_per_worker",
+        "write_maps",
+        "mlflow_overlays",
+    )
+    """Keys that change how fast or what else is written, never the figures: left out of
+    :meth:`identity`, so figures of runs that differ only in them stay comparable."""
 
     format: Literal["mvtec", "visa", "folder"] = "mvtec"
     """Dataset layout of the evaluation data (see synth.datasets)."""
@@ -83,6 +94,11 @@ class EvaluateConfig:
             raise ValueError(f"aupro_max_fpr must be in (0, 1], got {self.aupro_max_fpr}")
         if self.pixel_bins < 2:
             raise ValueError("pixel_bins must be >= 2")
+
+    def identity(self) -> dict[str, Any]:
+        """This section as plain data less ``OUTPUT_NEUTRAL_KEYS``: what the evaluation identity and
+        the evaluate stage key hash."""
+        return {k: v for k, v in to_dict(self).items() if k not in self.OUTPUT_NEUTRAL_KEYS}
 
     def resolved_score_range(self) -> tuple[float, float]:
         if self.score_range is not None:

@@ -255,8 +255,18 @@ def log_to_mlflow(out: Path, result: dict[str, Any], rows: list[dict[str, Any]],
     return True
 
 
+def mean_metric_values(result: dict[str, Any]) -> dict[str, float]:
+    """The mean metrics under the names the evaluation's MLflow run gives them (``eval/mean/...``),
+    for another run (the pipeline's parent run) to carry the same figures."""
+    return _mean_values(mlflow_prefix(result["shots"]), result["mean"])
+
+
+def _mean_values(prefix: str, mean: dict[str, Any]) -> dict[str, float]:
+    return {f"{prefix}/mean/{k}": v for k, v in mean.items() if isinstance(v, (int, float))}
+
+
 def _metric_values(prefix: str, result: dict[str, Any]) -> dict[str, float]:
-    values = {f"{prefix}/mean/{k}": v for k, v in result["mean"].items() if isinstance(v, (int, float))}
+    values = _mean_values(prefix, result["mean"])
     for category, m in result["per_category"].items():
         values.update({f"{prefix}/{category}/{k}": v for k, v in m.items() if isinstance(v, (int, float))})
     return values

@@ -7,15 +7,13 @@ category, the sparse pixel histogram; maps never leave the actor.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
-
-import numpy as np
 
 from evaluate.data import EvalItem, gt_positions, load_ground_truth, load_image
 from evaluate.overlay import encode_png, render_overlay
 from evaluate.pixel_state import PixelMetricState
-from train.model.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +27,11 @@ class EvalWorker:
     ) -> None:
         import torch
 
+        from train.model.predictor import Predictor  # torch: in the actor, not in the driver's import
+
         torch.set_num_threads(threads)
-        self.device = device
-        self.model, self.model_cfg = load_checkpoint(checkpoint, device=device)
-        self.model.eval()
-        self.size = int(self.model_cfg.image_size)
+        self.predictor = Predictor.from_checkpoint(checkpoint, device=device)
+        self.size = self.predictor.image_size
         self.pixel = pixel  # PixelMetricState arguments: bins, lo, hi
         self.write_maps = write_maps
         self.states: dict[tuple[str, str], PixelMetricState] = {}
@@ -42,7 +40,7 @@ class EvalWorker:
 
     def info(self) -> dict[str, Any]:
         """What the driver needs to know about the model (also proves the actor is up)."""
-        m = self.model
+        m = self.predictor.model
         return {
             "device": str(next(m.parameters()).device),
             "image_size": self.size,
@@ -52,13 +50,9 @@ class EvalWorker:
 
     def build_bank(self, category: str, paths: list[str]) -> Any:
         """The category's memory bank from its k references (built once, shared by all actors)."""
-        import torch
-
-        images = np.stack([load_image(p, self.size) for p in paths])
-        tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-        bank = self.model.build_memory_bank(tensor.to(self.device), category)
-        bank.features = [f.cpu() for f in bank.features]  # travels through the object store
-        return bank
+        bank = self.predictor.memory_bank(category, [load_image(p, self.size) for p in paths])
+        # travels through the object store: a CPU copy, the predictor's cached bank stays as it is
+        return dataclasses.replace(bank, features=[f.cpu() for f in bank.features])
 
     def predict(
         self, items: list[EvalItem], bank: Any, question: str, generate: bool
@@ -66,8 +60,6 @@ class EvalWorker:
         """Rows for one batch of one category: image, label, score, answer, gt_positions (the grid
         cells of the ground-truth regions of an anomalous image with a mask, else None) (+ error,
         overlay)."""
-        import torch
-
         rows, loaded, arrays = [], [], []
         for item in items:
             try:
@@ -77,9 +69,8 @@ class EvalWorker:
                 rows.append(_row(item, error=f"unreadable image: {type(exc).__name__}: {exc}"))
         if not loaded:
             return rows
-        tensor = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0).to(self.device)
-        predictions = self.model.predict(
-            tensor, [i.category for i in loaded], memory_bank=bank, question=question, generate=generate
+        predictions = self.predictor.predict(
+            arrays, [i.category for i in loaded], memory_bank=bank, questions=question, generate=generate
         )
         for item, image, pred in zip(loaded, arrays, predictions, strict=True):
             gt = load_ground_truth(item.mask_path, self.size, self.pixel["threshold"])

@@ -28,6 +28,7 @@ COMMANDS = (
     "demo",
     "retrain",
     "ask",
+    "serve",
 )
 
 EXIT_CODES = """exit codes:

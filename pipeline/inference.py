@@ -1,7 +1,9 @@
-"""Single-image inference shared by ``ask`` and the MLflow pyfunc: load, read, predict, chat.
+"""Single-image inference shared by ``ask`` and the MLflow pyfunc: read, predict, chat.
 
-Images are read as the training data is (RGB, resized to the model's input size, [0, 1]); the
-question defaults to the class description + "Is there any anomaly in the image?" as in training.
+The model is a :class:`train.model.predictor.Predictor`; this module adds what a file- or URI-based
+caller needs around it. Images are read as the training data is (RGB, resized to the model's input
+size); the question defaults to the class description + "Is there any anomaly in the image?" as in
+training.
 """
 
 from __future__ import annotations
@@ -10,45 +12,18 @@ import base64
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evaluate.data import load_image
 from evaluate.overlay import encode_png, render_overlay
-from pipeline.core.config import ConfigError
 from pipeline.core.errors import InputError
 from synth.datasets import load_rgb
 from synth.text import question_for
-from train.model.checkpoint import load_checkpoint
 from train.model.conversation import render, tables
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def resolve_device(device: str) -> str:
-    """``auto``: CUDA when torch sees a GPU, else CPU. ``cuda`` without a GPU is an error naming why."""
-    import torch
-
-    if device not in DEVICES:
-        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "device cuda: torch sees no CUDA GPU here (check CUDA_VISIBLE_DEVICES); use cpu or auto"
-        )
-    return device
-
-
-def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[Any, Any]:
-    """The model in eval mode on ``device`` (auto, cpu, cuda) and its ModelConfig, from a checkpoint."""
-    model, cfg = load_checkpoint(checkpoint, device=resolve_device(device))
-    model.eval()
-    return model, cfg
-
-
-def model_device(model: Any) -> Any:
-    """Where the model's weights live (inputs go there)."""
-    return next(model.parameters()).device
+if TYPE_CHECKING:  # torch loads with the predictor, not with this module
+    from train.model.batch import Prediction
+    from train.model.predictor import Predictor
 
 
 def read_image(source: str | Path, size: int) -> Any:
@@ -91,15 +66,7 @@ def _decoded(read: Callable[[], Any], label: str) -> Any:
         raise InputError(f"{label} is not a readable image ({exc}); check or replace the file") from exc
 
 
-def to_tensor(images: Sequence[Any]) -> Any:
-    """float32 (B, 3, H, W) in [0, 1] from uint8 HxWx3 arrays (the model's Batch.images contract)."""
-    import numpy as np
-    import torch
-
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def write_overlay(rgb: Any, prediction: Any, path: str | Path, title: str) -> Path:
+def write_overlay(rgb: Any, prediction: Prediction, path: str | Path, title: str) -> Path:
     """The anomaly-map overlay PNG (evaluate.overlay's picture) for one prediction."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,37 +89,25 @@ def chat_question(history: Sequence[dict[str, str]], question: str) -> str:
     return render(list(history)) + tables()["conversation"]["human"].split("{}")[0] + question
 
 
-def build_bank(model: Any, cfg: Any, references: Sequence[str | Path], category: str) -> Any:
-    """The few-shot memory bank of ``references`` (normal images of ``category``); build it once."""
-    import torch
-
-    images = to_tensor([read_image(r, cfg.image_size) for r in references]).to(model_device(model))
-    with torch.no_grad():
-        return model.build_memory_bank(images, category)
-
-
 def predict_one(
-    model: Any,
-    cfg: Any,
+    predictor: Predictor,
     image: str | Path,
     category: str = "object",
     question: str | None = None,
     references: Sequence[str | Path] = (),
     generate: bool = True,
     history: Sequence[dict[str, str]] = (),
-    memory_bank: Any = None,
-) -> Any:
-    """One :class:`train.model.batch.Prediction` (map, score, answer) for one image.
+) -> Prediction:
+    """One :class:`train.model.batch.Prediction` (map, score, answer) for one image file or URI.
 
-    ``references`` (or a ``memory_bank`` built from them) are normal images of the same category:
-    with them the map is the few-shot map. ``history`` is the earlier turns of a chat about this image.
+    ``references`` are normal images of the same category: with them the map is the few-shot map
+    (their bank is built once, then the predictor's cache serves it). ``history`` is the earlier
+    turns of a chat about this image.
     """
-    import torch
-
-    images = to_tensor([read_image(image, cfg.image_size)]).to(model_device(model))
-    bank = memory_bank
-    if bank is None and references:
-        bank = build_bank(model, cfg, references, category)
+    size = predictor.image_size
+    bank = None
+    if references:
+        bank = predictor.memory_bank(category, [read_image(r, size) for r in references])
     text = chat_question(history, question or default_question(category))
-    with torch.no_grad():
-        return model.predict(images, [category], memory_bank=bank, question=text, generate=generate)[0]
+    rgb = read_image(image, size)
+    return predictor.predict([rgb], [category], memory_bank=bank, questions=text, generate=generate)[0]

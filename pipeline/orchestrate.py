@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from evaluate.job import run_evaluation
+from evaluate.report import mean_metric_values
 from pipeline.core.config import to_dict
 from pipeline.core.files import file_sha256, json_sha256, write_json_atomic
-from pipeline.core.mlflow_store import configure_mlflow, shared_store, tracking_uri
+from pipeline.core.mlflow_store import configure_mlflow, shared_store, source_tags, tracking_uri
 from pipeline.core.runtime import configure_environment
 from pipeline.fingerprint import (
     dataset_fingerprint,
@@ -51,13 +52,11 @@ from pipeline.registry import (
 from synth.fingerprint import HashCache
 from synth.job import run_synth
 from train.instruct import resolve
-from train.job import RESUMABLE_KEYS, run_training
+from train.job import run_training
 
 log = logging.getLogger(__name__)
 
 STAGES = ("synth", "train", "evaluate", "register")
-# Evaluation settings that change how fast, not what is measured.
-EVAL_SPEED_KEYS = ("workers", "threads_per_worker", "write_maps", "mlflow_overlays")
 
 
 @dataclass
@@ -75,13 +74,14 @@ class RunRequest:
 
 
 def synth_settings(cfg: PipelineConfig) -> dict[str, Any]:
-    """The synth section less its worker count (shards are byte-identical for any count)."""
-    return {k: v for k, v in to_dict(cfg.synth).items() if k != "workers"}
+    """The synth section as its config declares its identity (``SynthConfig.identity()``)."""
+    return cfg.synth.identity()
 
 
 def model_settings(cfg: PipelineConfig) -> dict[str, Any]:
-    """The settings :func:`model_fingerprint` hashes, readable: callers record them to say what changed."""
-    train = {k: v for k, v in to_dict(cfg.train).items() if k not in RESUMABLE_KEYS}
+    """The settings :func:`model_fingerprint` hashes, readable: callers record them to say what changed.
+    The model section counts whole; synth and train as their configs declare (``identity()``)."""
+    train = cfg.train.identity()
     return {"seed": cfg.seed, "synth": synth_settings(cfg), "model": to_dict(cfg.model), "train": train}
 
 
@@ -91,8 +91,9 @@ def model_fingerprint(cfg: PipelineConfig) -> str:
 
 
 def eval_protocol(cfg: PipelineConfig) -> dict[str, Any]:
-    """The evaluation section less the settings that change how fast, not what is measured."""
-    return {k: v for k, v in to_dict(cfg.evaluate).items() if k not in EVAL_SPEED_KEYS}
+    """The evaluation section less the settings that change how fast, not what is measured
+    (``EvaluateConfig.identity()``)."""
+    return cfg.evaluate.identity()
 
 
 def eval_identity(cfg: PipelineConfig, eval_data: str) -> str:
@@ -205,7 +206,7 @@ class Pipeline:
         resume = state.get("status") == "running" and _run_exists(state.get("parent_run_id"))
         with mlflow.start_run(
             run_id=state["parent_run_id"] if resume else None,
-            run_name=None if resume else f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
+            run_name=None if resume else f"{self.cfg.name}/pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
         ) as parent:
             if resume:
                 self.say(f"resuming pipeline run {parent.info.run_id} (the last one did not finish)")
@@ -214,10 +215,12 @@ class Pipeline:
             mlflow.set_tags({"stage": "pipeline", "config": self.cfg.name, "data": str(self.req.data)})
             mlflow.set_tags({"out": str(self.out), "workers": str(self.req.workers)})
             mlflow.set_tags({f"fingerprint.{k}": v for k, v in fps.items()})
+            mlflow.set_tags(source_tags())
             self.fps, self.parent_id = fps, parent.info.run_id
             self.stages(fps)
             self.summary.update(
                 parent_run_id=parent.info.run_id,
+                experiment_id=parent.info.experiment_id,
                 tracking_uri=self.uri,
                 ray_address=os.environ.get("RAY_ADDRESS"),  # set by `ray job submit`; None: local Ray
                 fingerprints=fps,
@@ -238,6 +241,7 @@ class Pipeline:
         digest = checkpoint_digest(self.out / "train")
         self.metrics = self._stage(3, "evaluate", evaluate_key(digest, fps["eval"]), self._evaluate)
         self.summary["mean"] = self.metrics.get("mean", {})
+        self._log_parent_metrics()
 
         key = stage_key(model=digest, eval=fps["eval"], registry=to_dict(self.cfg.registry))
         self.summary["registry"] = self._stage(4, "register", key, self._register)
@@ -255,7 +259,7 @@ class Pipeline:
         start = time.perf_counter()
         if status == "complete":
             self.say(f"[{n}/4] {name}: skipped, inputs and config unchanged since {folder} was completed")
-            with mlflow.start_run(run_name=name, nested=True):
+            with mlflow.start_run(run_name=self._run_name(name), nested=True, tags=source_tags()):
                 mlflow.set_tags({"stage": name, "skipped": "true"})
             self.summary["stages"][name] = {"status": "skipped", "dir": str(folder)}
             return read_stage(folder)["summary"]
@@ -269,7 +273,7 @@ class Pipeline:
             if run_id:
                 mlflow.MlflowClient().set_tag(run_id, "mlflow.parentRunId", self.parent_id)
         else:
-            with mlflow.start_run(run_name=name, nested=True):
+            with mlflow.start_run(run_name=self._run_name(name), nested=True, tags=source_tags()):
                 mlflow.set_tag("stage", name)
                 result = fn(folder)
         _write_stage(folder, key, "complete", result)
@@ -277,6 +281,17 @@ class Pipeline:
         self.summary["stages"][name] = {"status": "done", "dir": str(folder), "wall_time_s": round(took, 1)}
         self.say(f"[{n}/4] {name}: done in {took:.0f} s")
         return result
+
+    def _log_parent_metrics(self) -> None:
+        """The evaluation's mean metrics on the parent run too, under the evaluate run's names, so the
+        pipeline runs of an experiment can be compared in one table."""
+        import mlflow
+
+        mlflow.log_metrics(mean_metric_values(self.metrics), run_id=self.parent_id)
+
+    def _run_name(self, stage: str) -> str:
+        """``<config name>/<stage>``: which pipeline and which stage, in the MLflow UI's run list."""
+        return f"{self.cfg.name}/{stage}"
 
     def _synth(self, folder: Path) -> dict:
         import mlflow
@@ -311,14 +326,27 @@ class Pipeline:
             self.cfg.registry,
             tags=tags,
             rescore=self._rescore,
+            data=self._data_description(),
         )
+
+    def _data_description(self) -> dict[str, Any]:
+        """What the registered version was trained and evaluated on (its description's data part)."""
+        synth = read_stage(self.out / "synth")["summary"]
+        mean = self.metrics.get("mean") or {}
+        return {
+            "dataset root": str(self.req.data),
+            "categories": list(synth.get("categories") or self.metrics.get("per_category") or []),
+            "training samples (normal + synthetic)": synth.get("samples"),
+            "test images": mean.get("n_images"),
+            "pipeline run": self.parent_id,
+        }
 
     def _rescore(self, model_uri: str) -> dict:
         """The champion evaluated on this run's data (it was scored on other data)."""
         import mlflow
 
         folder = self.out / "register" / ("champion-" + model_uri.rsplit("/", 1)[-1])
-        with mlflow.start_run(run_name="evaluate-champion", nested=True):
+        with mlflow.start_run(run_name=self._run_name("evaluate-champion"), nested=True, tags=source_tags()):
             mlflow.set_tags({"stage": "evaluate", "model": model_uri})
             checkpoint = resolve_model(model_uri)
             return run_evaluation(

@@ -39,14 +39,15 @@ class Result(pydantic.BaseModel):
 
 
 class AnomalyGPTPyfunc(mlflow.pyfunc.PythonModel):
-    """Loads the checkpoint once per process; predicts row by row (rows may differ in references)."""
+    """Loads the checkpoint once per process; predicts row by row (rows may differ in references;
+    rows with the same references share one memory bank)."""
 
     def load_context(self, context: Any) -> None:
-        from pipeline.inference import load_model
         from pipeline.registry import CHECKPOINT_ARTIFACT
+        from train.model.predictor import Predictor
 
         device = (getattr(context, "model_config", None) or {}).get("device", "auto")
-        self.model, self.cfg = load_model(context.artifacts[CHECKPOINT_ARTIFACT], device=device)
+        self.predictor = Predictor.from_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT], device=device)
 
     def predict(self, model_input: list[Row]) -> list[Result]:
         from pipeline.inference import predict_one
@@ -54,8 +55,7 @@ class AnomalyGPTPyfunc(mlflow.pyfunc.PythonModel):
         out = []
         for row in model_input:
             pred = predict_one(
-                self.model,
-                self.cfg,
+                self.predictor,
                 row.image,
                 category=row.category,
                 question=row.question,

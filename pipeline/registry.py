@@ -9,6 +9,17 @@ recorded as tags on the new version.
 All comparisons and re-scoring happen before the first registry write, and a failure during the
 writes deletes the half-made version and puts the aliases back, so a run that dies leaves the
 registry as it was. Registering the same checkpoint twice returns the existing version.
+
+Two pipelines may finish at the same time against one tracking server. The writes (the version and
+its aliases) happen under a promotion lock, and under it the champion is read again: when another
+run changed it since the comparison, the comparison is made again against the new champion
+(compare-and-set). The lock is the one atomic operation an MLflow store offers, creating a
+registered model (``<name>.promotion-lock``): the second creator is refused. A lock left by a killed
+run is broken once it has had the same holder for ``LOCK_STALE_S``.
+
+Errors: a model reference that does not resolve (unknown name, alias or version, a malformed
+``models:/`` URI, a folder without a checkpoint) is :class:`ModelReferenceError` (bad input, exit 2);
+a tracking server that cannot be reached or fails is :class:`RegistryError` (exit 3).
 """
 
 from __future__ import annotations
@@ -18,14 +29,18 @@ import logging
 import math
 import os
 import shutil
+import socket
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.errors import UnavailableError
+from pipeline.core.errors import InputError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +66,28 @@ class RegistryConfig:
     challenger_alias: str = "challenger"
 
 
+LOCK_SUFFIX = ".promotion-lock"
+"""The promotion lock of model ``NAME`` is the registered model ``NAME.promotion-lock``."""
+LOCK_STALE_S = 120.0
+"""A lock whose holder did not change for this long is taken as left by a killed run and broken
+(the writes under it take seconds; a re-scoring never happens under it)."""
+LOCK_WAIT_S = 600.0
+"""How long a run waits for the lock before giving up (exit 3)."""
+PROMOTION_ATTEMPTS = 5
+"""Comparisons made again because the champion changed meanwhile, before giving up (exit 3)."""
+DESCRIBED_METRICS = {"image_auroc": "Image-AUROC", "pixel_auroc": "Pixel-AUROC", "accuracy": "accuracy"}
+"""The mean metrics a version's description names, with their printed names."""
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+"""MLflow error codes that mean the thing asked for is not there (or the request names it wrongly)."""
+
+
 class RegistryError(UnavailableError):
-    """The tracking server cannot be reached, or a model reference does not resolve."""
+    """The tracking server cannot be reached, or fails, or is too busy (exit 3)."""
+
+
+class ModelReferenceError(InputError):
+    """A model reference that does not resolve: unknown model, alias or version, a malformed
+    ``models:/`` URI, a folder or run without a checkpoint (bad input, exit 2)."""
 
 
 @dataclass
@@ -147,17 +182,21 @@ def log_pyfunc(checkpoint_dir: str | Path) -> Any:
 
 def find_version(client: Any, name: str, digest: str) -> Any | None:
     """The version already registered for this checkpoint digest, if any."""
-    found = client.search_model_versions(f"name = '{name}' and tag.checkpoint_sha256 = '{digest}'")
+    with _store_errors(f"searching the versions of {name!r}"):
+        found = client.search_model_versions(f"name = '{name}' and tag.checkpoint_sha256 = '{digest}'")
     return found[0] if found else None
 
 
 def alias_version(client: Any, name: str, alias: str) -> Any | None:
+    """The version holding ``alias``; None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND_CODES:
+            return None
+        raise _unavailable(f"reading alias {alias!r} of {name!r}", exc) from exc
 
 
 def register_and_promote(
@@ -168,14 +207,16 @@ def register_and_promote(
     *,
     tags: Mapping[str, str] | None = None,
     rescore: Callable[[str], Mapping[str, Any]] | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Log ``checkpoint_dir`` as a model in the active MLflow run, register it and maybe promote it.
 
     ``metrics`` is the challenger's ``metrics.json`` content; ``eval_fingerprint`` names the data it
     was computed on. ``rescore(model_uri)`` evaluates the champion on that same data when the
-    champion was scored on other data; without it such a champion is kept. Returns a summary dict.
+    champion was scored on other data; without it such a champion is kept. ``data`` (label ->
+    value: dataset root, categories, sample counts) opens the version's description, which then
+    gives the mean metrics and the promotion decision. Returns a summary dict.
     """
-    import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -188,10 +229,63 @@ def register_and_promote(
 
     value = _metric(metrics, cfg.metric)
     decision = _compare_with_champion(client, cfg, value, eval_fingerprint, rescore)
+    with _store_errors(f"logging {checkpoint_dir} as a model"):
+        info = log_pyfunc(checkpoint_dir)
+    for _ in range(PROMOTION_ATTEMPTS):
+        with promotion_lock(client, name):
+            existing = find_version(client, name, digest)  # a run of the same checkpoint came first
+            if existing is not None:
+                return _summary(client, cfg, existing, already=True)
+            champion = alias_version(client, name, cfg.champion_alias)
+            if _version_number(champion) == decision.champion_version:  # compare-and-set
+                version_tags = {
+                    **(tags or {}),
+                    **_decision_tags(cfg, digest, eval_fingerprint, value, decision),
+                }
+                description = describe_version(data or {}, metrics, decision, cfg)
+                version = _write_version(client, cfg, info.model_uri, version_tags, description, decision)
+                break
+        log.info(
+            "the champion of %s became v%s while this run compared with v%s; comparing again",
+            *(name, _version_number(champion), decision.champion_version),
+        )
+        decision = _compare_with_champion(client, cfg, value, eval_fingerprint, rescore)
+    else:
+        raise RegistryError(
+            f"registered model {name!r}: the champion changed {PROMOTION_ATTEMPTS} times while this run "
+            "compared with it (other runs are promoting); run again to register this model"
+        )
+    log.info("registered %s version %s (%s)", name, version.version, decision.reason)
+    with _store_errors(f"reading {name!r} version {version.version}"):
+        return _summary(client, cfg, client.get_model_version(name, version.version), already=False)
 
-    info = log_pyfunc(checkpoint_dir)
-    version_tags = {
-        **(tags or {}),
+
+def describe_version(
+    data: Mapping[str, Any], metrics: Mapping[str, Any], decision: Decision, cfg: RegistryConfig
+) -> str:
+    """A version's description (markdown, shown in the registry UI): what the model was trained and
+    evaluated on, its mean metrics, and whether it was promoted and why."""
+    lines = []
+    if data:
+        lines += ["**Data**", ""]
+        lines += [f"- {label}: {_as_text(value)}" for label, value in data.items()]
+        lines.append("")
+    mean = metrics.get("mean") or {}
+    figures = ", ".join(f"{label} {_figure(mean.get(key))}" for key, label in DESCRIBED_METRICS.items())
+    lines += [f"**Mean metrics**: {figures}", ""]
+    if decision.promote:
+        verdict = "promoted to champion"
+    else:
+        verdict = f"not promoted, v{decision.champion_version} stays champion"
+    rule = f"by {cfg.metric}" + (f", by more than {cfg.min_improvement:g}" if cfg.min_improvement else "")
+    lines.append(f"**Promotion**: {verdict}: {decision.reason} ({rule}).")
+    return "\n".join(lines)
+
+
+def _decision_tags(
+    cfg: RegistryConfig, digest: str, eval_fingerprint: str, value: float | None, decision: Decision
+) -> dict[str, str]:
+    return {
         "checkpoint_sha256": digest,
         "eval_fingerprint": eval_fingerprint,
         f"eval_{cfg.metric}": _fmt(value),
@@ -201,28 +295,107 @@ def register_and_promote(
         f"promotion_champion_{cfg.metric}": _fmt(decision.champion_value),
         "promotion_champion_version": decision.champion_version or "",
     }
+
+
+def _write_version(
+    client: Any,
+    cfg: RegistryConfig,
+    model_uri: str,
+    tags: dict[str, str],
+    description: str,
+    decision: Decision,
+) -> Any:
+    """Register the version (tags, description), give it ``challenger`` and, if promoted, ``champion``.
+    Any failure deletes the half-made version and gives ``challenger`` back to its old holder."""
+    import mlflow
+
+    name = cfg.model_name
     old_challenger = alias_version(client, name, cfg.challenger_alias)
     version = None
+    with _store_errors(f"registering a version of {name!r}"):
+        try:
+            version = mlflow.register_model(model_uri, name, tags=tags)
+            client.update_model_version(name, version.version, description=description)
+            client.set_registered_model_alias(name, cfg.challenger_alias, version.version)
+            if decision.promote:
+                client.set_registered_model_alias(name, cfg.champion_alias, version.version)
+        except BaseException:
+            if version is not None:
+                log.warning("registration failed; removing %s version %s", name, version.version)
+                client.delete_model_version(name, version.version)
+                if old_challenger is not None:
+                    client.set_registered_model_alias(name, cfg.challenger_alias, old_challenger.version)
+            raise
+    return version
+
+
+@contextmanager
+def promotion_lock(
+    client: Any, name: str, stale_after: float = LOCK_STALE_S, wait: float = LOCK_WAIT_S, poll: float = 0.2
+) -> Iterator[None]:
+    """Hold the promotion lock of model ``name`` (see the module docstring) within the block."""
+    from mlflow.exceptions import MlflowException
+
+    lock = name + LOCK_SUFFIX
+    owner = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    holder, held_since = None, started
+    while True:
+        try:
+            client.create_registered_model(lock, tags={"owner": owner}, description=_lock_description(name))
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise _unavailable(f"taking the promotion lock {lock!r}", exc) from exc
+        now, current = time.monotonic(), _lock_owner(client, lock)
+        if current != holder:
+            holder, held_since = current, now
+        elif current is not None and now - held_since > stale_after:
+            log.warning("breaking promotion lock %s: held by %s for over %.0f s", lock, current, stale_after)
+            _delete_lock(client, lock)
+            continue
+        if now - started > wait:
+            raise RegistryError(
+                f"registered model {name!r}: another run ({current}) has held the promotion lock {lock!r} "
+                f"for over {wait:.0f} s; run again later, or delete that registered model if no run holds it"
+            )
+        time.sleep(poll)
     try:
-        version = mlflow.register_model(info.model_uri, name, tags=version_tags)
-        client.set_registered_model_alias(name, cfg.challenger_alias, version.version)
-        if decision.promote:
-            client.set_registered_model_alias(name, cfg.champion_alias, version.version)
-    except BaseException:
-        if version is not None:
-            log.warning("registration failed; removing %s version %s", name, version.version)
-            client.delete_model_version(name, version.version)
-            if old_challenger is not None:
-                client.set_registered_model_alias(name, cfg.challenger_alias, old_challenger.version)
-        raise
-    log.info(
-        "registered %s version %s (%s: %s)",
-        name,
-        version.version,
-        version_tags["promotion_decision"],
-        decision.reason,
+        yield
+    finally:
+        try:
+            if _lock_owner(client, lock) == owner:
+                _delete_lock(client, lock)
+        except MlflowException as exc:  # never hide the block's own error; a waiter breaks it later
+            log.warning("could not release promotion lock %s: %s", lock, _message(exc))
+
+
+def _lock_description(name: str) -> str:
+    return (
+        f"Promotion lock of {name}: a pipeline run holds it while it writes a version and its aliases, "
+        f"and deletes it when done. One older than {LOCK_STALE_S:.0f} s was left by a killed run."
     )
-    return _summary(client, cfg, client.get_model_version(name, version.version), already=False)
+
+
+def _lock_owner(client: Any, lock: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(lock).tags.get("owner", "")
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND_CODES:
+            return None
+        raise _unavailable(f"reading the promotion lock {lock!r}", exc) from exc
+
+
+def _delete_lock(client: Any, lock: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_registered_model(lock)
+    except MlflowException as exc:
+        if exc.error_code not in NOT_FOUND_CODES:
+            raise
 
 
 def _compare_with_champion(
@@ -235,23 +408,24 @@ def _compare_with_champion(
     champion = alias_version(client, cfg.model_name, cfg.champion_alias)
     if champion is None:
         return decide(value, None, cfg.min_improvement)
+    number = _version_number(champion)
     champ_value: float | None
     if champion.tags.get("eval_fingerprint") == eval_fingerprint:
         champ_value = _parse(champion.tags.get(f"eval_{cfg.metric}"))
     elif rescore is not None:
-        uri = f"models:/{cfg.model_name}/{champion.version}"
-        log.info("champion version %s was scored on other data; re-evaluating it", champion.version)
+        uri = f"models:/{cfg.model_name}/{number}"
+        log.info("champion version %s was scored on other data; re-evaluating it", number)
         champ_value = _metric(rescore(uri), cfg.metric)
     else:
         return Decision(
             False,
-            f"champion v{champion.version} was evaluated on other data and cannot be re-scored",
+            f"champion v{number} was evaluated on other data and cannot be re-scored",
             value,
             None,
-            champion.version,
+            number,
         )
     result = decide(value, champ_value, cfg.min_improvement)
-    result.champion_version = champion.version
+    result.champion_version = number
     return result
 
 
@@ -266,7 +440,13 @@ def resolve_model(ref: str | Path, dst: str | Path | None = None) -> Path:
         path = Path(text).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"model {ref}: not a checkpoint folder nor a models:/ or runs:/ URI")
-        return _checkpoint_in(path, text)
+        found = _checkpoint_in(path)
+        if found is None:
+            raise ModelReferenceError(
+                f"model {ref}: {path} holds no {' + '.join(CHECKPOINT_FILES)}; pass a training output "
+                "folder (a run's train/), a models:/ URI or a runs:/RUN_ID/model URI"
+            )
+        return found
     import mlflow
 
     uri, expected = _pin_version(text)
@@ -277,26 +457,45 @@ def resolve_model(ref: str | Path, dst: str | Path | None = None) -> Path:
         label = uri.replace(":/", "_").replace("/", "_").strip("_")
         dst = Path(os.environ.get("ANOMALYGPT_CACHE", "~/.cache/anomalygpt")).expanduser() / f"{label}-{key}"
     dst = Path(dst)
-    try:
-        return _checkpoint_in(dst, text)
-    except FileNotFoundError:
-        pass
+    cached = _checkpoint_in(dst)
+    if cached is not None:
+        return cached
     partial = dst.with_name(dst.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(partial))
-        found = _checkpoint_in(partial, text)
+        _download(uri, text, partial)
+        found = _checkpoint_in(partial)
+        if found is None:
+            raise ModelReferenceError(
+                f"model {ref}: holds no {' + '.join(CHECKPOINT_FILES)}, so it is not a model this "
+                "pipeline logged; name a registered version or a run's logged model (runs:/RUN_ID/model)"
+            )
         if expected and checkpoint_digest(found) != expected:
             raise RegistryError(f"model {ref}: downloaded weights do not match the registered sha256")
-    except Exception as exc:
+    except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
-        if isinstance(exc, RegistryError):
-            raise
-        raise RegistryError(f"model {ref}: download failed: {exc}") from exc
+        raise
     shutil.rmtree(dst, ignore_errors=True)
     partial.rename(dst)
-    return _checkpoint_in(dst, text)
+    return _checkpoint_in(dst) or dst
+
+
+def _download(uri: str, ref: str, dst: Path) -> None:
+    """Download ``uri``; a path the store does not have is a bad reference, anything else the store's."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND_CODES:
+            raise ModelReferenceError(
+                f"model {ref}: {_message(exc)}; check the run id and the path after it (runs:/RUN_ID/model)"
+            ) from exc
+        raise _unavailable(f"downloading model {ref}", exc) from exc
+    except Exception as exc:
+        raise _unavailable(f"downloading model {ref}", exc) from exc
 
 
 def _pin_version(ref: str) -> tuple[str, str]:
@@ -308,21 +507,57 @@ def _pin_version(ref: str) -> tuple[str, str]:
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
-    name, _, rest = ref.removeprefix("models:/").partition("/")
-    if "@" in name:
-        name, alias = name.split("@", 1)
+    head, slash, rest = ref.removeprefix("models:/").partition("/")
+    name, at, alias = head.partition("@")
+    by_alias, by_version = bool(at and alias and not slash), bool(not at and rest.isdigit())
+    if not name or not (by_alias or by_version):
+        raise ModelReferenceError(
+            f"model {ref}: not a model URI; write models:/NAME@ALIAS (e.g. models:/anomalygpt@champion) "
+            "or models:/NAME/VERSION (e.g. models:/anomalygpt/3)"
+        )
+    if by_alias:
         version = alias_version(client, name, alias)
         if version is None:
-            raise RegistryError(f"model {ref}: no version of {name!r} has alias {alias!r}")
+            problem = f"no version of {name!r} has alias {alias!r}"
+            raise ModelReferenceError(_not_found(client, ref, name, problem))
     else:
         try:
             version = client.get_model_version(name, rest)
         except MlflowException as exc:
-            raise RegistryError(f"model {ref}: no such registered version ({exc.message})") from exc
+            if exc.error_code not in NOT_FOUND_CODES:
+                raise _unavailable(f"reading {ref}", exc) from exc
+            problem = f"{name!r} has no version {rest}"
+            raise ModelReferenceError(_not_found(client, ref, name, problem)) from exc
     return f"models:/{name}/{version.version}", version.tags.get("checkpoint_sha256", "")
 
 
-def _checkpoint_in(path: Path, ref: str) -> Path:
+def _not_found(client: Any, ref: str, name: str, problem: str) -> str:
+    """Why ``ref`` does not resolve (``problem`` when the model exists) and how to fix it, naming what
+    the store does have."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    store = mlflow.get_registry_uri()
+    with _store_errors(f"reading registered model {name!r}"):
+        try:
+            model = client.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code not in NOT_FOUND_CODES:
+                raise
+            found = client.search_registered_models(max_results=20)
+            names = ", ".join(m.name for m in found if not m.name.endswith(LOCK_SUFFIX)) or "none"
+            return (
+                f"model {ref}: no registered model {name!r} in {store} (registered: {names}); check the "
+                "name, or point the command's store option or MLFLOW_TRACKING_URI at the store that has it"
+            )
+    aliases = ", ".join(sorted(model.aliases)) or "none"
+    return (
+        f"model {ref}: {problem} in {store} (its aliases: {aliases}); name an alias it has, or a "
+        f"version: models:/{name}/N"
+    )
+
+
+def _checkpoint_in(path: Path) -> Path | None:
     """``path`` itself when it is a checkpoint, else the checkpoint inside a logged MLflow model."""
     candidates = [path]
     mlmodel = path / "MLmodel"
@@ -336,7 +571,36 @@ def _checkpoint_in(path: Path, ref: str) -> Path:
     for candidate in candidates:
         if all((candidate / f).is_file() for f in CHECKPOINT_FILES):
             return candidate
-    raise FileNotFoundError(f"model {ref}: {path} holds no {' + '.join(CHECKPOINT_FILES)}")
+    return None
+
+
+@contextmanager
+def _store_errors(doing: str) -> Iterator[None]:
+    """An MLflow failure while ``doing`` something becomes a :class:`RegistryError` (exit 3)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        raise _unavailable(doing, exc) from exc
+
+
+def _unavailable(doing: str, exc: BaseException) -> RegistryError:
+    import mlflow
+
+    return RegistryError(
+        f"MLflow store {mlflow.get_registry_uri()}: {doing} failed ({_message(exc)}); check that the "
+        "tracking server is up and that MLFLOW_TRACKING_URI names it"
+    )
+
+
+def _message(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _version_number(version: Any | None) -> str | None:
+    return None if version is None else str(version.version)
 
 
 def _summary(client: Any, cfg: RegistryConfig, version: Any, already: bool) -> dict[str, Any]:
@@ -365,3 +629,11 @@ def _fmt(value: float | None) -> str:
 
 def _parse(text: str | None) -> float | None:
     return float(text) if text else None
+
+
+def _figure(value: Any) -> str:
+    return "–" if value is None else f"{float(value):.4f}"
+
+
+def _as_text(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
+
+from pipeline.core.config import to_dict
 
 
 @dataclass
 class SynthConfig:
     """Simulated-anomaly generation and sharding."""
+
+    OUTPUT_NEUTRAL_KEYS: ClassVar[tuple[str, ...]] = ("workers",)
+    """Keys that never change the shards (any worker count writes the same bytes): left out of
+    :meth:`identity`, so changing them neither re-plans nor re-runs the stage."""
 
     format: Literal["mvtec", "visa", "folder"] = "mvtec"
     """Layout of the normal-image dataset (see docs/data.md)."""
@@ -67,3 +73,8 @@ class SynthConfig:
             raise ValueError(f"retries must be >= 1, got {self.retries}")
         if not 0 <= self.png_compression <= 9:
             raise ValueError(f"png_compression must be in 0..9, got {self.png_compression}")
+
+    def identity(self) -> dict[str, Any]:
+        """This section as plain data less ``OUTPUT_NEUTRAL_KEYS``: what the shard plan id, the
+        manifest's ``config`` and the synth stage key hash."""
+        return {k: v for k, v in to_dict(self).items() if k not in self.OUTPUT_NEUTRAL_KEYS}

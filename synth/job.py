@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import ConfigError, to_dict
+from pipeline.core.config import ConfigError
 from pipeline.core.files import atomic_write, json_sha256, write_json_atomic
 from pipeline.core.runtime import init_ray
 from synth.config import SynthConfig
@@ -65,9 +65,8 @@ def run_synth(
     records = [r for r in records if r.label == 0]
     sources = sources_from_records(records)
     fingerprint = records_fingerprint(records)
-    settings = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # workers never change output
-    identity = {"seed": seed, "config": settings, "source": fingerprint, "format": MANIFEST_FORMAT}
-    plan_id = json_sha256(identity)
+    settings = cfg.identity()
+    plan_id = shard_plan_id(cfg, seed, fingerprint)
     shards = plan_shards(len(sources), cfg.per_image, cfg.samples_per_shard)
     job = _Job(cfg, sources, shards, seed, out, progress)
 
@@ -97,6 +96,14 @@ def run_synth(
     )
     run = {"elapsed_s": elapsed, "samples_written": written, "samples_per_s": rate}
     return {**manifest, "status": "written", "run": run}
+
+
+def shard_plan_id(cfg: SynthConfig, seed: int, source_fingerprint: str) -> str:
+    """What the shards depend on: the synth settings that change them (``cfg.identity()``), the
+    seed, the normal images' content and the shard format. A run resumes only the same plan."""
+    return json_sha256(
+        {"seed": seed, "config": cfg.identity(), "source": source_fingerprint, "format": MANIFEST_FORMAT}
+    )
 
 
 @dataclasses.dataclass

@@ -1,14 +1,15 @@
 """Settings of the train stage (the ``train:`` section of a pipeline config).
 
-Stdlib only: the CLI validates configs without importing torch. Docstrings document each key.
+No torch here: the CLI validates configs without importing it. Docstrings document each key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from pipeline.core.config import to_dict
 from train.model.config import ModelConfig
 
 
@@ -72,6 +73,16 @@ class AugmentConfig:
 @dataclass
 class TrainConfig:
     """Training: data mix, batch sizes, optimizer, schedule, DeepSpeed, checkpoints, fault tolerance."""
+
+    OUTPUT_NEUTRAL_KEYS: ClassVar[tuple[str, ...]] = (
+        "max_failures",
+        "log_every",
+        "keep_checkpoints",
+        "checkpoint_every",
+        "storage_path",
+    )
+    """Keys that may change between a run and its resumption without changing what is trained
+    (fault tolerance, logging, checkpoint cadence and place): left out of :meth:`identity`."""
 
     epochs: float = 1.0
     """Passes over the anomaly shards; gives the number of optimizer steps unless ``max_steps`` is set."""
@@ -148,6 +159,11 @@ class TrainConfig:
 
     def storage(self, out: Path) -> str:
         return self.storage_path or str(Path(out).resolve() / "ray")
+
+    def identity(self) -> dict[str, Any]:
+        """This section as plain data less ``OUTPUT_NEUTRAL_KEYS``: what the model fingerprint and
+        the resume fingerprint hash."""
+        return {k: v for k, v in to_dict(self).items() if k not in self.OUTPUT_NEUTRAL_KEYS}
 
 
 @dataclass

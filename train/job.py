@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 SUMMARY = "train_summary.json"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train 2.60's record of registered checkpoints
-# Settings that may change between a run and its resumption without changing what is trained.
-RESUMABLE_KEYS = ("max_failures", "log_every", "keep_checkpoints", "checkpoint_every", "storage_path")
 
 
 @dataclass
@@ -273,10 +271,9 @@ def latest_checkpoint(storage: str, name: str) -> tuple[dict[str, Any] | None, P
 
 
 def _fingerprint(cfg: TrainJobConfig, shards, instruct, workers: int, fraction: float) -> str:
-    """What a checkpoint must match to be resumed: config (less RESUMABLE_KEYS), data, workers."""
-    config = run_record(cfg)
-    for key in RESUMABLE_KEYS:
-        config["train"].pop(key, None)
+    """What a checkpoint must match to be resumed: the run's config (its train section as
+    ``TrainConfig.identity()``: less what may change on a resume), data, workers."""
+    config = {**run_record(cfg), "train": cfg.train.identity()}
     identity = {
         "config": config,
         "workers": workers,

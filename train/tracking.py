@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import flatten
-from pipeline.core.mlflow_store import configure_mlflow
+from pipeline.core.mlflow_store import configure_mlflow, source_tags
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 def open_run(
     out: Path, experiment: str, config: dict[str, Any], resume_id: str | None, extra: dict[str, Any]
 ) -> tuple[str, str]:
-    """(run id, tracking URI): the resumed run, or a new one in ``experiment`` with the flattened
-    ``config`` (plain data) and ``extra`` (as ``run.*``) as params."""
+    """(run id, tracking URI): the resumed run, or a new one ``<experiment>/train`` in ``experiment``
+    with the flattened ``config`` (plain data) and ``extra`` (as ``run.*``) as params."""
     from mlflow.exceptions import MlflowException
 
     uri = configure_mlflow(out, experiment)
@@ -37,7 +37,8 @@ def open_run(
     from mlflow.entities import Param
 
     experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
-    run = client.create_run(experiment_id, run_name=f"train-{out.name}", tags={"stage": "train"})
+    tags = {"stage": "train", **source_tags()}
+    run = client.create_run(experiment_id, run_name=f"{experiment}/train", tags=tags)
     params = {**flatten(config), **{f"run.{k}": v for k, v in extra.items()}}
     items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # the store takes at most 100 params per batch

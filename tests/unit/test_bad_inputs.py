@@ -153,3 +153,49 @@ def test_ask_rejects_truncated_checkpoint_before_loading(tiny_checkpoint, sample
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"{ckpt / 'model.safetensors'} is truncated" in proc.stderr
     assert "Traceback" not in proc.stderr and "loading" not in proc.stderr
+
+
+def _edit_config(ckpt: Path, **changes) -> None:
+    import yaml
+
+    config = ckpt / "config.yaml"
+    data = yaml.safe_load(config.read_text())
+    data.update(changes)
+    config.write_text(yaml.safe_dump(data))
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        # an edited config: one prompt-learner layer wider
+        ({"prompt_channels": [4, 8, 32]}, "mis-shaped 3: prompt_learner.convs"),
+        # weights of a model with a decoder loaded as one without (another preset)
+        ({"use_decoder": False, "prompt_global": True}, "unexpected 16: decoder."),
+        ({"prompt_tokens": 9}, "prompt_learner.base_prompts (file (4, 64), model (9, 64))"),
+    ],
+    ids=["wider-layer", "no-decoder", "more-prompt-tokens"],
+)
+def test_weights_that_do_not_fit_the_config_name_file_keys_and_cause(
+    tiny_checkpoint, tmp_path, changes, expected
+):
+    ckpt = _copy(tiny_checkpoint, tmp_path)
+    _edit_config(ckpt, **changes)
+    verify_checkpoint(ckpt)  # both files are intact: only building the model shows the mismatch
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(ckpt)
+    message = str(info.value)
+    assert str(ckpt / "model.safetensors") in message and expected in message
+    assert "another preset or config.yaml was edited" in message
+    assert isinstance(info.value, InputError) and info.value.exit_code == 2
+
+
+def test_ask_with_mismatched_weights_exits_2_naming_the_checkpoint(
+    tiny_checkpoint, sample_data_root, tmp_path
+):
+    good = sorted((sample_data_root / "coin" / "test" / "scratch").glob("*.png"))[0]
+    ckpt = _copy(tiny_checkpoint, tmp_path)
+    _edit_config(ckpt, prompt_channels=[4, 8, 32])
+    proc = _ask(ckpt, good)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"error: checkpoint file {ckpt / 'model.safetensors'} does not fit" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -193,18 +193,25 @@ def tiny_model(tiny_config):
     return build_model(tiny_config.model).eval()
 
 
-def test_baseline_category_on_a_tiny_model(tiny_model, sample_data_root):
+@pytest.fixture(scope="module")
+def tiny_predictor(tiny_model):
+    from train.model.predictor import Predictor
+
+    return Predictor(tiny_model, tiny_model.cfg, "cpu")
+
+
+def test_baseline_category_on_a_tiny_model(tiny_predictor, sample_data_root):
     from synth.datasets import read_dataset
 
     train = read_dataset(sample_data_root, "mvtec", split="train", categories=["brick"])
     test = read_dataset(sample_data_root, "mvtec", split="test", categories=["brick"])[:4]
-    one = baseline.baseline_category(tiny_model, train, test, 1, 64)
-    every = baseline.baseline_category(tiny_model, train, test, "all", 64)
+    one = baseline.baseline_category(tiny_predictor, train, test, 1)
+    every = baseline.baseline_category(tiny_predictor, train, test, "all")
     assert 0.0 <= one["image_auroc"] <= 1.0 and 0.0 <= one["pixel_auroc"] <= 1.0
     assert every["memory_patches"] == [6 * p for p in one["memory_patches"]]
 
 
-def test_answers_follow_map_category_on_a_tiny_model(tiny_model, sample_data_root):
+def test_answers_follow_map_category_on_a_tiny_model(tiny_model, tiny_predictor, sample_data_root):
     import dataclasses
 
     from synth.datasets import read_dataset
@@ -215,7 +222,7 @@ def test_answers_follow_map_category_on_a_tiny_model(tiny_model, sample_data_roo
     cfg = tiny_model.cfg
     tiny_model.cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, max_new_tokens=3))
     try:
-        part, example = follow.run_category(tiny_model, "grass", train, test, 2)
+        part, example = follow.run_category(tiny_predictor, "grass", train, test, 2)
     finally:
         tiny_model.cfg = cfg
     labels, own, swapped, pairs = part

@@ -19,10 +19,13 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 _FIX = "re-export the model (train writes it) or re-download it"
 _MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header
+_LISTED = 3
+"""Tensor names a mismatch message lists per kind; the rest are counted."""
 
 
 class CheckpointError(InputError):
-    """A checkpoint folder that cannot be loaded: missing, truncated or garbled files (exit 2)."""
+    """A checkpoint folder that cannot be loaded: missing, truncated or garbled files, or weights
+    that do not fit the model its config builds (exit 2)."""
 
 
 def verify_checkpoint(directory: str | Path) -> None:
@@ -113,9 +116,26 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[Anomaly
     model = build_model(cfg)
     state = load_file(str(directory / WEIGHTS), device=device)
     own = dict(model.named_parameters())
-    expected = {n for n, p in own.items() if p.requires_grad}
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise KeyError(f"checkpoint {directory}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    _check_matches(directory, {n: tuple(p.shape) for n, p in own.items() if p.requires_grad}, state)
     copy_tensors(own, state, f"checkpoint {directory}")
     return model.to(device), cfg
+
+
+def _check_matches(directory: Path, expected: dict[str, tuple[int, ...]], state: dict) -> None:
+    """The file holds exactly the tensors, of exactly the shapes, that its config's model trains;
+    else a CheckpointError naming the first few that differ and the likely cause."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = {n: (tuple(state[n].shape), expected[n]) for n in sorted(set(state) & set(expected))}
+    misshaped = [f"{n} (file {got}, model {want})" for n, (got, want) in shapes.items() if got != want]
+    problems = [
+        f"{label} {len(names)}: {', '.join(names[:_LISTED])}" + (", ..." if len(names) > _LISTED else "")
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+        if names
+    ]
+    if problems:
+        raise CheckpointError(
+            f"checkpoint file {directory / WEIGHTS} does not fit the model its {CONFIG} builds "
+            f"({'; '.join(problems)}). Likely the weights come from another preset or {CONFIG} was "
+            f"edited after training: put back the {CONFIG} saved with these weights, or retrain"
+        )

@@ -180,12 +180,13 @@ def test_the_worker_puts_the_gt_positions_of_an_anomalous_image_with_a_mask_in_i
     drawn[40:60, 44:60] = 255  # bottom right
     Image.fromarray(drawn).save(mask)
 
-    class Model:
-        def predict(self, tensor, categories, **_):
+    class FakePredictor:
+        def predict(self, images, categories, **_):
+            assert all(image.shape == (32, 32, 3) for image in images)  # read at the model's size
             return [Prediction(c, None, 0.5, YES_TOP) for c in categories]
 
     worker = EvalWorker.__new__(EvalWorker)  # no checkpoint: only predict's bookkeeping is tested
-    worker.model, worker.size, worker.device, worker.write_maps, worker.states = Model(), 32, "cpu", False, {}
+    worker.predictor, worker.size, worker.write_maps, worker.states = FakePredictor(), 32, False, {}
     worker.pixel = {"bins": 8, "lo": 0.0, "hi": 1.0, "threshold": 0.1}
     items = [
         EvalItem("b/test/hole/0.png", str(image), "b", 1, "hole", str(mask), True),

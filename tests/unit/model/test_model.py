@@ -182,7 +182,9 @@ def test_checkpoint_with_missing_tensor_is_rejected(make_cfg, tmp_path):
     state = load_file(str(tmp_path / "model.safetensors"))
     state.pop(next(iter(state)))
     save_file(state, str(tmp_path / "model.safetensors"))
-    with pytest.raises(KeyError, match="missing"):
+    from train.model.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="missing 1: "):
         load_checkpoint(tmp_path)
 
 

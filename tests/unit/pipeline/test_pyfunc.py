@@ -27,8 +27,9 @@ def test_pyfunc_matches_direct_prediction(tiny_checkpoint, sample_data_root, tmp
     import mlflow
 
     from pipeline.core.mlflow_store import configure_mlflow
-    from pipeline.inference import load_model, predict_one
+    from pipeline.inference import predict_one
     from pipeline.registry import RegistryConfig, register_and_promote
+    from train.model.predictor import Predictor
 
     monkeypatch.setenv("ANOMALYGPT_CACHE", str(tmp_path / "cache"))
     configure_mlflow(tmp_path / "runs", "pyfunc-test")
@@ -49,12 +50,12 @@ def test_pyfunc_matches_direct_prediction(tiny_checkpoint, sample_data_root, tmp
     out = pyfunc.predict(rows)
     assert len(out) == 2
 
-    model, cfg = load_model(tiny_checkpoint)
-    direct = predict_one(model, cfg, test_image, category=category)
-    shot = predict_one(model, cfg, test_image, category=category, references=refs)
+    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    direct = predict_one(predictor, test_image, category=category)
+    shot = predict_one(predictor, test_image, category=category, references=refs)
     for got, want in ((out[0], direct), (out[1], shot)):
         amap = np.asarray(got.anomaly_map, dtype=np.float32)
-        assert amap.shape == (cfg.image_size, cfg.image_size)
+        assert amap.shape == (predictor.image_size, predictor.image_size)
         np.testing.assert_allclose(amap, want.anomaly_map, atol=1e-5)
         assert got.score == pytest.approx(want.score, abs=1e-5)
         assert got.answer == want.answer and isinstance(got.answer, str)

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from pipeline.registry import (
+    ModelReferenceError,
     RegistryConfig,
     RegistryError,
     checkpoint_digest,
@@ -172,7 +173,7 @@ def test_resolve_model_round_trip(reg):
     mtime = (local / "model.safetensors").stat().st_mtime_ns
     assert resolve_model(reg.uri("/1")) == local
     assert (local / "model.safetensors").stat().st_mtime_ns == mtime
-    with pytest.raises(RegistryError, match="no version"):
+    with pytest.raises(ModelReferenceError, match="no version"):
         resolve_model(reg.uri("@nope"))
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
         resolve_model(reg.path / "missing")

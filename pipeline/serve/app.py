@@ -1,0 +1,186 @@
+"""The Ray Serve application: one deployment whose replicas each load the model once, batch the
+requests that arrive together, and answer HTTP through FastAPI (``POST /v1/inspect``,
+``GET /healthz``, ``GET /`` the page). docs/serving.md describes the API.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the routes' annotations at run time, and
+# Ray's class-based view cannot resolve string annotations (`request: Request` became a query field).
+import asyncio
+import functools
+import importlib.resources
+import logging
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from ray import serve
+from ray.serve import Application
+from starlette.datastructures import FormData, UploadFile
+
+from pipeline.core.config import from_dict
+from pipeline.core.errors import PipelineError
+from pipeline.serve.inspection import (
+    MAX_REFERENCES,
+    InspectJob,
+    RequestError,
+    decode_image,
+    inspection_result,
+    new_job,
+    parse_category,
+    parse_flag,
+    parse_history,
+    parse_map_mode,
+    parse_question,
+    run_batch,
+)
+from pipeline.serve.options import ServeOptions, ServeSettings, resolve_options
+from pipeline.serve.predictor import load_predictor
+from pipeline.serve.references import ReferenceFolders
+
+APP_NAME = "anomalygpt"
+MAX_TEXT_FIELD = 256 * 1024
+"""Bytes in one text field of the form (the chat history is the longest)."""
+
+log = logging.getLogger(__name__)
+api = FastAPI(title="AnomalyGPT inspection", docs_url=None, redoc_url=None)
+
+
+@functools.cache
+def page_html() -> str:
+    """The web page: one self-contained file (no CDN, no network), stored beside this module."""
+    return importlib.resources.files("pipeline.serve").joinpath("static", "index.html").read_text("utf-8")
+
+
+# Everything the routes call is defined above the class: @serve.ingress freezes (pickles) the routes
+# when the class is decorated, so a helper defined below it would be missing in the replicas.
+def _text(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    if isinstance(value, UploadFile):
+        raise RequestError(f"{name} must be a text field, not a file")
+    return value
+
+
+@serve.deployment(name="AnomalyGPT")
+@serve.ingress(api)
+class InspectionService:
+    """One replica: the model, loaded once, and the HTTP routes over it."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        from pipeline.core.runtime import configure_environment
+
+        configure_environment()
+        self.options = options
+        self.predictor = load_predictor(options.checkpoint, options.device)
+        folder = options.settings.references_dir
+        self.references = ReferenceFolders(folder) if folder else None
+        self.served = {"images": 0, "batches": 0}
+        """What this replica has inspected, and in how many model batches (batching at work)."""
+        self.predict_batch.set_max_batch_size(options.settings.max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(options.settings.batch_wait_ms / 1000.0)
+        log.info("replica ready: %s on %s", options.checkpoint, self.predictor.device)
+
+    @api.get("/", response_class=HTMLResponse)
+    def page(self) -> str:
+        return page_html()
+
+    @api.get("/healthz")
+    def healthz(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": self.options.settings.model,
+            "device": str(self.predictor.device),
+            "reference_categories": self.references.categories() if self.references else [],
+            "served": dict(self.served),
+        }
+
+    @api.post("/v1/inspect")
+    async def inspect(self, request: Request) -> dict[str, Any]:
+        self._check_length(request)
+        limits = {"max_files": MAX_REFERENCES + 1, "max_fields": 16, "max_part_size": MAX_TEXT_FIELD}
+        try:
+            async with request.form(**limits) as form:  # closes the uploads' spooled files
+                job, map_mode = await self._job(form)
+            prediction = await self.predict_batch(job)
+            if isinstance(prediction, BaseException):
+                raise prediction
+            return await asyncio.to_thread(inspection_result, job, prediction, map_mode)
+        except RequestError as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+        except PipelineError as exc:  # the server's side: e.g. a corrupt file in --references-dir
+            log.error("inspection failed: %s", exc)
+            raise HTTPException(500, f"the service could not answer: {exc}") from exc
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)  # replaced in __init__ from the options
+    async def predict_batch(self, jobs: list[InspectJob]) -> list[Any]:
+        """The requests that arrived together, through the model in as few calls as possible."""
+        self.served["images"] += len(jobs)
+        self.served["batches"] += 1
+        return await asyncio.to_thread(run_batch, self.predictor, jobs)
+
+    def _check_length(self, request: Request) -> None:
+        """Refuse a large upload from its header, before a byte of it is read."""
+        limit = self.options.max_upload_bytes
+        length = request.headers.get("content-length")
+        if length is None:
+            if "chunked" in request.headers.get("transfer-encoding", "").lower():
+                raise HTTPException(411, "send the upload with a Content-Length header, not chunked")
+            return  # no body at all
+        if not length.isdigit():
+            raise HTTPException(400, f"bad Content-Length {length[:40]!r}")
+        if int(length) > limit:
+            raise HTTPException(
+                413,
+                f"the upload is {int(length) / 2**20:.1f} MB; this service takes at most "
+                f"{self.options.settings.max_upload_mb:g} MB per request (serve --max-upload-mb)",
+            )
+
+    async def _job(self, form: FormData) -> tuple[InspectJob, str]:
+        image = form.get("image")
+        if not isinstance(image, UploadFile):
+            raise RequestError("no image: send the image as the multipart form file field 'image'", 422)
+        uploads = form.getlist("reference")
+        if any(not isinstance(upload, UploadFile) for upload in uploads):
+            raise RequestError("reference: send each normal image as a file field 'reference'")
+        data = await image.read()
+        references = [(upload.filename, await upload.read()) for upload in uploads]
+        texts = {name: _text(form, name) for name in ("category", "question", "history", "map", "generate")}
+        return await asyncio.to_thread(self._parse, image.filename, data, references, texts)
+
+    def _parse(
+        self, name: str | None, data: bytes, uploads: list[tuple[str | None, bytes]], texts: dict
+    ) -> tuple[InspectJob, str]:
+        """Check and decode every field (in a thread: decoding images is CPU work)."""
+        size = self.predictor.image_size
+        category = parse_category(texts["category"])
+        map_mode = parse_map_mode(texts["map"])
+        generate = parse_flag(texts["generate"], "generate", default=True)
+        question = parse_question(texts["question"])
+        history = parse_history(texts["history"])
+        image = decode_image(data, size, f"the image {name or ''}".rstrip())
+        references = [
+            decode_image(payload, size, f"reference {i + 1} {filename or ''}".rstrip())
+            for i, (filename, payload) in enumerate(uploads)
+        ]
+        if not references and self.references is not None:
+            references = self.references.images(category, size)
+        return new_job(image, category, question, history, generate, references), map_mode
+
+
+def build_app(options: ServeOptions) -> Application:
+    """The application for ``serve.run``: replicas and their resources from the options."""
+    settings = options.settings
+    return InspectionService.options(
+        num_replicas=settings.replicas,
+        # Room for one batch running and the next one filling.
+        max_ongoing_requests=2 * settings.max_batch_size,
+        ray_actor_options={"num_cpus": settings.cpus_per_replica, "num_gpus": options.gpus_per_replica},
+    ).bind(options)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """The application from a Ray Serve config's ``args`` (the keys of
+    :class:`~pipeline.serve.options.ServeSettings`), as a KubeRay RayService deploys it:
+    ``import_path: pipeline.serve.app:app_builder``. The model is resolved here, once; ``cuda``
+    replicas wait for GPU workers that have not joined yet instead of failing the deploy."""
+    settings = from_dict(ServeSettings, args, source="serve application args")
+    return build_app(resolve_options(settings, check_gpus=False))

@@ -1,0 +1,249 @@
+"""The rules of ``POST /v1/inspect``, free of HTTP and Ray: read the form's values into a job, run a
+batch of jobs through the predictor, and turn a prediction into the JSON answer.
+
+Kept apart from the deployment so each rule is tested on its own and the route stays a few lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import io
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipeline.core.errors import InputError
+
+if TYPE_CHECKING:
+    from train.model.batch import Prediction
+    from train.model.predictor import Predictor
+
+THRESHOLD = 0.5
+"""The decision point of the calibrated map: a score above it is an anomaly."""
+MAP_MODES = ("none", "small", "full")
+SMALL_MAP = 64
+"""Side of ``map_png`` with ``map=small``."""
+MAX_REFERENCES = 32
+MAX_HISTORY_TURNS = 32
+MAX_TEXT = 2000
+"""Characters in a question or in one turn of the history."""
+MAX_PIXELS = 40_000_000
+"""An upload decoding to more pixels than this is refused before decoding (a decompression bomb)."""
+CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_ -]{0,63}")
+"""Letters, digits, ``_``, ``-`` and spaces: it goes into the prompt and names a references folder."""
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class RequestError(InputError):
+    """A request the service refuses, with its HTTP status (400 unless said otherwise)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class InspectJob:
+    """One image to inspect, as the batch runner needs it."""
+
+    image: Any
+    """uint8 (S, S, 3) RGB at the model's input size."""
+    category: str
+    question: str
+    """What was asked (the class's default question when the request names none)."""
+    prompt: str
+    """What the model reads: the earlier turns of the chat, then ``question``."""
+    generate: bool = True
+    references: list[Any] = field(default_factory=list)
+    """uint8 normals of ``category`` for the few-shot bank; empty: the zero-shot map."""
+
+    @functools.cached_property
+    def bank_key(self) -> str | None:
+        """Jobs with the same key share one bank (and one model call)."""
+        if not self.references:
+            return None
+        digest = hashlib.sha256(self.category.encode())
+        for image in self.references:
+            digest.update(image.tobytes())
+        return digest.hexdigest()
+
+
+def decode_image(data: bytes, size: int, label: str) -> Any:
+    """uint8 (size, size, 3) RGB from uploaded bytes, read as training and ``ask`` read files."""
+    from PIL import Image
+
+    from evaluate.data import load_image
+
+    if not data:
+        raise RequestError(f"{label} is empty: upload an image file (PNG, JPEG, ...)")
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+        if width * height > MAX_PIXELS:
+            raise RequestError(
+                f"{label} is {width}x{height} pixels, more than {MAX_PIXELS:,}: scale it down", 413
+            )
+        return load_image(io.BytesIO(data), size)  # type: ignore[arg-type]
+    except Image.UnidentifiedImageError as exc:
+        raise RequestError(f"{label} is not an image file; upload a PNG, JPEG, BMP, TIFF or WebP") from exc
+    except RequestError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise RequestError(f"{label} is not a readable image ({exc}); check or replace the file") from exc
+
+
+def parse_category(text: str | None) -> str:
+    value = (text or "").strip() or "object"
+    if not CATEGORY.fullmatch(value):
+        raise RequestError(
+            f"category {value[:80]!r}: use up to 64 letters, digits, '_', '-' or spaces (e.g. bottle)"
+        )
+    return value
+
+
+def parse_map_mode(text: str | None) -> str:
+    value = (text or "small").strip().lower()
+    if value not in MAP_MODES:
+        raise RequestError(f"map must be one of {', '.join(MAP_MODES)}, got {value[:40]!r}")
+    return value
+
+
+def parse_flag(text: str | None, name: str, default: bool) -> bool:
+    if text is None or not text.strip():
+        return default
+    value = text.strip().lower()
+    if value in TRUE or value in FALSE:
+        return value in TRUE
+    raise RequestError(f"{name} must be true or false, got {value[:40]!r}")
+
+
+def parse_question(text: str | None) -> str | None:
+    value = (text or "").strip()
+    if len(value) > MAX_TEXT:
+        raise RequestError(f"question is {len(value)} characters; at most {MAX_TEXT}")
+    return value or None
+
+
+def parse_history(text: str | None) -> list[dict[str, str]]:
+    """The earlier turns of a chat about this image: a JSON list of ``{"from": "human"|"gpt",
+    "value": text}``, human first, alternating (what this service answered before)."""
+    if text is None or not text.strip():
+        return []
+    try:
+        turns = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"history is not JSON ({exc})") from exc
+    example = '[{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}]'
+    if not isinstance(turns, list):
+        raise RequestError(f"history must be a JSON list of turns like {example}")
+    if len(turns) > MAX_HISTORY_TURNS:
+        raise RequestError(f"history has {len(turns)} turns; send at most the last {MAX_HISTORY_TURNS}")
+    history = []
+    for i, turn in enumerate(turns):
+        expected = "human" if i % 2 == 0 else "gpt"
+        if not isinstance(turn, dict) or set(turn) != {"from", "value"} or not isinstance(turn["value"], str):
+            raise RequestError(f"history turn {i} must be {{'from': ..., 'value': text}}, like {example}")
+        if turn["from"] != expected:
+            raise RequestError(f"history turn {i} must be from {expected!r} (human and gpt alternate)")
+        if len(turn["value"]) > MAX_TEXT:
+            raise RequestError(f"history turn {i} is longer than {MAX_TEXT} characters")
+        history.append({"from": turn["from"], "value": turn["value"]})
+    if len(history) % 2:
+        raise RequestError("history must end with the service's answer (a 'gpt' turn)")
+    return history
+
+
+def new_job(
+    image: Any,
+    category: str,
+    question: str | None,
+    history: Sequence[dict[str, str]],
+    generate: bool,
+    references: Sequence[Any] = (),
+) -> InspectJob:
+    """A job from parsed values; without a question, the class's default question (as in training)."""
+    from pipeline.inference import chat_question, default_question
+
+    asked = question or default_question(category)
+    return InspectJob(
+        image=image,
+        category=category,
+        question=asked,
+        prompt=chat_question(history, asked),
+        generate=generate,
+        references=list(references),
+    )
+
+
+def run_batch(predictor: Predictor, jobs: Sequence[InspectJob]) -> list[Prediction | Exception]:
+    """One prediction (or the exception it raised) per job, in order.
+
+    Jobs that share a bank and ``generate`` go through the model together, each with its own
+    question; if such a call fails, its jobs are retried one by one so one bad job fails alone.
+    """
+    groups: dict[tuple[str | None, bool], list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault((job.bank_key, job.generate), []).append(i)
+    results: list[Prediction | Exception] = [None] * len(jobs)  # type: ignore[list-item]
+    for indices in groups.values():
+        members = [jobs[i] for i in indices]
+        try:
+            predictions: list[Prediction | Exception] = list(_predict(predictor, members))
+        except Exception as exc:
+            alone = len(members) == 1
+            predictions = [exc] if alone else [_predict_alone(predictor, job) for job in members]
+        for i, prediction in zip(indices, predictions, strict=True):
+            results[i] = prediction
+    return results
+
+
+def _predict(predictor: Predictor, jobs: Sequence[InspectJob]) -> list[Prediction]:
+    first = jobs[0]
+    bank = predictor.memory_bank(first.category, first.references) if first.references else None
+    return predictor.predict(
+        [job.image for job in jobs],
+        [job.category for job in jobs],
+        memory_bank=bank,
+        questions=[job.prompt for job in jobs],
+        generate=first.generate,
+    )
+
+
+def _predict_alone(predictor: Predictor, job: InspectJob) -> Prediction | Exception:
+    try:
+        return _predict(predictor, [job])[0]
+    except Exception as exc:
+        return exc
+
+
+def inspection_result(job: InspectJob, prediction: Prediction, map_mode: str) -> dict[str, Any]:
+    """The JSON answer for one prediction (see docs/serving.md)."""
+    from pipeline.serve.pictures import map_png, overlay_png
+    from train.model.conversation import parse_answer
+
+    score = None if prediction.score is None else float(prediction.score)
+    result: dict[str, Any] = {
+        "category": job.category,
+        "question": job.question,
+        "score": score,
+        "threshold": THRESHOLD,
+        "anomalous": None if score is None else score > THRESHOLD,
+        "answer": prediction.answer,
+        "positions": parse_answer(prediction.answer).positions,
+        "shots": len(job.references),
+    }
+    amap = prediction.anomaly_map
+    if map_mode != "none" and amap is not None:
+        side = SMALL_MAP if map_mode == "small" else amap.shape[0]
+        result["map_png"] = _b64(map_png(amap, side))
+        if map_mode == "full":
+            result["overlay_png"] = _b64(overlay_png(job.image, amap, THRESHOLD, score))
+    return result
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,102 @@
+"""What a user sets to serve a model, and what the driver resolves before any replica starts.
+
+The same settings come from ``python -m pipeline serve`` flags or from the ``args`` of a Ray Serve
+config (a KubeRay RayService): see :func:`pipeline.serve.app.app_builder`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.core.config import ConfigError
+
+DEFAULT_MODEL = "models:/anomalygpt@champion"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The user's choices (flags or RayService args); checked on construction."""
+
+    model: str = DEFAULT_MODEL
+    """Checkpoint folder, run folder's checkpoint, or a models:/ / runs:/ URI."""
+    store: str = "runs/demo"
+    """Run folder whose MLflow store resolves models:/ URIs when MLFLOW_TRACKING_URI is unset."""
+    device: str = "auto"
+    replicas: int = 1
+    cpus_per_replica: float = 1.0
+    max_batch_size: int = 4
+    batch_wait_ms: float = 20.0
+    max_upload_mb: float = 10.0
+    references_dir: str | None = None
+    """Normal images per category (``DIR/<category>/train/good/`` or ``DIR/<category>/``): the
+    few-shot bank of a request that names a category but uploads no references."""
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        for name, low in (("replicas", 1), ("max_batch_size", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        for name in ("cpus_per_replica", "batch_wait_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.max_upload_mb <= 0:
+            raise ConfigError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What every replica receives: the settings plus the driver's resolution of them."""
+
+    settings: ServeSettings
+    checkpoint: str
+    """The local checkpoint folder (on storage every replica's node can read)."""
+    device: str
+    """cpu or cuda: where each replica runs the model."""
+    gpus_per_replica: float
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.settings.max_upload_mb * 1024 * 1024)
+
+
+def resolve_options(settings: ServeSettings, check_gpus: bool = True) -> ServeOptions:
+    """Resolve the model to a checked local checkpoint and the device to what the connected Ray
+    cluster offers. Runs on the driver, so a bad model fails here, before Ray starts, and a missing
+    GPU before any replica does. Joins Ray (``init_ray``: RAY_ADDRESS or a local one) unless it is
+    already up. ``check_gpus=False`` lets ``cuda`` replicas wait for GPU nodes that are still
+    joining (a RayService's cluster starting up)."""
+    from pipeline.commands.ask import _checkpoint as resolve_checkpoint
+    from pipeline.core.runtime import init_ray, require_gpus
+    from train.model.checkpoint import verify_checkpoint
+
+    if settings.references_dir is not None:
+        references = Path(settings.references_dir).expanduser()
+        if not references.is_dir():
+            raise FileNotFoundError(f"references folder not found: {references}")
+        # Absolute: replicas do not share the driver's working directory.
+        settings = dataclasses.replace(settings, references_dir=os.fspath(references.resolve()))
+    checkpoint = resolve_checkpoint(settings.model, settings.store)  # a RegistryError exits 3
+    verify_checkpoint(checkpoint)
+    init_ray()
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if _cluster_gpus() > 0 else "cpu"
+    if device == "cuda" and check_gpus:
+        require_gpus(1, "serve --device cuda")
+    return ServeOptions(
+        settings=settings,
+        checkpoint=os.fspath(Path(checkpoint).resolve()),
+        device=device,
+        gpus_per_replica=1.0 if device == "cuda" else 0.0,
+    )
+
+
+def _cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))

@@ -1,0 +1,237 @@
+"""The Serve application on a real local Ray, over real HTTP: a tiny checkpoint, the sample images.
+
+What the service answers must be what the model itself predicts for the same image, question and
+references, also when 8 requests arrive at once and are batched together.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.integration,
+    # Ray Serve's own pydantic models, not ours:
+    pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`:DeprecationWarning"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_UPLOAD_MB = 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from pipeline.pipeline_config import load_pipeline_config
+    from train.model.build import build_model
+    from train.model.checkpoint import save_checkpoint
+
+    cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml").model
+    cfg.llm.cache_dir = tmp_path_factory.mktemp("llm_cache")
+    return save_checkpoint(build_model(cfg), cfg, tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, tiny_checkpoint):
+    """The application as `python -m pipeline serve` deploys it, on 127.0.0.1 at a free port."""
+    from ray import serve
+
+    from pipeline.serve.app import APP_NAME, build_app
+    from pipeline.serve.options import ServeSettings, resolve_options
+
+    settings = ServeSettings(
+        model=str(tiny_checkpoint),
+        device="cpu",
+        max_batch_size=4,
+        batch_wait_ms=100,
+        max_upload_mb=MAX_UPLOAD_MB,
+    )
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(resolve_options(settings)), name=APP_NAME, route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_checkpoint):
+    """The same checkpoint loaded directly: what the service must agree with."""
+    from train.model.predictor import Predictor
+
+    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def images(sample_data_root):
+    category = "coin"
+    test = sorted((sample_data_root / category / "test").rglob("*.png"))
+    return {
+        "category": category,
+        "good": next(p for p in test if p.parent.name == "good"),
+        "bad": [p for p in test if p.parent.name != "good"],
+        "references": sorted((sample_data_root / category / "train" / "good").glob("*.png"))[:3],
+    }
+
+
+def post(url: str, image: Path | bytes | None, timeout: float = 120, references=(), **fields):
+    import requests
+
+    files = []
+    if image is not None:
+        files.append(("image", ("part.png", image if isinstance(image, bytes) else image.read_bytes())))
+    files += [("reference", (p.name, p.read_bytes())) for p in references]
+    return requests.post(f"{url}/v1/inspect", files=files, data=fields, timeout=timeout)
+
+
+def direct(predictor, image: Path, category: str, question: str | None = None, references=(), generate=True):
+    from pipeline.inference import chat_question, default_question, read_image
+
+    size = predictor.image_size
+    bank = predictor.memory_bank(category, [read_image(r, size) for r in references]) if references else None
+    text = chat_question([], question or default_question(category))
+    rgb = read_image(image, size)
+    return predictor.predict([rgb], [category], memory_bank=bank, questions=text, generate=generate)[0]
+
+
+def png_array(text: str) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))))
+
+
+def test_health_and_page(service, tiny_checkpoint):
+    import requests
+
+    health = requests.get(f"{service}/healthz", timeout=30).json()
+    assert health["status"] == "ok" and health["model"] == str(tiny_checkpoint) and health["device"] == "cpu"
+    page = requests.get(f"{service}/", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="inspect-button"' in page.text and 'fetch("v1/inspect"' in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from elsewhere
+
+
+def test_good_and_anomalous_images_answer_as_the_model_does(service, predictor, images):
+    category = images["category"]
+    for image in (images["good"], images["bad"][0]):
+        response = post(service, image, category=category)
+        assert response.status_code == 200, response.text
+        result = response.json()
+        want = direct(predictor, image, category)
+        assert set(result) == {
+            "category",
+            "question",
+            "score",
+            "threshold",
+            "anomalous",
+            "answer",
+            "positions",
+            "shots",
+            "map_png",
+        }
+        assert 0.0 <= result["score"] <= 1.0
+        assert result["score"] == pytest.approx(want.score, abs=1e-5)
+        assert result["answer"] == want.answer and isinstance(result["answer"], str)
+        assert result["threshold"] == 0.5 and result["anomalous"] == (result["score"] > 0.5)
+        assert isinstance(result["positions"], list) and result["category"] == category
+        assert result["shots"] == 0
+        small = png_array(result["map_png"])
+        assert small.shape == (64, 64) and small.dtype == np.uint8
+
+    bad = images["bad"][0]
+    none = post(service, bad, category=category, map="none", generate="false").json()
+    assert "map_png" not in none and "overlay_png" not in none and none["answer"] is None
+    full = post(service, bad, category=category, map="full").json()
+    amap = png_array(full["map_png"])
+    assert amap.shape == (predictor.image_size, predictor.image_size)
+    assert amap.max() / 255.0 == pytest.approx(full["score"], abs=0.5 / 255 + 1e-6)  # the map itself
+    overlay = png_array(full["overlay_png"])
+    assert overlay.ndim == 3 and overlay.shape[0] >= 256 and overlay.shape[1] > overlay.shape[0]
+
+
+def test_bad_uploads_are_refused_with_a_message(service, images, tmp_path):
+    corrupt = post(service, b"\x89PNG\r\n\x1a\nnot really a png", category="coin")
+    assert (
+        corrupt.status_code == 400
+        and "not" in corrupt.json()["detail"]
+        and "image" in corrupt.json()["detail"]
+    )
+    truncated = images["good"].read_bytes()[:200]
+    broken = post(service, truncated, category="coin")
+    assert broken.status_code == 400 and "image" in broken.json()["detail"]
+
+    oversized = post(service, b"\0" * int((MAX_UPLOAD_MB + 0.5) * 2**20), category="coin")
+    assert oversized.status_code == 413 and "--max-upload-mb" in oversized.json()["detail"]
+
+    missing = post(service, None, category="coin")
+    assert missing.status_code == 422 and "image" in missing.json()["detail"]
+    bad_map = post(service, images["good"], map="huge")
+    assert bad_map.status_code == 400 and "map must be one of" in bad_map.json()["detail"]
+    bad_history = post(service, images["good"], history=json.dumps([{"from": "gpt", "value": "hi"}]))
+    assert bad_history.status_code == 400 and "history" in bad_history.json()["detail"]
+
+
+def test_few_shot_references_give_the_few_shot_map(service, predictor, images):
+    category, image, refs = images["category"], images["bad"][0], images["references"]
+    shot = post(service, image, category=category, references=refs, map="full")
+    assert shot.status_code == 200, shot.text
+    result = shot.json()
+    want = direct(predictor, image, category, references=refs)
+    zero = direct(predictor, image, category)
+    assert result["shots"] == len(refs)
+    assert result["score"] == pytest.approx(want.score, abs=1e-5)
+    assert want.score != pytest.approx(zero.score, abs=1e-4)  # the references changed the map
+    amap = png_array(result["map_png"]).astype(np.float32) / 255.0
+    np.testing.assert_allclose(amap, want.anomaly_map, atol=0.5 / 255 + 1e-6)
+
+
+def test_a_chat_turn_keeps_the_history(service, images):
+    category, image = images["category"], images["bad"][0]
+    first = post(service, image, category=category, map="none").json()
+    history = [{"from": "human", "value": first["question"]}, {"from": "gpt", "value": first["answer"]}]
+    follow = post(
+        service, image, category=category, map="none", question="Where?", history=json.dumps(history)
+    )
+    assert follow.status_code == 200, follow.text
+    assert follow.json()["question"] == "Where?" and isinstance(follow.json()["answer"], str)
+
+
+def test_eight_concurrent_requests_are_all_answered_each_with_its_own_result(service, images):
+    """Batched together (same bank or none, mixed questions and generate flags), no request is lost
+    and none gets another's result: each equals the same request sent alone."""
+    category = images["category"]
+    pool = [images["good"], *images["bad"]]
+    requests_ = []
+    for i in range(8):
+        fields = {"category": category, "map": "none", "generate": "true" if i % 2 else "false"}
+        if i % 3 == 0:
+            fields["question"] = f"Question {i}: is anything wrong?"
+        requests_.append((pool[i % len(pool)], fields))
+    import requests
+
+    alone = [post(service, image, **fields).json() for image, fields in requests_]
+    before = requests.get(f"{service}/healthz", timeout=30).json()["served"]
+    with ThreadPoolExecutor(max_workers=8) as threads:
+        together = list(threads.map(lambda item: post(service, item[0], **item[1]), requests_))
+    after = requests.get(f"{service}/healthz", timeout=30).json()["served"]
+    assert [r.status_code for r in together] == [200] * 8
+    assert after["images"] - before["images"] == 8
+    assert after["batches"] - before["batches"] < 8  # some went through the model together
+    for got, want in zip((r.json() for r in together), alone, strict=True):
+        assert got["question"] == want["question"]
+        assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+        assert got["answer"] == want["answer"]

@@ -1,0 +1,154 @@
+"""The web page in headless Chromium against `python -m pipeline serve` run as a user runs it:
+upload an image, read the answer and the overlay, ask a follow-up in the chat, then Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+ARTIFACT = ROOT / "runs" / "test-artifacts" / "serve_page.png"
+BROWSER_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1000",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def first_line(process: subprocess.Popen, timeout: float) -> str:
+    """The process's first stdout line, or "" if none comes within ``timeout`` seconds."""
+    import select
+
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    return process.stdout.readline() if ready else ""
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from pipeline.pipeline_config import load_pipeline_config
+    from train.model.build import build_model
+    from train.model.checkpoint import save_checkpoint
+
+    cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml").model
+    cfg.llm.cache_dir = tmp_path_factory.mktemp("llm_cache")
+    return save_checkpoint(build_model(cfg), cfg, tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def served(tiny_checkpoint, sample_data_root, tmp_path_factory):
+    """`python -m pipeline serve` in its own process (its own local Ray); stopped with SIGINT."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve_log") / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = [
+        sys.executable, "-m", "pipeline", "serve", "--model", str(tiny_checkpoint), "--port", str(port),
+        "--device", "cpu", "--references-dir", str(sample_data_root),
+    ]  # fmt: skip
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=sink, text=True, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        line = first_line(process, timeout=240)  # "serving ... at URL", printed once it answers
+        assert url in line, f"no URL printed: {line!r}\n{log.read_text()[-3000:]}"
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip("needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*BROWSER_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_page_inspects_an_image_and_chats_about_it(served, browser, sample_data_root, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, process = served
+    image = sorted((sample_data_root / "coin" / "test").rglob("*.png"))[-1]
+    wait = WebDriverWait(browser, 90)
+    browser.get(url)
+    wait.until(lambda b: "on cpu" in b.find_element(By.ID, "model-text").text)
+    # --references-dir offers its categories
+    options = browser.find_elements(By.CSS_SELECTOR, "#categories option")
+    assert "coin" in {o.get_attribute("value") for o in options}
+
+    browser.find_element(By.ID, "file-input").send_keys(str(image))
+    browser.find_element(By.ID, "category").send_keys("coin")
+    browser.find_element(By.ID, "inspect-button").click()
+    wait.until(lambda b: b.find_element(By.ID, "answer").text.strip())
+    answer = browser.find_element(By.ID, "answer").text
+    assert answer and browser.find_element(By.ID, "status").get_attribute("class") != "error"
+    overlay = browser.find_element(By.ID, "overlay")
+    assert overlay.get_attribute("src").startswith("data:image/png;base64,")
+    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay) >= 256
+    assert browser.find_element(By.ID, "verdict").text in ("Anomalous", "Normal")
+    assert "few-shot: 6 normal images" in browser.find_element(By.ID, "shots").text
+    assert float(browser.find_element(By.ID, "score").text) >= 0.0
+    assert browser.find_element(By.ID, "threshold").text == "0.5"
+    messages = browser.find_elements(By.CSS_SELECTOR, "#chat-log .msg")
+    assert [m.get_attribute("class") for m in messages] == ["msg human", "msg gpt"]
+    assert messages[1].text == answer
+
+    browser.find_element(By.ID, "chat-input").send_keys("Where is the anomaly?")
+    browser.find_element(By.ID, "chat-send").click()
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#chat-log .msg.gpt:not(.pending)")) == 2)
+    texts = [m.text for m in browser.find_elements(By.CSS_SELECTOR, "#chat-log .msg")]
+    assert texts[2] == "Where is the anomaly?" and texts[3].strip()
+    assert browser.find_element(By.ID, "status").get_attribute("class") != "error"
+
+    browser.execute_script("window.scrollTo(0, 0)")
+    shot = tmp_path / "serve_page.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, ARTIFACT)
+
+    process.send_signal(signal.SIGINT)  # Ctrl-C: the application is removed and the command exits 0
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert process.returncode == 0

@@ -1,0 +1,116 @@
+"""The one predictor: its image conversion, its bank cache, and predictions equal to the model's own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.core.config import ConfigError
+from train.model import build_model, save_checkpoint
+from train.model.predictor import Predictor, resolve_device
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_cfg, tmp_path_factory):
+    return save_checkpoint(build_model(tiny_cfg), tiny_cfg, tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    return Predictor.from_checkpoint(checkpoint, device="cpu")
+
+
+def images(n: int, seed: int = 0, size: int = 64) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_loads_once_on_the_named_device_in_eval_mode(predictor, tiny_cfg):
+    assert predictor.config == tiny_cfg and predictor.image_size == 64
+    assert predictor.device == torch.device("cpu") and not predictor.model.training
+    assert all(p.device.type == "cpu" for p in predictor.model.parameters())
+
+
+def test_to_tensor_is_the_models_batch_contract(predictor):
+    arrays = images(2)
+    tensor = predictor.to_tensor(arrays)
+    assert tensor.dtype == torch.float32 and tensor.shape == (2, 3, 64, 64)
+    assert float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
+    assert float(tensor[1, 2, 5, 7]) == float(np.float32(arrays[1][5, 7, 2]) / np.float32(255))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (np.zeros((64, 64, 3), np.float32), "image 1 has dtype float32"),
+        (np.zeros((32, 32, 3), np.uint8), r"image 1 has shape \(32, 32, 3\); the model takes \(64, 64, 3\)"),
+        (np.zeros((64, 64), np.uint8), r"image 1 has shape \(64, 64\)"),
+        (np.zeros((64, 64, 4), np.uint8), r"image 1 has shape \(64, 64, 4\)"),
+        (torch.zeros(64, 64, 3, dtype=torch.uint8), "image 1 is a Tensor, not a numpy array"),
+    ],
+)
+def test_to_tensor_refuses_what_the_model_cannot_take(predictor, bad, message):
+    with pytest.raises(ValueError, match=message):
+        predictor.to_tensor([images(1)[0], bad])
+    with pytest.raises(ValueError, match="no images"):
+        predictor.to_tensor([])
+
+
+def test_predictions_are_the_models_own_bits(predictor):
+    arrays = images(2, seed=1)
+    tensor = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+    bank = predictor.memory_bank("grass", images(3, seed=2))
+    want = predictor.model.predict(tensor, ["grass", "grass"], memory_bank=bank, question="Any?")
+    got = predictor.predict(arrays, ["grass", "grass"], memory_bank=bank, questions="Any?")
+    for a, b in zip(got, want, strict=True):
+        assert np.array_equal(a.anomaly_map, b.anomaly_map) and a.score == b.score
+        assert np.array_equal(a.decoder_map, b.decoder_map) and a.answer == b.answer
+    quiet = predictor.predict(arrays[:1], ["grass"], questions=[None], generate=False)[0]
+    assert quiet.answer is None and quiet.decoder_map is None
+
+
+def test_predict_runs_without_gradients_in_eval_mode(predictor, monkeypatch):
+    seen = {}
+    model_predict = predictor.model.predict
+
+    def spy(*args, **kwargs):
+        seen.update(grad=torch.is_grad_enabled(), training=predictor.model.training)
+        return model_predict(*args, **kwargs)
+
+    monkeypatch.setattr(predictor.model, "predict", spy)
+    predictor.model.train()
+    predictor.predict(images(1), ["grass"], generate=False)
+    assert seen == {"grad": False, "training": False}
+
+
+def test_memory_banks_are_built_once_per_category_and_content(checkpoint, monkeypatch):
+    loaded = Predictor.from_checkpoint(checkpoint, device="cpu")
+    predictor = Predictor(loaded.model, loaded.config, "cpu", bank_cache_size=2)
+    built = []
+    build = predictor.model.build_memory_bank
+
+    def counting(refs, category=None):
+        built.append(category)
+        return build(refs, category)
+
+    monkeypatch.setattr(predictor.model, "build_memory_bank", counting)
+    refs = images(2, seed=3)
+    first = predictor.memory_bank("grass", refs)
+    assert predictor.memory_bank("grass", [r.copy() for r in refs]) is first  # same content: cached
+    assert predictor.memory_bank("coin", refs) is not first  # another category
+    assert predictor.memory_bank("grass", images(2, seed=4)) is not first  # other references
+    assert built == ["grass", "coin", "grass"]
+    predictor.memory_bank("grass", refs)  # evicted: the cache holds the two most recent
+    assert built == ["grass", "coin", "grass", "grass"]
+
+
+def test_devices_are_auto_cpu_or_a_visible_cuda():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="device must be one of auto, cpu, cuda, got 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="torch sees no CUDA GPU") as info:
+            resolve_device("cuda")
+        assert info.value.exit_code == 2

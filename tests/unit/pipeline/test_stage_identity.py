@@ -1,0 +1,120 @@
+"""Stage keys pinned for the demo config: a refactor of what each stage hashes must not move them.
+
+The hashes below are what the code produced before each stage config declared its own identity;
+a changed hash would re-run every stage of every existing run folder (and refuse to resume a
+training run), so it fails here first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pipeline.core.config import to_dict
+from pipeline.orchestrate import (
+    eval_identity,
+    evaluate_key,
+    model_fingerprint,
+    synth_key,
+    train_key,
+)
+from pipeline.pipeline_config import load_pipeline_config
+
+ROOT = Path(__file__).resolve().parents[3]
+
+PINNED = {
+    "synth_key": "fa2703cb8c3160c9579759f0a3af3730fe44072b060547955b0fa5b46e174ccf",
+    "model_fingerprint": "6fa18f8d4f371f9e60cb2fa7011904115f0218243616a3f6475c12706183d09e",
+    "eval_identity": "123eb8cbd7d64717f93037c33db704fc94a8463df75b2063cbce8b921f65f3f1",
+    "train_key": "f1aca336b37f914d0fb3bf53294d29e5d7e49db6c4204f977477a73e305739b9",
+    "evaluate_key": "003f6fe10a1e6132ec35d36df6f5a4bef589246c0b0de0972d3f09dc50b871ca",
+    "resume_fingerprint": "438ed95a29d583a1",
+    "shard_plan_id": "544cac1110e414e232d86b47f5779dd8f33046fc2c8b0e3555a5ffc15983300f",
+}
+
+
+def demo(*overrides: str):
+    return load_pipeline_config(ROOT / "configs" / "demo.yaml", list(overrides))
+
+
+def stage_keys(cfg) -> dict[str, str]:
+    model_fp, eval_id = model_fingerprint(cfg), eval_identity(cfg, "test-fp")
+    return {
+        "synth_key": synth_key(cfg, "normals-fp"),
+        "model_fingerprint": model_fp,
+        "eval_identity": eval_id,
+        "train_key": train_key("plan-id", model_fp, 2, ""),
+        "evaluate_key": evaluate_key("digest", eval_id),
+    }
+
+
+def resume_fingerprint(cfg, monkeypatch) -> str:
+    import train.job
+
+    monkeypatch.setattr(train.job, "shard_hashes", lambda shards: ["shard-a", "shard-b"])
+    return train.job._fingerprint(cfg.train_job(), "shards", None, 2, 0.25)
+
+
+def test_demo_stage_keys_are_pinned(monkeypatch):
+    from synth.job import shard_plan_id
+
+    cfg = demo()
+    keys = {
+        **stage_keys(cfg),
+        "resume_fingerprint": resume_fingerprint(cfg, monkeypatch),
+        "shard_plan_id": shard_plan_id(cfg.synth, cfg.seed, "normals-fp"),
+    }
+    assert keys == PINNED
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "synth.workers=3",
+        "train.max_failures=0",
+        "train.log_every=7",
+        "train.keep_checkpoints=5",
+        "train.checkpoint_every=9",
+        "train.storage_path=/elsewhere",
+        "evaluate.workers=4",
+        "evaluate.threads_per_worker=2",
+        "evaluate.write_maps=false",
+        "evaluate.mlflow_overlays=0",
+    ],
+)
+def test_settings_that_only_change_speed_keep_every_stage_key(override):
+    assert stage_keys(demo(override)) == stage_keys(demo())
+
+
+@pytest.mark.parametrize(
+    ("override", "moved"),
+    [
+        ("synth.per_image=2", {"synth_key", "model_fingerprint", "train_key"}),
+        ("model.prompt_tokens=4", {"model_fingerprint", "train_key"}),
+        ("train.max_steps=3", {"model_fingerprint", "train_key"}),
+        ("evaluate.batch_size=2", {"eval_identity", "evaluate_key"}),
+        ("evaluate.shots=1", {"eval_identity", "evaluate_key"}),
+    ],
+)
+def test_settings_that_change_an_output_move_exactly_its_keys(override, moved):
+    before, after = stage_keys(demo()), stage_keys(demo(override))
+    assert {name for name in before if before[name] != after[name]} == moved
+
+
+def test_the_resume_fingerprint_ignores_only_resumability_settings(monkeypatch):
+    base = resume_fingerprint(demo(), monkeypatch)
+    assert resume_fingerprint(demo("train.checkpoint_every=9", "train.log_every=3"), monkeypatch) == base
+    assert resume_fingerprint(demo("train.max_steps=3"), monkeypatch) != base
+
+
+def test_each_stage_config_declares_what_leaves_its_identity():
+    cfg = demo()
+    sections = {"synth": cfg.synth, "train": cfg.train, "evaluate": cfg.evaluate}
+    for name, section in sections.items():
+        neutral = set(type(section).OUTPUT_NEUTRAL_KEYS)
+        fields = {f.name for f in dataclasses.fields(section)}
+        assert neutral and neutral <= fields, name  # each names real keys of its own section
+        assert set(section.identity()) == fields - neutral, name
+    assert cfg.synth.identity() == {k: v for k, v in to_dict(cfg.synth).items() if k != "workers"}

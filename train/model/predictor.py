@@ -1,0 +1,145 @@
+"""A trained checkpoint as a predictor: what ``ask``, the MLflow pyfunc, the evaluation actors, the
+benchmarks and a serving app share, so they all turn images into the same bits.
+
+It takes decoded images (uint8 H x W x 3 RGB of side ``image_size``); reading and resizing files
+stays with the callers (``evaluate.data.load_image``, ``pipeline.inference.read_image``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from pipeline.core.config import ConfigError
+from train.model.batch import Prediction
+from train.model.checkpoint import load_checkpoint
+from train.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from train.model.anomalygpt import AnomalyGPT
+    from train.model.memory_bank import MemoryBank
+
+DEVICES = ("auto", "cpu", "cuda")
+BANK_CACHE_SIZE = 8
+"""Memory banks kept per predictor (least recently used dropped first): an all-shot bank of a large
+preset holds tens of MiB."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: CUDA when torch sees a GPU, else CPU. ``cuda`` without a GPU is an error naming why."""
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device cuda: torch sees no CUDA GPU here (check CUDA_VISIBLE_DEVICES); use cpu or auto"
+        )
+    return device
+
+
+class Predictor:
+    """A checkpoint loaded once, on one device, with its memory banks cached per category."""
+
+    model: AnomalyGPT
+    config: ModelConfig
+    device: torch.device
+    image_size: int
+    """Side the images must have (``config.image_size``)."""
+
+    def __init__(
+        self,
+        model: AnomalyGPT,
+        config: ModelConfig,
+        device: str | torch.device,
+        bank_cache_size: int = BANK_CACHE_SIZE,
+    ) -> None:
+        """Wrap a model already on ``device`` (``from_checkpoint`` is the usual way in)."""
+        if bank_cache_size < 1:
+            raise ValueError(f"bank_cache_size must be >= 1, got {bank_cache_size}")
+        self.model = model.eval()
+        self.config = config
+        self.device = torch.device(device)
+        self.image_size = int(config.image_size)
+        self._banks: OrderedDict[tuple[str, str], MemoryBank] = OrderedDict()
+        self._bank_cache_size = bank_cache_size
+        self._bank_lock = threading.Lock()  # a server may ask from several threads: build each bank once
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto") -> Predictor:
+        """Load ``checkpoint`` (``model.safetensors`` + ``config.yaml``) on ``device``: auto, cpu or
+        cuda. A broken or mismatched checkpoint is a CheckpointError (exit 2)."""
+        where = resolve_device(device)
+        model, config = load_checkpoint(checkpoint, device=where)
+        return cls(model, config, where)
+
+    def to_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """float32 (B, 3, H, W) in [0, 1] on ``self.device`` from uint8 H x W x 3 arrays (the model's
+        ``Batch.images`` contract). Converted on the CPU, then moved: the same bits on every device."""
+        if len(images) == 0:
+            raise ValueError("no images: pass at least one uint8 H x W x 3 array")
+        want = (self.image_size, self.image_size, 3)
+        for i, image in enumerate(images):
+            if not isinstance(image, np.ndarray):
+                raise ValueError(f"image {i} is a {type(image).__name__}, not a numpy array {want} uint8")
+            if image.dtype != np.uint8:
+                raise ValueError(f"image {i} has dtype {image.dtype}; the model takes uint8 RGB {want}")
+            if image.shape != want:
+                raise ValueError(
+                    f"image {i} has shape {image.shape}; the model takes {want} (resize to "
+                    f"{self.image_size} px as evaluate.data.load_image does)"
+                )
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+        return batch.to(self.device)
+
+    def memory_bank(self, category: str, references: Sequence[np.ndarray]) -> MemoryBank:
+        """The few-shot bank of ``references`` (normal images of ``category``), built once per
+        category and reference content, then served from a bounded cache."""
+        key = (category, _content_digest(references))
+        with self._bank_lock:
+            bank = self._banks.get(key)
+            if bank is None:
+                with torch.no_grad():
+                    bank = self.model.build_memory_bank(self.to_tensor(references), category)
+                self._banks[key] = bank
+                while len(self._banks) > self._bank_cache_size:
+                    self._banks.popitem(last=False)
+            self._banks.move_to_end(key)
+            return bank
+
+    def predict(
+        self,
+        images: Sequence[np.ndarray],
+        categories: Sequence[str],
+        *,
+        memory_bank: MemoryBank | None = None,
+        questions: str | Sequence[str | None] | None = None,
+        generate: bool = True,
+    ) -> list[Prediction]:
+        """Map, score and (with ``generate`` and an LLM) answer per image. ``questions``: one for all
+        or one per image; None is the model's bare question, so pass the trained one
+        (``synth.text.question_for(category)``)."""
+        question = questions if questions is None or isinstance(questions, str) else list(questions)
+        tensor = self.to_tensor(images)
+        self.model.eval()
+        with torch.no_grad():
+            return self.model.predict(
+                tensor, list(categories), memory_bank=memory_bank, question=question, generate=generate
+            )
+
+
+def _content_digest(images: Sequence[np.ndarray]) -> str:
+    """sha256 over the images' shapes, dtypes and pixels: equal references give one bank."""
+    digest = hashlib.sha256()
+    for image in images:
+        array = np.ascontiguousarray(image)
+        digest.update(f"{array.shape}{array.dtype}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
