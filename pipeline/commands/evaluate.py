@@ -105,15 +105,11 @@ def run(args: argparse.Namespace) -> int:
 
     from evaluate.job import run_evaluation
     from evaluate.report import markdown_table
-    from pipeline.core.errors import InputError
-    from pipeline.registry import RegistryError, resolve_model
+    from pipeline.registry import resolve_model
 
-    try:
-        checkpoint = resolve_model(model)
-    except RegistryError as exc:
-        # Here the registry only resolves --model: a models:/ or runs:/ reference that does not
-        # resolve is a bad --model (exit 2, as before), not a busy service.
-        raise InputError(str(exc)) from exc
+    # A reference that does not resolve is a ModelReferenceError (exit 2); an unreachable or
+    # failing tracking server a RegistryError (exit 3): pipeline/cli.py reports both.
+    checkpoint = resolve_model(model)
     result = run_evaluation(
         checkpoint,
         args.data,

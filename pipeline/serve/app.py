@@ -34,8 +34,8 @@ from pipeline.serve.inspection import (
     run_batch,
 )
 from pipeline.serve.options import ServeOptions, ServeSettings, resolve_options
-from pipeline.serve.predictor import load_predictor
 from pipeline.serve.references import ReferenceFolders
+from train.model.predictor import Predictor
 
 APP_NAME = "anomalygpt"
 MAX_TEXT_FIELD = 256 * 1024
@@ -70,7 +70,8 @@ class InspectionService:
 
         configure_environment()
         self.options = options
-        self.predictor = load_predictor(options.checkpoint, options.device)
+        # Loaded once per replica; few-shot banks are cached per category and reference content.
+        self.predictor = Predictor.from_checkpoint(options.checkpoint, device=options.device)
         folder = options.settings.references_dir
         self.references = ReferenceFolders(folder) if folder else None
         self.served = {"images": 0, "batches": 0}

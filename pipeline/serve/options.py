@@ -80,7 +80,7 @@ def resolve_options(settings: ServeSettings, check_gpus: bool = True) -> ServeOp
             raise FileNotFoundError(f"references folder not found: {references}")
         # Absolute: replicas do not share the driver's working directory.
         settings = dataclasses.replace(settings, references_dir=os.fspath(references.resolve()))
-    checkpoint = resolve_checkpoint(settings.model, settings.store)  # a RegistryError exits 3
+    checkpoint = resolve_checkpoint(settings.model, settings.store)  # bad reference: exit 2; registry down: 3
     verify_checkpoint(checkpoint)
     init_ray()
     device = settings.device

@@ -9,6 +9,7 @@ from torch import nn
 
 from train.model.anomalygpt import AnomalyGPT
 from train.model.config import ModelConfig
+from train.model.conversation import tables
 from train.model.decoder import AnomalyDecoder
 from train.model.encoders import build_encoder
 from train.model.imagebind import ImageBindVisionEncoder, read_checkpoint
@@ -78,10 +79,22 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> AnomalyGPT:
                     use_map=cfg.use_decoder,
                     init_std=embed_std,
                     embed_rms=embed_rms if cfg.embedding_scale else None,
+                    cell_evidence=cfg.prompt_cell_evidence and cfg.use_decoder,
                 )
+                if prompt_learner.cell_evidence is not None and prompt_learner.cell_embed is not None:
+                    words = position_word_embeddings(tokenizer, table)
+                    if words.shape[0] == cfg.prompt_tokens:
+                        prompt_learner.name_cells(words)
     return AnomalyGPT(
         cfg, encoder, text_features, decoder, prompt_learner, llm, tokenizer, image_proj, token_rms
     )
+
+
+def position_word_embeddings(tokenizer: Any, table: torch.Tensor) -> torch.Tensor:
+    """(9, hidden): per 3x3 grid cell, the mean input embedding of its position word's tokens."""
+    words = tables()["positions"]
+    rows = [table[tokenizer(" " + w, add_special_tokens=False)["input_ids"]].mean(dim=0) for w in words]
+    return torch.stack(rows)
 
 
 def _text_features(cfg: ModelConfig, state: dict | None) -> PromptTextFeatures:

@@ -153,6 +153,11 @@ class ModelConfig:
     """Conv stages of the prompt learner (each conv3x3 + ReLU + maxpool2), as the reference."""
     prompt_global: bool = False
     """Also feed the global image feature into the prompt tokens (the paper's figure; not the code)."""
+    prompt_cell_evidence: bool = True
+    """Add to each map prompt token a learnt projection of its grid cell's map peak and mean (exact
+    thirds for 9 tokens). The reference's conv tokens each see most of the image, so the LLM could
+    not tell where a defect is; with the cell evidence the answer's position words follow the map.
+    False: the reference's prompt learner."""
     train_image_proj: bool = False
     """Train the global-image-token projection (the reference loads PandaGPT's llama_proj frozen).
     Frozen, the answer can only come from the prompt tokens, i.e. from the map: a trainable image

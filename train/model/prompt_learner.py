@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+CELL_STATS = 2  # per grid cell: the map's peak and mean
 
 
 def rms_scale(tokens: torch.Tensor, target: float) -> torch.Tensor:
@@ -23,7 +26,12 @@ class PromptLearner(nn.Module):
     With ``embed_rms`` the map tokens are scaled to the LLM's word-embedding RMS and each grid cell
     adds a learnt cell embedding: the convolution is shared by all cells, so without it a hot spot
     top left and one bottom right would give the same token, and only the token's place in the
-    sequence would tell the LLM where the defect is."""
+    sequence would tell the LLM where the defect is.
+
+    With ``cell_evidence`` each map token also gets a learnt projection of its own grid cell's peak
+    and mean map value, pooled over exact thirds of the map. The conv tokens see overlapping 5x5
+    windows of a 7x7 grid (most of the image each), so alone they cannot say which third holds a hot
+    spot; the cell statistics give the LLM the map's evidence where the answer's position words are."""
 
     def __init__(
         self,
@@ -34,6 +42,7 @@ class PromptLearner(nn.Module):
         use_map: bool = True,
         init_std: float = 1.0,
         embed_rms: float | None = None,
+        cell_evidence: bool = False,
     ) -> None:
         super().__init__()
         side = math.isqrt(n_tokens)
@@ -58,6 +67,14 @@ class PromptLearner(nn.Module):
         self.base_prompts = nn.Parameter(torch.randn(n_tokens, hidden) * init_std)
         self.embed_rms = embed_rms
         self.cell_embed = nn.Parameter(torch.randn(n_tokens, hidden) * init_std) if embed_rms else None
+        self.side = side
+        self.cell_evidence = None
+        if cell_evidence:
+            if not use_map:
+                raise ValueError("cell_evidence needs the map")
+            self.cell_evidence = nn.Linear(CELL_STATS, hidden)
+            nn.init.normal_(self.cell_evidence.weight, std=init_std)
+            nn.init.zeros_(self.cell_evidence.bias)
 
     def forward(self, anomaly_map: torch.Tensor | None, global_embed: torch.Tensor | None) -> torch.Tensor:
         """(B, 1, H, W) map and/or (B, D) feature -> (B, 2n, hidden): base prompts, then map tokens."""
@@ -73,5 +90,23 @@ class PromptLearner(nn.Module):
             tokens = extra if tokens is None else tokens + extra
         if self.embed_rms is not None:
             tokens = rms_scale(tokens, self.embed_rms) + self.cell_embed
+        if self.cell_evidence is not None:
+            tokens = tokens + self.cell_evidence(self.cell_stats(anomaly_map))
         base = self.base_prompts.unsqueeze(0).expand(tokens.shape[0], -1, -1)
         return torch.cat([base, tokens], dim=1)
+
+    @torch.no_grad()
+    def name_cells(self, word_embeddings: torch.Tensor) -> None:
+        """Start each cell's embedding at the LLM's own embedding of that cell's position word
+        ((n, hidden), row-major), on the word-embedding scale: the hot cell's token then already
+        reads like "top left" to the LLM, which only has to copy it into the answer."""
+        if self.cell_embed is None or word_embeddings.shape != self.cell_embed.shape:
+            raise ValueError(f"cell names need cell embeddings of shape {tuple(word_embeddings.shape)}")
+        self.cell_embed.copy_(rms_scale(word_embeddings.float(), self.embed_rms).to(self.cell_embed.dtype))
+
+    def cell_stats(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> (B, n, 2): peak and mean of the map in each cell of the side x side grid,
+        cells in row-major order like the tokens (cuts at exact thirds for a 3x3 grid)."""
+        peak = F.adaptive_max_pool2d(anomaly_map, self.side)
+        mean = F.adaptive_avg_pool2d(anomaly_map, self.side)
+        return torch.cat([peak, mean], dim=1).flatten(2).transpose(1, 2).to(anomaly_map.dtype)

@@ -80,10 +80,23 @@ def test_a_model_uri_that_does_not_resolve_is_bad_input(tmp_path, monkeypatch, c
     import pipeline.registry
 
     def resolve(ref):
-        raise pipeline.registry.RegistryError(f"model {ref}: no such version")
+        raise pipeline.registry.ModelReferenceError(f"model {ref}: no such version")
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr(pipeline.registry, "resolve_model", resolve)
     args = ["--model", "models:/nope/9", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
     assert main(["evaluate", *args]) == 2
     assert "models:/nope/9: no such version" in capsys.readouterr().err
+
+
+def test_an_unreachable_registry_is_unavailable_not_bad_input(tmp_path, monkeypatch, capsys):
+    import pipeline.registry
+
+    def resolve(ref):
+        raise pipeline.registry.RegistryError("MLflow tracking server http://127.0.0.1:9 is unreachable")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(pipeline.registry, "resolve_model", resolve)
+    args = ["--model", "models:/anomalygpt@champion", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(["evaluate", *args]) == 3
+    assert "unreachable" in capsys.readouterr().err
