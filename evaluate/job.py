@@ -29,7 +29,7 @@ from evaluate.data import (
     trained_categories,
 )
 from evaluate.worker import EvalWorker
-from pipeline.core.runtime import init_ray, require_gpus
+from pipeline.core.runtime import init_ray, require_gpus, worker_env
 from synth.text import question_for
 from train.model.checkpoint import verify_checkpoint
 
@@ -159,7 +159,8 @@ def _start_actors(checkpoint: Path, cfg: EvaluateConfig, pixel: dict[str, Any]) 
     total = ray.cluster_resources().get("CPU", 1.0)
     resources = actor_resources(cfg, total)
     cpus = resources["num_cpus"]
-    remote = ray.remote(**resources, max_restarts=0)(EvalWorker)
+    # worker_env: the driver's verbosity (model-loading progress bars, library warnings) in the actors
+    remote = ray.remote(**resources, max_restarts=0, runtime_env={"env_vars": worker_env()})(EvalWorker)
     pixel = {**pixel, "threshold": cfg.mask_threshold}
     device = "cuda" if cfg.use_gpu else "cpu"
     actors = [

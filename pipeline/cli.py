@@ -51,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show every library's lines too (Ray, Ray Train, transformers, MLflow: their INFO lines, "
+        "progress bars and internal deprecation warnings) and debug logging",
+    )
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
@@ -75,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from pipeline.core.runtime import configure_environment  # after parsing: --help imports no yaml
+    # after parsing: --help imports no yaml
+    from pipeline.core.runtime import configure_environment, set_verbose
 
+    set_verbose(args.verbose)  # before configure_environment: it sets the quiet defaults otherwise
     configure_environment()
     try:
         return int(args._run(args) or 0)

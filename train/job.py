@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.core.config import ConfigError, dump_yaml, to_dict
 from pipeline.core.files import file_sha256, json_sha256
-from pipeline.core.runtime import configure_environment, init_ray, require_gpus
+from pipeline.core.runtime import configure_environment, init_ray, library_log_level, require_gpus, worker_env
 from train import ds_config, tracking
 from train.config import TrainConfig, TrainJobConfig
 from train.context import WorkerContext
@@ -204,6 +204,10 @@ def fit(prepared: PreparedRun, run_id: str, uri: str) -> Path:
             storage_path=prepared.storage,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            # Ray Train's own INFO lines (its controller's, each worker's checkpoint line) only when
+            # verbose; worker_env: the driver's verbosity in the workers, on a cluster too
+            logging_config=ray.train.LoggingConfig(log_level=logging.getLevelName(library_log_level())),
+            worker_runtime_env={"env_vars": worker_env()},
         ),
     )
     result = trainer.fit()

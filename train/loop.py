@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.core.runtime import configure_environment
+from pipeline.core.runtime import configure_environment, quiet_train_worker
 from train import ds_config
 from train.config import TrainJobConfig
 from train.context import WorkerContext
@@ -43,6 +43,7 @@ def train_loop(config: dict[str, WorkerContext]) -> None:
     if cfg.train.use_gpu:  # before deepspeed is imported: the local default is cpu
         os.environ["DS_ACCELERATOR"] = "cuda"
     configure_environment()
+    quiet_train_worker()
     import ray.train
     import torch
 
@@ -116,7 +117,8 @@ def _setup(cfg: TrainJobConfig, ctx: WorkerContext, source: BatchSource):
     if cfg.model.few_shot_train_prob > 0 and model.prompt_learner is not None and model.decoder is not None:
         began = time.perf_counter()
         model.build_reference_pool(*source.reference_images(cfg.model.few_shot_train_pool))
-        log.info("train: few-shot reference pool encoded in %.1f s", time.perf_counter() - began)
+        if source.rank == 0:  # every rank encodes the same pool: one line says it
+            log.info("train: few-shot reference pool encoded in %.1f s", time.perf_counter() - began)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (check the model section)")

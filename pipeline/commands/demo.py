@@ -29,7 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from pipeline.orchestrate import RunRequest, run_pipeline
@@ -56,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
     print("\nask the champion about an image:")
     if example:
         print(f"  .venv/bin/python -m pipeline ask --store {out} --image {data / example['image']}")
-    print(json.dumps({"mean": summary.get("mean", {})}))
     return 0
 
 

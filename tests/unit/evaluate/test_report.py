@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from evaluate.overlay import encode_png, render_overlay
+from evaluate.overlay import BAR_GAP, BAR_LABELS, BAR_WIDTH, encode_png, render_overlay
 from evaluate.report import log_to_mlflow, map_path, markdown_table, write_outputs
 
 
@@ -92,7 +92,9 @@ def test_overlay_shows_image_heatmap_contour_and_text():
     gt = np.zeros((64, 64), bool)
     gt[20:30, 20:30] = True
     pic = render_overlay(image, amap, gt, "brick/test/hole/000.png", "Yes, there is an anomaly.")
-    assert pic.shape[1] == 512 and pic.shape[0] > 256 and pic.dtype == np.uint8
+    # two 256 px panels and the colour bar's strip beside them
+    assert pic.shape[1] == 512 + BAR_GAP + BAR_WIDTH + BAR_LABELS and pic.shape[0] > 256
+    assert pic.dtype == np.uint8
     left, right = pic[:256, :256], pic[:256, 256:]
     green = (pic[:256, :, 1] == 255) & (pic[:256, :, 0] == 0) & (pic[:256, :, 2] == 0)
     assert green[:, :256].any() and green[:, 256:].any()  # the ground-truth contour on both panels
