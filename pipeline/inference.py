@@ -4,11 +4,14 @@ The model is a :class:`train.model.predictor.Predictor`; this module adds what a
 caller needs around it. Images are read as the training data is (RGB, resized to the model's input
 size); the question defaults to the class description + "Is there any anomaly in the image?" as in
 training.
+
+It imports no torch itself: ``ask`` reads and checks its images before the slow model load.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,8 +43,13 @@ def check_image(source: str | Path) -> None:
     _decoded(lambda: load_rgb(src), label)  # type: ignore[arg-type]
 
 
+MIN_BASE64_CHARS = 64
+"""Shorter text that is not a file is reported as a missing file, not decoded as base64."""
+
+
 def _image_source(source: str | Path) -> tuple[Path | io.BytesIO, str]:
-    """What the reader opens (a path or the bytes of a data: URI) and how messages name it."""
+    """What the reader opens (a path, or the bytes of a data: URI or of bare base64 text, as an API
+    client sends them) and how messages name it."""
     text = str(source)
     if text.startswith("data:"):
         _, _, payload = text.partition(",")
@@ -50,9 +58,31 @@ def _image_source(source: str | Path) -> tuple[Path | io.BytesIO, str]:
         except ValueError as exc:
             raise InputError(f"the data: URI image is not valid base64 ({exc})") from exc
     path = Path(text).expanduser()
-    if not path.is_file():
+    if _is_file(path):
+        return path, str(path)
+    raw = _bare_base64(text)
+    if raw is None:
         raise FileNotFoundError(f"image not found: {path}")
-    return path, str(path)
+    return io.BytesIO(raw), "the base64 image"
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a name the OS refuses (base64 text is longer than a file name)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _bare_base64(text: str) -> bytes | None:
+    """The bytes of ``text`` when it is strict base64, else None (a missing file's path hardly
+    ever is: it has a dot or is short)."""
+    if len(text) < MIN_BASE64_CHARS:
+        return None
+    try:
+        return binascii.a2b_base64(text.strip(), strict_mode=True)
+    except binascii.Error:
+        return None
 
 
 def _decoded(read: Callable[[], Any], label: str) -> Any:
@@ -72,6 +102,31 @@ def write_overlay(rgb: Any, prediction: Prediction, path: str | Path, title: str
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_png(render_overlay(rgb, prediction.anomaly_map, None, title, prediction.answer)))
     return path
+
+
+def resized_map(anomaly_map: Any, side: int) -> Any:
+    """The float32 map at ``side`` x ``side`` (area-averaged when smaller, as ``pipeline serve``'s
+    small map PNG); the map itself when it already has that size."""
+    import cv2
+    import numpy as np
+
+    values = np.asarray(anomaly_map, dtype=np.float32)
+    if values.shape == (side, side):
+        return values
+    shrink = side < values.shape[0]
+    return cv2.resize(values, (side, side), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def load_model(checkpoint: str | Path, device: str = "auto") -> Any:
+    """Gone: models logged before ``Predictor`` stored a pyfunc that calls this on load. Their
+    weights are fine; their stored code is not, so they must be logged again."""
+    raise InputError(
+        f"this MLflow model was logged by an older anomalygpt-pipeline: the pyfunc code stored in it "
+        f"calls pipeline.inference.load_model, which no longer exists. Re-register its checkpoint "
+        f"({checkpoint}) with this version: inside an MLflow run, "
+        f"mlflow.register_model(pipeline.registry.log_pyfunc(CHECKPOINT).model_uri, NAME). "
+        f"`python -m pipeline ask --model <this model's URI>` reads the checkpoint as it is"
+    )
 
 
 def default_question(category: str) -> str:

@@ -1,18 +1,19 @@
 """The registered model as an MLflow pyfunc: checkpoint folder in, maps, scores and answers out.
 
 Logged as "models from code" (this file is stored with the model; nothing is pickled). The logged
-model holds only the trainable weights and config (its ``checkpoint`` artifact); the frozen encoder
-and LLM come from the installed packages or the configured paths when the checkpoint loads.
+model holds the trainable weights and config (its ``checkpoint`` artifact) and, as code paths, the
+packages this file imports (pipeline, train, evaluate, synth), so it loads from any folder of a
+machine where the dependencies (its requirements.txt) are installed; the frozen encoder and LLM
+come from those packages when the checkpoint loads.
 
     model = mlflow.pyfunc.load_model("models:/anomalygpt@champion")
     model.predict([{"image": "bottle.png", "category": "bottle", "references": ["good.png"]}])
+    # [{"score": 0.83, "answer": "Yes, ...", "anomaly_map": [[...64 floats], ...64 rows]}]
 
-Load with ``model_config={"device": "cuda"}`` (or ``cpu``; default ``auto``: CUDA when a GPU
-is visible) to choose where the model runs.
-
-Each row: ``image`` (a file path or a ``data:image/...;base64,`` URI), optional ``category``,
-``question``, ``references`` (normal images for few-shot) and ``generate`` (false: map and score
-only, no answer). Each result: ``score``, ``anomaly_map`` (H x W floats) and ``answer``.
+Rows and options: ``pipeline.pyfunc_io`` (``image`` as a path, data: URI or base64; ``map``
+none | small | full per row, as ``params={"map": ...}`` or as ``model_config``). Load with
+``model_config={"device": "cuda"}`` (or ``cpu``; default ``auto``: CUDA when a GPU is visible) to
+choose where the model runs. Served with ``mlflow models serve``: see the README.
 """
 
 from __future__ import annotations
@@ -21,21 +22,7 @@ from typing import Any
 
 import mlflow.models
 import mlflow.pyfunc
-import pydantic
-
-
-class Row(pydantic.BaseModel):
-    image: str
-    category: str = "object"
-    question: str | None = None
-    references: list[str] = []
-    generate: bool = True
-
-
-class Result(pydantic.BaseModel):
-    score: float
-    anomaly_map: list[list[float]]
-    answer: str | None = None
+import pandas as pd
 
 
 class AnomalyGPTPyfunc(mlflow.pyfunc.PythonModel):
@@ -43,17 +30,28 @@ class AnomalyGPTPyfunc(mlflow.pyfunc.PythonModel):
     rows with the same references share one memory bank)."""
 
     def load_context(self, context: Any) -> None:
+        from pipeline.pyfunc_io import DEFAULT_MAP, map_mode
         from pipeline.registry import CHECKPOINT_ARTIFACT
         from train.model.predictor import Predictor
 
-        device = (getattr(context, "model_config", None) or {}).get("device", "auto")
+        config = getattr(context, "model_config", None) or {}
+        self.default_map = map_mode(config.get("map"), DEFAULT_MAP)
+        device = config.get("device", "auto")
         self.predictor = Predictor.from_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT], device=device)
 
-    def predict(self, model_input: list[Row]) -> list[Result]:
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """One JSON-ready dict per row: ``score``, ``answer`` and, unless ``map`` is none,
+        ``anomaly_map``. MLflow hands the rows as a DataFrame (``inputs`` too, by the logged
+        signature); a list of dicts works as well. The DataFrame hint is one MLflow derives no
+        signature from: a signature from type hints would make its server refuse dataframe_records."""
         from pipeline.inference import predict_one
+        from pipeline.pyfunc_io import map_mode, read_rows, result
 
+        default = map_mode((params or {}).get("map"), self.default_map)
         out = []
-        for row in model_input:
+        for row in read_rows(model_input):
             pred = predict_one(
                 self.predictor,
                 row.image,
@@ -62,7 +60,7 @@ class AnomalyGPTPyfunc(mlflow.pyfunc.PythonModel):
                 references=row.references,
                 generate=row.generate,
             )
-            out.append(Result(score=pred.score, anomaly_map=pred.anomaly_map.tolist(), answer=pred.answer))
+            out.append(result(pred, map_mode(row.map, default)))
         return out
 
 

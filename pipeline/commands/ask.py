@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = _checkpoint(args.model, args.store)  # a RegistryError exits 3 (pipeline/cli.py)
     verify_checkpoint(checkpoint)
 
+    # torch and transformers (most of ask's start-up) load only here, after the checks above, so a
+    # bad image or checkpoint fails in a second; MLflow loads only for a models:/ or runs:/ URI.
     from pipeline.inference import default_question, predict_one, read_image, write_overlay
     from train.model.predictor import Predictor
 

@@ -54,14 +54,14 @@ def test_pyfunc_matches_direct_prediction(tiny_checkpoint, sample_data_root, tmp
     direct = predict_one(predictor, test_image, category=category)
     shot = predict_one(predictor, test_image, category=category, references=refs)
     for got, want in ((out[0], direct), (out[1], shot)):
-        amap = np.asarray(got.anomaly_map, dtype=np.float32)
+        amap = np.asarray(got["anomaly_map"], dtype=np.float32)
         assert amap.shape == (predictor.image_size, predictor.image_size)
         np.testing.assert_allclose(amap, want.anomaly_map, atol=1e-5)
-        assert got.score == pytest.approx(want.score, abs=1e-5)
-        assert got.answer == want.answer and isinstance(got.answer, str)
-    assert not np.allclose(out[0].anomaly_map, out[1].anomaly_map)  # references change the map
+        assert got["score"] == pytest.approx(want.score, abs=1e-5)
+        assert got["answer"] == want.answer and isinstance(got["answer"], str)
+    assert not np.allclose(out[0]["anomaly_map"], out[1]["anomaly_map"])  # references change the map
     quiet = pyfunc.predict([{"image": str(test_image), "category": category, "generate": False}])[0]
-    assert quiet.answer is None and quiet.score == pytest.approx(direct.score, abs=1e-5)
+    assert quiet["answer"] is None and quiet["score"] == pytest.approx(direct.score, abs=1e-5)
 
     with pytest.raises(Exception, match="image"):
         pyfunc.predict([{"category": category}])
@@ -69,7 +69,12 @@ def test_pyfunc_matches_direct_prediction(tiny_checkpoint, sample_data_root, tmp
     # Where the model runs is the loader's choice (MLflow's model_config), auto by default.
     on_cpu = mlflow.pyfunc.load_model("models:/anomalygpt@champion", model_config={"device": "cpu"})
     row = {"image": str(test_image), "category": category, "generate": False}
-    assert on_cpu.predict([row])[0].score == pytest.approx(direct.score, abs=1e-5)
+    assert on_cpu.predict([row])[0]["score"] == pytest.approx(direct.score, abs=1e-5)
+    # How much of the map comes back: the loader's model_config, then params, then the row itself.
+    no_maps = mlflow.pyfunc.load_model("models:/anomalygpt@champion", model_config={"map": "none"})
+    assert set(no_maps.predict([row])[0]) == {"score", "answer"}
+    assert "anomaly_map" in no_maps.predict([row], params={"map": "small"})[0]
+    assert "anomaly_map" in no_maps.predict([{**row, "map": "full"}])[0]
     if not torch.cuda.is_available():
         with pytest.raises(Exception, match="torch sees no CUDA GPU"):
             mlflow.pyfunc.load_model("models:/anomalygpt@champion", model_config={"device": "cuda"})
