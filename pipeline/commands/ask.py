@@ -18,16 +18,13 @@ examples:
 import argparse
 from pathlib import Path
 
+from pipeline.model_ref import add_model_arguments, resolve_checkpoint
+
 HELP = "answer a question about an image and write its anomaly-map overlay (chat without --question)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default="models:/anomalygpt@champion",
-        metavar="PATH_OR_URI",
-        help="checkpoint folder or models:/ / runs:/ URI (default: models:/anomalygpt@champion)",
-    )
+    add_model_arguments(parser)
     parser.add_argument("--image", required=True, metavar="PATH", help="the image to ask about")
     parser.add_argument(
         "--reference",
@@ -55,13 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "cpu", "cuda"],
         default="auto",
         help="where the model runs (default auto: CUDA when a GPU is visible, else CPU)",
-    )
-    parser.add_argument(
-        "--store",
-        default="runs/demo",
-        metavar="DIR",
-        help="run folder whose MLflow store resolves models:/ URIs when MLFLOW_TRACKING_URI is unset "
-        "(default: runs/demo)",
     )
 
 
@@ -93,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check_images([args.image, *args.reference])
     category = args.category or guess_category(args.image)
-    checkpoint = _checkpoint(args.model, args.store)  # a RegistryError exits 3 (pipeline/cli.py)
+    checkpoint = resolve_checkpoint(args.model, args.store)
     verify_checkpoint(checkpoint)
 
     # torch and transformers (most of ask's start-up) load only here, after the checks above, so a
@@ -140,31 +130,3 @@ def _check_images(paths: list[str]) -> None:
 
     for path in paths:
         check_image(path)
-
-
-def _checkpoint(model: str, store: str):
-    """A local checkpoint folder for --model (MLflow URIs resolved against the store)."""
-    import os
-
-    from pipeline.registry import ensure_reachable, resolve_model
-
-    if model.startswith(("models:/", "runs:/")):
-        from pathlib import Path
-
-        import mlflow
-
-        from pipeline.registry import RegistryError
-
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:
-            db = Path(store).expanduser().resolve() / "mlflow.db"
-            if not db.is_file():
-                raise RegistryError(
-                    f"no MLflow store at {db} to resolve {model}: run `make demo` first, or pass "
-                    "--store RUN_FOLDER, --model CHECKPOINT_DIR, or set MLFLOW_TRACKING_URI"
-                )
-            uri = f"sqlite:///{db}"
-        ensure_reachable(uri)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-    return resolve_model(model)

@@ -19,23 +19,13 @@ examples:
 
 import argparse
 
+from pipeline.model_ref import add_model_arguments
+
 HELP = "serve the model as a REST API and a web page on Ray Serve (until Ctrl-C)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default="models:/anomalygpt@champion",
-        metavar="PATH_OR_URI",
-        help="checkpoint folder or models:/ / runs:/ URI (default: models:/anomalygpt@champion)",
-    )
-    parser.add_argument(
-        "--store",
-        default="runs/demo",
-        metavar="DIR",
-        help="run folder whose MLflow store resolves models:/ URIs when MLFLOW_TRACKING_URI is unset "
-        "(default: runs/demo)",
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--host",
         default="127.0.0.1",

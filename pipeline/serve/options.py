@@ -70,8 +70,8 @@ def resolve_options(settings: ServeSettings, check_gpus: bool = True) -> ServeOp
     GPU before any replica does. Joins Ray (``init_ray``: RAY_ADDRESS or a local one) unless it is
     already up. ``check_gpus=False`` lets ``cuda`` replicas wait for GPU nodes that are still
     joining (a RayService's cluster starting up)."""
-    from pipeline.commands.ask import _checkpoint as resolve_checkpoint
     from pipeline.core.runtime import init_ray, require_gpus
+    from pipeline.model_ref import resolve_checkpoint
     from train.model.checkpoint import verify_checkpoint
 
     if settings.references_dir is not None:
