@@ -28,6 +28,11 @@ if TYPE_CHECKING:  # torch loads with the predictor, not with this module
     from train.model.batch import Prediction
     from train.model.predictor import Predictor
 
+MAP_MODES = ("none", "small", "full")
+"""How much of the anomaly map a response carries (the pyfunc and ``pipeline serve``)."""
+SMALL_MAP = 64
+"""Side of the ``small`` map."""
+
 
 def read_image(source: str | Path, size: int) -> Any:
     """uint8 (size, size, 3) RGB from a path or a ``data:image/...;base64,`` URI, resized as training
@@ -115,6 +120,14 @@ def resized_map(anomaly_map: Any, side: int) -> Any:
         return values
     shrink = side < values.shape[0]
     return cv2.resize(values, (side, side), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def map_for_mode(anomaly_map: Any, mode: str) -> Any:
+    """The map a response carries for ``mode`` (one of MAP_MODES): None for ``none`` (or no map),
+    SMALL_MAP x SMALL_MAP for ``small``, the model's own size for ``full``."""
+    if mode == "none" or anomaly_map is None:
+        return None
+    return resized_map(anomaly_map, SMALL_MAP if mode == "small" else anomaly_map.shape[0])
 
 
 def load_model(checkpoint: str | Path, device: str = "auto") -> Any:

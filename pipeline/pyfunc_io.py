@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import InputError
-from pipeline.serve.inspection import MAP_MODES, SMALL_MAP
+from pipeline.inference import MAP_MODES
 
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature
@@ -100,13 +100,12 @@ def read_rows(model_input: Any) -> list[Row]:
 
 def result(prediction: Prediction, mode: str) -> dict[str, Any]:
     """``score``, ``answer`` and, unless ``mode`` is none, ``anomaly_map`` (nested lists of floats)."""
-    from pipeline.inference import resized_map
+    from pipeline.inference import map_for_mode
 
     out: dict[str, Any] = {"score": prediction.score, "answer": prediction.answer}
-    amap = prediction.anomaly_map
-    if mode != "none" and amap is not None:
-        side = SMALL_MAP if mode == "small" else amap.shape[0]
-        out["anomaly_map"] = resized_map(amap, side).tolist()
+    sent = map_for_mode(prediction.anomaly_map, mode)
+    if sent is not None:
+        out["anomaly_map"] = sent.tolist()
     return out
 
 

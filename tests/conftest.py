@@ -67,3 +67,16 @@ def instruct_set(sample_data_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("instruct")
     write_instruction_set(sample_data_root, out, seed=0, size=64)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained checkpoint of the tiny preset (model.safetensors + config.yaml), for the tests
+    that serve a model: they check the plumbing, not the answers."""
+    from pipeline.pipeline_config import load_pipeline_config
+    from train.model.build import build_model
+    from train.model.checkpoint import save_checkpoint
+
+    cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml").model
+    cfg.llm.cache_dir = tmp_path_factory.mktemp("llm_cache")
+    return save_checkpoint(build_model(cfg), cfg, tmp_path_factory.mktemp("ckpt"))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import InputError
+from pipeline.inference import MAP_MODES, map_for_mode
 
 if TYPE_CHECKING:
     from train.model.batch import Prediction
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
 
 THRESHOLD = 0.5
 """The decision point of the calibrated map: a score above it is an anomaly."""
-MAP_MODES = ("none", "small", "full")
-SMALL_MAP = 64
 """Side of ``map_png`` with ``map=small``."""
 MAX_REFERENCES = 32
 MAX_HISTORY_TURNS = 32
@@ -236,12 +235,11 @@ def inspection_result(job: InspectJob, prediction: Prediction, map_mode: str) ->
         "positions": parse_answer(prediction.answer).positions,
         "shots": len(job.references),
     }
-    amap = prediction.anomaly_map
-    if map_mode != "none" and amap is not None:
-        side = SMALL_MAP if map_mode == "small" else amap.shape[0]
-        result["map_png"] = _b64(map_png(amap, side))
+    sent = map_for_mode(prediction.anomaly_map, map_mode)
+    if sent is not None:
+        result["map_png"] = _b64(map_png(sent, sent.shape[0]))
         if map_mode == "full":
-            result["overlay_png"] = _b64(overlay_png(job.image, amap, THRESHOLD, score))
+            result["overlay_png"] = _b64(overlay_png(job.image, sent, THRESHOLD, score))
     return result
 
 

@@ -18,14 +18,9 @@ PANEL = 320
 def map_png(anomaly_map: np.ndarray, side: int) -> bytes:
     """8-bit grayscale PNG of the map at ``side`` x ``side``: pixel / 255 is the map's value
     (the threshold 0.5 is 128)."""
-    import cv2
+    from pipeline.inference import resized_map
 
-    values = np.clip(anomaly_map.astype(np.float32), 0.0, 1.0)
-    if values.shape != (side, side):
-        shrink = side < values.shape[0]
-        values = cv2.resize(
-            values, (side, side), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        )
+    values = np.clip(resized_map(anomaly_map, side), 0.0, 1.0)
     return encode_png(np.round(values * 255.0).astype(np.uint8))
 
 

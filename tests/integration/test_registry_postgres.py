@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
+from support import fake_checkpoint, free_port
 
 from pipeline.registry import RegistryConfig, checkpoint_digest
 
@@ -28,12 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 RACE_WORKER = Path(__file__).with_name("registry_race_worker.py")
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _postgres_bin() -> Path | None:
@@ -68,7 +61,7 @@ def postgres_url():
         user = pwd.getpwnam("postgres")  # Debian's package creates it
         os.chown(root, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
 
     def pg(tool: str, *args: str) -> None:
         proc = subprocess.run(
@@ -96,7 +89,7 @@ def postgres_url():
 def mlflow_server(postgres_url, tmp_path_factory):
     """``mlflow server`` on the PostgreSQL database, serving artifacts from a temporary folder."""
     folder = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", postgres_url,
            "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
@@ -141,18 +134,6 @@ def server_store(mlflow_server, tmp_path, monkeypatch):
         mlflow.end_run()
 
 
-def _checkpoint(root: Path, seed: int) -> Path:
-    """A checkpoint folder (weights + config) whose content differs per seed."""
-    import torch
-    from safetensors.torch import save_file
-
-    root.mkdir(parents=True)
-    gen = torch.Generator().manual_seed(seed)
-    save_file({"decoder.weight": torch.randn(4, 3, generator=gen)}, str(root / "model.safetensors"))
-    (root / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
-    return root
-
-
 def test_register_promote_and_resolve_through_the_server(server_store, tmp_path):
     import mlflow
     from mlflow import MlflowClient
@@ -165,7 +146,7 @@ def test_register_promote_and_resolve_through_the_server(server_store, tmp_path)
     for seed, value in ((1, 0.7), (2, 0.8), (3, 0.75)):
         with mlflow.start_run():
             metrics = {"mean": {"image_auroc": value, "pixel_auroc": 0.5, "accuracy": 0.6}}
-            ckpt = _checkpoint(tmp_path / f"ckpt{seed}", seed)
+            ckpt = fake_checkpoint(tmp_path / f"ckpt{seed}", seed)
             outcomes.append(register_and_promote(ckpt, metrics, "eval-data", cfg, data=data))
     assert [(o["version"], o["promoted"]) for o in outcomes] == [("1", True), ("2", True), ("3", False)]
     client = MlflowClient()
@@ -194,7 +175,7 @@ def test_two_pipelines_finishing_together_leave_the_better_champion(server_store
             better = worker == r % 2
             steps.append({
                 "model_name": f"race-{r}",
-                "checkpoint": str(_checkpoint(tmp_path / f"ckpt-{worker}-{r}", seed=10 * r + worker)),
+                "checkpoint": str(fake_checkpoint(tmp_path / f"ckpt-{worker}-{r}", seed=10 * r + worker)),
                 "value": 0.9 if better else 0.6,
                 "ready": str(tmp_path / f"ready-{worker}-{r}"),
                 "gate": str(tmp_path / f"gate-{r}"),

@@ -9,12 +9,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -25,23 +25,6 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_UPLOAD_MB = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    from pipeline.pipeline_config import load_pipeline_config
-    from train.model.build import build_model
-    from train.model.checkpoint import save_checkpoint
-
-    cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml").model
-    cfg.llm.cache_dir = tmp_path_factory.mktemp("llm_cache")
-    return save_checkpoint(build_model(cfg), cfg, tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")

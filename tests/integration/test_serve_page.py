@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -32,29 +32,12 @@ BROWSER_FLAGS = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def first_line(process: subprocess.Popen, timeout: float) -> str:
     """The process's first stdout line, or "" if none comes within ``timeout`` seconds."""
     import select
 
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     return process.stdout.readline() if ready else ""
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    from pipeline.pipeline_config import load_pipeline_config
-    from train.model.build import build_model
-    from train.model.checkpoint import save_checkpoint
-
-    cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml").model
-    cfg.llm.cache_dir = tmp_path_factory.mktemp("llm_cache")
-    return save_checkpoint(build_model(cfg), cfg, tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")

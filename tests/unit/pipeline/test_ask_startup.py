@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[3]
 
 ASK_AND_LIST_MODULES = """
@@ -19,17 +17,6 @@ from pipeline.cli import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
 """
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from pipeline.pipeline_config import load_pipeline_config
-    from train.model.build import build_model
-    from train.model.checkpoint import save_checkpoint
-
-    cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml").model
-    cfg.llm.cache_dir = tmp_path_factory.mktemp("llm_cache")
-    return save_checkpoint(build_model(cfg), cfg, tmp_path_factory.mktemp("ckpt"))
 
 
 def _ask_modules(checkpoint: Path, image: Path, tmp_path: Path, cache_home: Path) -> tuple[set[str], str]:

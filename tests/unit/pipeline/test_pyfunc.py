@@ -12,17 +12,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from pipeline.pipeline_config import load_pipeline_config
-    from train.model.build import build_model
-    from train.model.checkpoint import save_checkpoint
-
-    cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml").model
-    cfg.llm.cache_dir = tmp_path_factory.mktemp("llm_cache")
-    return save_checkpoint(build_model(cfg), cfg, tmp_path_factory.mktemp("ckpt"))
-
-
 def test_pyfunc_matches_direct_prediction(tiny_checkpoint, sample_data_root, tmp_path, monkeypatch):
     import mlflow
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from support import fake_checkpoint
 
 from pipeline.registry import (
     ModelReferenceError,
@@ -26,18 +26,6 @@ def _metrics(value: float | None) -> dict:
     return {"setting": "unsupervised", "mean": {"image_auroc": value, "pixel_auroc": 0.5}}
 
 
-def _checkpoint(root: Path, seed: int) -> Path:
-    """A checkpoint folder in the on-disk layout (weights + config) with distinct content per seed."""
-    import torch
-    from safetensors.torch import save_file
-
-    root.mkdir(parents=True)
-    gen = torch.Generator().manual_seed(seed)
-    save_file({"decoder.weight": torch.randn(4, 3, generator=gen)}, str(root / "model.safetensors"))
-    (root / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
-    return root
-
-
 class Registry:
     """A test's view of the store: its checkpoint folder and its own registered model name."""
 
@@ -49,7 +37,7 @@ class Registry:
 
         ckpt = self.path / f"ckpt{seed}"
         if not ckpt.exists():
-            _checkpoint(ckpt, seed)
+            fake_checkpoint(ckpt, seed)
         with mlflow.start_run():
             return register_and_promote(ckpt, _metrics(value), fp, self.cfg, **kw)
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from support import fake_checkpoint
 
 import pipeline.registry as registry
 from pipeline.cli import main
@@ -23,17 +23,6 @@ from pipeline.registry import (
     register_and_promote,
     resolve_model,
 )
-
-
-def _checkpoint(root: Path, seed: int) -> Path:
-    import torch
-    from safetensors.torch import save_file
-
-    root.mkdir(parents=True)
-    gen = torch.Generator().manual_seed(seed)
-    save_file({"decoder.weight": torch.randn(4, 3, generator=gen)}, str(root / "model.safetensors"))
-    (root / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
-    return root
 
 
 def _metrics(image_auroc: float) -> dict:
@@ -70,7 +59,7 @@ def _register(tmp_path: Path, name: str, seed: int, value: float, **kw) -> dict:
 
     ckpt = tmp_path / f"ckpt{seed}"
     if not ckpt.exists():
-        _checkpoint(ckpt, seed)
+        fake_checkpoint(ckpt, seed)
     with mlflow.start_run(nested=mlflow.active_run() is not None):
         return register_and_promote(ckpt, _metrics(value), "eval-a", RegistryConfig(model_name=name), **kw)
 

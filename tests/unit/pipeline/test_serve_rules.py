@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from pipeline.core.config import ConfigError, from_dict
+from pipeline.inference import SMALL_MAP
 from pipeline.serve.inspection import (
     MAX_HISTORY_TURNS,
-    SMALL_MAP,
     InspectJob,
     RequestError,
     decode_image,
