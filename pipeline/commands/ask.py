@@ -18,6 +18,7 @@ examples:
 import argparse
 from pathlib import Path
 
+from pipeline.core.runtime import loading_for_good
 from pipeline.model_ref import add_model_arguments, resolve_checkpoint
 
 HELP = "answer a question about an image and write its anomaly-map overlay (chat without --question)"
@@ -88,11 +89,12 @@ def run(args: argparse.Namespace) -> int:
 
     # torch and transformers (most of ask's start-up) load only here, after the checks above, so a
     # bad image or checkpoint fails in a second; MLflow loads only for a models:/ or runs:/ URI.
-    from pipeline.inference import default_question, predict_one, read_image, write_overlay
-    from train.model.predictor import Predictor
-
     print(f"loading {checkpoint} ...", file=sys.stderr)
-    predictor = Predictor.from_checkpoint(checkpoint, device=args.device)
+    with loading_for_good():  # the modules and the model live as long as the process
+        from pipeline.inference import default_question, predict_one, read_image, write_overlay
+        from train.model.predictor import Predictor
+
+        predictor = Predictor.from_checkpoint(checkpoint, device=args.device)
     question = args.question or default_question(category)
     pred = predict_one(predictor, args.image, category=category, question=question, references=args.reference)
     overlay = Path(args.overlay) if args.overlay else overlay_path(args.image, args.out)

@@ -333,7 +333,10 @@ class AnomalyGPT(nn.Module):
         conv = tables()["conversation"]
         sep = conv["separator"]
         ids = torch.tensor([self._ids(conv["first_human"].format(question))], device=prefix.device)
-        out = self.llm(inputs_embeds=torch.cat([prefix, self._embed(ids)], dim=1), use_cache=True)
+        # logits of the last position only: the prompt's others (x 49k vocab) would be thrown away
+        out = self.llm(
+            inputs_embeds=torch.cat([prefix, self._embed(ids)], dim=1), use_cache=True, logits_to_keep=1
+        )
         new: list[int] = []
         text = ""
         for _ in range(self.cfg.llm.max_new_tokens):
