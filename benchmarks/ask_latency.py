@@ -2,7 +2,8 @@
 
     python benchmarks/ask_latency.py [--model runs/demo/train] [--image PATH] [--warm 3]
 
-Runs the command as a user does (a fresh process per call, one question, the overlay written):
+Runs the command as a user does (a fresh process per call, one question, the overlay written, and,
+as `ask` does for an image in an MVTec-style tree, a memory bank of its category's train/good images):
 a first, cold-ish call (a fresh process; the OS file cache and ~/.cache/anomalygpt as they are),
 then ``--warm`` more calls, whose median is the figure to compare. Each call's CPU time (user +
 system, all its threads) is given beside its wall time: on a busy machine the wall time mostly

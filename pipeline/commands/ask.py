@@ -2,8 +2,11 @@
 
 The model is a checkpoint folder (model.safetensors + config.yaml) or an MLflow URI; the default
 is the registered champion, looked up in MLFLOW_TRACKING_URI or the MLflow store of --store
-(a run folder, default runs/demo). With --reference NORMAL ... the map is the few-shot map
-(distance to those normal images of the same category) instead of the zero-shot one.
+(a run folder, default runs/demo). Where normal images of the category are at hand, the map is
+the memory bank's (distance to those images, fused with the decoder's map), as in evaluation:
+--reference NORMAL ..., or by default the category's train/good folder when --image lies in an
+MVTec-style tree (<root>/<category>/test/<defect>/<file>), at most --max-references of them.
+Elsewhere, or with --no-references, the map is the decoder's alone.
 
 With --question it answers once. Without, it answers the default question (the class description
 + "Is there any anomaly in the image?") and then chats: type follow-up questions about the same
@@ -18,8 +21,13 @@ examples:
 import argparse
 from pathlib import Path
 
+from pipeline.core.errors import InputError
 from pipeline.core.runtime import loading_for_good
 from pipeline.model_ref import add_model_arguments, resolve_checkpoint
+
+DEFAULT_MAX_REFERENCES = 16
+"""train/good images ``ask`` banks by default: a real category holds hundreds, whose all-shot bank
+takes minutes to build (evaluation builds it once per category; ``ask`` would at every call)."""
 
 HELP = "answer a question about an image and write its anomaly-map overlay (chat without --question)"
 
@@ -27,12 +35,27 @@ HELP = "answer a question about an image and write its anomaly-map overlay (chat
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--image", required=True, metavar="PATH", help="the image to ask about")
-    parser.add_argument(
+    bank = parser.add_mutually_exclusive_group()
+    bank.add_argument(
         "--reference",
         nargs="+",
         default=[],
         metavar="NORMAL",
-        help="normal images of the same category (few-shot)",
+        help="normal images of the same category for the memory bank (default: <root>/<category>/"
+        "train/good when --image lies in an MVTec-style tree)",
+    )
+    bank.add_argument(
+        "--no-references",
+        action="store_true",
+        help="no memory bank: the decoder's map alone, even where normal images are at hand",
+    )
+    parser.add_argument(
+        "--max-references",
+        type=int,
+        default=DEFAULT_MAX_REFERENCES,
+        metavar="N",
+        help="at most N of the train/good images found beside --image, evenly spaced in name order "
+        f"(default {DEFAULT_MAX_REFERENCES}: the bank builds in about a second on 2 cores)",
     )
     parser.add_argument("--question", metavar="TEXT", help="ask once (default: chat in the terminal)")
     parser.add_argument(
@@ -56,15 +79,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def guess_category(image: str) -> str:
-    """``<root>/<category>/(train|test)/<defect>/<file>`` -> category; else "object"."""
-    from pathlib import Path
-
-    parts = Path(image).parts
+def _category_folder(image: str) -> Path | None:
+    """``<root>/<category>/(train|test)/<defect>/<file>`` -> ``<root>/<category>``; None elsewhere."""
+    parts = Path(image).resolve().parts
     for i in range(len(parts) - 2, 0, -1):
         if parts[i] in ("train", "test"):
-            return parts[i - 1]
-    return "object"
+            return Path(*parts[:i])
+    return None
+
+
+def guess_category(image: str) -> str:
+    """The category of an image in an MVTec-style tree; else "object"."""
+    folder = _category_folder(image)
+    return folder.name if folder is not None else "object"
+
+
+def normal_images_beside(image: str) -> list[Path]:
+    """The normal training images of ``image``'s category in an MVTec-style tree
+    (``<root>/<category>/train/good``), sorted, without ``image`` itself (it would match itself
+    perfectly); [] elsewhere."""
+    from synth.datasets import IMAGE_EXTENSIONS
+
+    folder = _category_folder(image)
+    good = folder / "train" / "good" if folder is not None else None
+    if good is None or not good.is_dir():
+        return []
+    path = Path(image).resolve()
+    found = (p for p in good.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in found if p.resolve() != path)
+
+
+def evenly_spaced(items: list, count: int) -> list:
+    """``count`` of ``items`` spread over the whole list (first and last included), order kept."""
+    if count <= 0:
+        raise ValueError(f"count must be at least 1, got {count}")
+    if len(items) <= count:
+        return list(items)
+    if count == 1:
+        return [items[0]]
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
 
 
 def overlay_path(image: str, out: str) -> Path:
@@ -82,10 +135,21 @@ def run(args: argparse.Namespace) -> int:
 
     from train.model.checkpoint import verify_checkpoint
 
-    _check_images([args.image, *args.reference])
+    if args.max_references < 1:
+        raise InputError(f"--max-references must be at least 1, got {args.max_references}")
+    references = list(args.reference)
+    found = [] if references or args.no_references else normal_images_beside(args.image)
+    references = references or [str(p) for p in evenly_spaced(found, args.max_references)]
+    _check_images([args.image, *references])
     category = args.category or guess_category(args.image)
     checkpoint = resolve_checkpoint(args.model, args.store)
     verify_checkpoint(checkpoint)
+    if found:
+        print(
+            f"memory bank: {len(references)} of {len(found)} normal images in {found[0].parent} "
+            "(--reference to choose them, --no-references for the decoder's map alone)",
+            file=sys.stderr,
+        )
 
     # torch and transformers (most of ask's start-up) load only here, after the checks above, so a
     # bad image or checkpoint fails in a second; MLflow loads only for a models:/ or runs:/ URI.
@@ -96,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
 
         predictor = Predictor.from_checkpoint(checkpoint, device=args.device)
     question = args.question or default_question(category)
-    pred = predict_one(predictor, args.image, category=category, question=question, references=args.reference)
+    pred = predict_one(predictor, args.image, category=category, question=question, references=references)
     overlay = Path(args.overlay) if args.overlay else overlay_path(args.image, args.out)
     title = f"{category}: score {pred.score:.3f}" if pred.score is not None else category
     write_overlay(read_image(args.image, predictor.image_size), pred, overlay, title)
@@ -119,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         if not line or not text or text in ("exit", "quit"):
             return 0
         turn = predict_one(
-            predictor, args.image, category, question=text, references=args.reference, history=history
+            predictor, args.image, category, question=text, references=references, history=history
         )
         print(f"A: {turn.answer}")
         history += [{"from": "human", "value": text}, {"from": "gpt", "value": turn.answer or ""}]

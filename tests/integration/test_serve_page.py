@@ -110,7 +110,7 @@ def test_page_inspects_an_image_and_chats_about_it(served, browser, sample_data_
     assert overlay.get_attribute("src").startswith("data:image/png;base64,")
     assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay) >= 256
     assert browser.find_element(By.ID, "verdict").text in ("Anomalous", "Normal")
-    assert "few-shot: 6 normal images" in browser.find_element(By.ID, "shots").text
+    assert "memory bank of 6 normal images" in browser.find_element(By.ID, "shots").text
     assert float(browser.find_element(By.ID, "score").text) >= 0.0
     assert browser.find_element(By.ID, "threshold").text == "0.5"
     messages = browser.find_elements(By.CSS_SELECTOR, "#chat-log .msg")
