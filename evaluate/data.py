@@ -17,7 +17,7 @@ import numpy as np
 from evaluate.config import EvaluateConfig
 from pipeline.core.errors import InputError
 from synth.datasets import Skipped, load_mask, load_rgb, read_dataset
-from synth.text import region_positions
+from synth.text import position_word, region_positions
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,13 @@ def load_ground_truth(path: str | Path | None, size: int, threshold: float) -> n
 
 MIN_REGION_PIXELS = 4
 """Ground-truth components smaller than this (at the evaluation size) are resize specks, not regions."""
+
+
+def map_position(anomaly_map: np.ndarray) -> str:
+    """Grid-cell word of the map's hottest pixel (the one that gives the image score), by the
+    training text's rule: the cell an answer that followed the map would name."""
+    row, col = np.unravel_index(int(np.argmax(anomaly_map)), anomaly_map.shape)
+    return position_word(row + 0.5, col + 0.5, *anomaly_map.shape)
 
 
 def gt_positions(gt: np.ndarray) -> list[str]:

@@ -4,7 +4,8 @@
 aupro, f1_max, n_images, ...}, ``mean`` -> the same keys (mean over the categories where the metric
 is defined; ``null`` where it is defined for none). ``metrics.md`` is the same as tables,
 ``answers.jsonl`` one line per test image (with ``gt_positions``, the grid cells of an anomalous
-image's ground-truth regions, and ``answer_positions``, the cells its answer names); the overlays
+image's ground-truth regions, ``map_position``, the cell of its map's peak, and ``answer_positions``,
+the cells its answer names); the overlays
 are written by evaluate.job as they arrive.
 
 Whether the answers follow the map (``ANSWER_METRICS``, per category and their mean):
@@ -15,6 +16,10 @@ Whether the answers follow the map (``ANSWER_METRICS``, per category and their m
 - ``position_accuracy``: among anomalous images with ground-truth regions answered "yes", the share
   whose answer names the grid cell of at least one region's centroid. ``null`` when there are none;
   ``n_position_answers`` counts them.
+- ``map_position_accuracy``: on the same images as ``position_accuracy``, the share whose map peaks
+  in the grid cell of a region's centroid: the position accuracy of answers that named the map's
+  hottest cell, so the gap between the two is the LLM's, not the map's. ``null`` where
+  ``position_accuracy`` is.
 - ``map_best_accuracy``: the best accuracy any image-score threshold reaches, the ceiling for answers
   that follow the map; 1.0 with a single class (a threshold beyond all scores). ``null`` without scores.
 """
@@ -38,7 +43,7 @@ log = logging.getLogger(__name__)
 # The paper's keys first, then what we report beside them.
 HEADLINE = ("image_auroc", "pixel_auroc", "accuracy", "aupro", "f1_max")
 EXTRA = ("pixel_f1_max", "accuracy_substring", "pixel_auroc_error_bound")
-ANSWER_METRICS = ("answer_map_agreement", "position_accuracy", "map_best_accuracy")
+ANSWER_METRICS = ("answer_map_agreement", "position_accuracy", "map_position_accuracy", "map_best_accuracy")
 COUNTS = ("n_images", "n_unreadable", "n_without_mask", "n_position_answers")
 
 
@@ -96,15 +101,16 @@ def answer_metrics(ok: list[dict[str, Any]], answers_used: bool, scored: bool) -
     if scored and parsed and labels.any():
         decisions = np.asarray(scores) >= metrics.f1_max_threshold(scores, labels)
         out["answer_map_agreement"] = metrics.answer_agreement([p.is_anomalous for p in parsed], decisions)
-    # (named cells, true cells) of the anomalous images with ground-truth regions answered "yes"
-    pairs = [
-        (p.positions, r["gt_positions"])
-        for p, r in zip(parsed, answered, strict=True)
-        if p.is_anomalous and _locatable(r)
+    # the anomalous images with ground-truth regions answered "yes", with the cells their answers name
+    located = [
+        (p.positions, r) for p, r in zip(parsed, answered, strict=True) if p.is_anomalous and _locatable(r)
     ]
-    if pairs:
-        out["position_accuracy"] = metrics.position_accuracy([a for a, _ in pairs], [t for _, t in pairs])
-    out["n_position_answers"] = len(pairs)
+    if located:
+        truth = [r["gt_positions"] for _, r in located]
+        out["position_accuracy"] = metrics.position_accuracy([named for named, _ in located], truth)
+        hottest = [[r["map_position"]] if r.get("map_position") else [] for _, r in located]
+        out["map_position_accuracy"] = metrics.position_accuracy(hottest, truth)
+    out["n_position_answers"] = len(located)
     return out
 
 
@@ -188,10 +194,12 @@ def _answer_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """Second table of metrics.md: do the answers follow the map (see the module docstring)."""
     lines = [
         "Answers against the map: agreement with the map's F1-optimal decision, position accuracy of "
-        "the anomalies answered yes, and the best accuracy a map threshold reaches.",
+        "the anomalies answered yes and that of the map's hottest cell on the same images, and the best "
+        "accuracy a map threshold reaches.",
         "",
-        "| Category | Answer-map agreement | Position accuracy | Map best accuracy | Positioned |",
-        "|---|---|---|---|---|",
+        "| Category | Answer-map agreement | Position accuracy | Map position accuracy | Map best accuracy "
+        "| Positioned |",
+        "|---|---|---|---|---|---|",
     ]
     for name, m in rows:
         figures = " | ".join(_pct(m.get(k)) for k in ANSWER_METRICS)

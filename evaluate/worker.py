@@ -11,7 +11,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from evaluate.data import EvalItem, gt_positions, load_ground_truth, load_image
+from evaluate.data import EvalItem, gt_positions, load_ground_truth, load_image, map_position
 from evaluate.overlay import encode_png, render_overlay
 from evaluate.pixel_state import PixelMetricState
 
@@ -58,8 +58,8 @@ class EvalWorker:
         self, items: list[EvalItem], bank: Any, question: str, generate: bool
     ) -> list[dict[str, Any]]:
         """Rows for one batch of one category: image, label, score, answer, gt_positions (the grid
-        cells of the ground-truth regions of an anomalous image with a mask, else None) (+ error,
-        overlay)."""
+        cells of the ground-truth regions of an anomalous image with a mask, else None) and
+        map_position (the cell of its map's peak, else None) (+ error, overlay)."""
         rows, loaded, arrays = [], [], []
         for item in items:
             try:
@@ -81,6 +81,8 @@ class EvalWorker:
             row["decoder_score"] = pred.decoder_score
             if item.label and item.mask_path:
                 row["gt_positions"] = gt_positions(gt)
+                if pred.anomaly_map is not None:
+                    row["map_position"] = map_position(pred.anomaly_map)
             if self.write_maps:
                 title = f"{item.relpath}  label={'anomalous' if item.label else 'normal'}"
                 if pred.score is not None:
@@ -126,4 +128,5 @@ def _row(item: EvalItem, score: float | None = None, answer: str | None = None, 
         "answer": answer,
         "error": error,
         "gt_positions": None,
+        "map_position": None,
     }

@@ -101,9 +101,9 @@ def test_gt_positions_join_diagonal_neighbours_and_keep_a_lone_speck():
     assert gt_positions(speck) == ["bottom right"]  # the only thing there is the defect
 
 
-def _row(label, score, answer, gt=None, error=None):
+def _row(label, score, answer, gt=None, error=None, hottest=None):
     return {"image": "x.png", "category": "brick", "label": label, "defect": "d", "score": score,
-            "answer": answer, "error": error, "gt_positions": gt}  # fmt: skip
+            "answer": answer, "error": error, "gt_positions": gt, "map_position": hottest}  # fmt: skip
 
 
 def _rows():
@@ -111,9 +111,9 @@ def _rows():
     return [
         _row(0, 0.1, NO),  # map no, answer no: agree
         _row(0, 0.4, YES_TOP),  # map yes, answer yes: agree (a normal: no position figure)
-        _row(1, 0.35, "Yes, there is no anomaly", ["top left"]),  # parses yes, names no cell: miss
-        _row(1, 0.8, "Maybe.", ["center"]),  # neither yes nor no: disagrees, no position figure
-        _row(1, 0.9, YES_TWO, ["bottom right", "center"]),  # agree, position hit
+        _row(1, 0.35, "Yes, there is no anomaly", ["top left"], hottest="top left"),  # names no cell: miss
+        _row(1, 0.8, "Maybe.", ["center"], hottest="top"),  # neither yes nor no: no position figure
+        _row(1, 0.9, YES_TWO, ["bottom right", "center"], hottest="center"),  # agree, position hit
         _row(1, 0.2, NO, ["top"]),  # map yes, answer no: disagree
         _row(1, 0.5, YES_TOP),  # no mask: agrees, no position figure
         _row(1, None, None, error="unreadable image: x"),  # left out
@@ -124,6 +124,7 @@ def test_category_figures_by_hand():
     m = category_metrics(_rows(), None, answers_used=True, max_fpr=0.3)
     assert m["answer_map_agreement"] == 5 / 7
     assert m["position_accuracy"] == 1 / 2
+    assert m["map_position_accuracy"] == 1.0  # the map's hottest cell is right where the answer missed
     assert m["n_position_answers"] == 2
     # nothing 2/7, >=.9 3/7, >=.8 4/7, >=.5 5/7, >=.4 4/7, >=.35 5/7, >=.2 6/7, >=.1 5/7
     assert m["map_best_accuracy"] == 6 / 7
@@ -133,6 +134,7 @@ def test_category_figures_by_hand():
 def test_without_answers_or_scores_the_figures_that_need_them_are_null():
     no_answers = category_metrics(_rows(), None, answers_used=False, max_fpr=0.3)
     assert no_answers["answer_map_agreement"] is None and no_answers["position_accuracy"] is None
+    assert no_answers["map_position_accuracy"] is None  # on the images answered yes: none here
     assert no_answers["n_position_answers"] == 0
     assert no_answers["map_best_accuracy"] == 6 / 7
     unscored = [{**r, "score": None} for r in _rows()]
@@ -154,6 +156,7 @@ def test_one_class_only():
     assert m["map_best_accuracy"] == 1.0
     assert m["answer_map_agreement"] == 0.5  # threshold 0.3: the map says yes to both
     assert m["position_accuracy"] == 1.0 and m["n_position_answers"] == 1
+    assert m["map_position_accuracy"] == 0.0  # a row without a map position counts as a miss
 
 
 def test_mean_is_over_the_categories_where_defined():
@@ -180,10 +183,13 @@ def test_the_worker_puts_the_gt_positions_of_an_anomalous_image_with_a_mask_in_i
     drawn[40:60, 44:60] = 255  # bottom right
     Image.fromarray(drawn).save(mask)
 
+    hot = np.zeros((32, 32), np.float32)
+    hot[30, 2] = 0.9  # the map peaks bottom left
+
     class FakePredictor:
         def predict(self, images, categories, **_):
             assert all(image.shape == (32, 32, 3) for image in images)  # read at the model's size
-            return [Prediction(c, None, 0.5, YES_TOP) for c in categories]
+            return [Prediction(c, hot, 0.9, YES_TOP) for c in categories]
 
     worker = EvalWorker.__new__(EvalWorker)  # no checkpoint: only predict's bookkeeping is tested
     worker.predictor, worker.size, worker.write_maps, worker.states = FakePredictor(), 32, False, {}
@@ -195,3 +201,14 @@ def test_the_worker_puts_the_gt_positions_of_an_anomalous_image_with_a_mask_in_i
     ]
     rows = worker.predict(items, None, "q?", generate=True)
     assert [r["gt_positions"] for r in rows] == [["top left", "bottom right"], None, None]
+    assert [r["map_position"] for r in rows] == ["bottom left", None, None]  # only beside gt_positions
+
+
+def test_map_position_is_the_cell_of_the_maps_peak():
+    from evaluate.data import map_position
+
+    amap = np.zeros((60, 60), np.float32)
+    amap[5, 55] = 1.0
+    assert map_position(amap) == "top right"
+    amap[30, 30] = 2.0
+    assert map_position(amap) == "center"

@@ -62,7 +62,7 @@ def _answered():
     """_result and _rows with answers, ground-truth positions and the answer figures."""
     result = _result()
     m = {**result["per_category"]["brick"], "answer_map_agreement": 0.75, "position_accuracy": None,
-         "map_best_accuracy": 1.0, "n_position_answers": 0}  # fmt: skip
+         "map_position_accuracy": None, "map_best_accuracy": 1.0, "n_position_answers": 0}  # fmt: skip
     result["per_category"] = {"brick": m}
     result["mean"] = m
     rows = _rows()
@@ -76,9 +76,12 @@ def test_answer_figures_get_a_second_table_and_positions_go_to_answers_jsonl(tmp
     write_outputs(tmp_path, result, rows)
     table = (tmp_path / "metrics.md").read_text()
     assert "| brick | 90.0 | – | 75.0 | – | 80.0 | 4 |" in table  # the first table as before
-    assert "| Category | Answer-map agreement | Position accuracy | Map best accuracy | Positioned |" in table
-    assert "| brick | 75.0 | – | 100.0 | 0 |" in table
-    assert "| **mean** | 75.0 | – | 100.0 | 0 |" in table
+    header = (
+        "| Category | Answer-map agreement | Position accuracy | Map position accuracy | Map best accuracy |"
+    )
+    assert header + " Positioned |" in table
+    assert "| brick | 75.0 | – | – | 100.0 | 0 |" in table
+    assert "| **mean** | 75.0 | – | – | 100.0 | 0 |" in table
     lines = [json.loads(x) for x in (tmp_path / "answers.jsonl").read_text().splitlines()]
     stain = next(x for x in lines if x["defect"] == "stain")
     assert stain["gt_positions"] == ["center", "bottom"]
@@ -138,6 +141,7 @@ def _log_and_check(mlflow, tmp_path):
     assert answered["eval/mean/map_best_accuracy"] == 1.0
     assert answered["eval/mean/n_position_answers"] == 0
     assert "eval/brick/position_accuracy" not in answered
+    assert "eval/brick/map_position_accuracy" not in answered
     logged = [f.path for f in client.list_artifacts(run.info.run_id, "eval/maps/brick")]
     # the two most instructive: the lowest-scored anomaly and the highest-scored normal
     assert sorted(logged) == ["eval/maps/brick/good_001.png", "eval/maps/brick/hole_002.png"]
