@@ -1,9 +1,10 @@
 """Wall time of `python -m pipeline ask`, start-up and model load included. Prints one JSON object.
 
-    python benchmarks/ask_latency.py [--model runs/demo/train] [--image PATH] [--warm 3]
+    python benchmarks/ask_latency.py [--model runs/demo/train] [--image PATH] [--warm 3] [--no-references]
 
 Runs the command as a user does (a fresh process per call, one question, the overlay written, and,
-as `ask` does for an image in an MVTec-style tree, a memory bank of its category's train/good images):
+as `ask` does for an image in an MVTec-style tree, a memory bank of its category's train/good images;
+`--no-references`: the decoder's map alone):
 a first, cold-ish call (a fresh process; the OS file cache and ~/.cache/anomalygpt as they are),
 then ``--warm`` more calls, whose median is the figure to compare. Each call's CPU time (user +
 system, all its threads) is given beside its wall time: on a busy machine the wall time mostly
@@ -37,10 +38,10 @@ def default_image() -> Path | None:
     return found[0] if found else None
 
 
-def timed_ask(model: str, image: str, device: str, overlay: Path) -> dict:
+def timed_ask(model: str, image: str, device: str, overlay: Path, extra: list[str]) -> dict:
     """One `ask` in a fresh process: wall and CPU seconds; a failure stops the benchmark."""
     command = [sys.executable, "-m", "pipeline", "ask", "--model", model, "--image", image]
-    command += ["--question", QUESTION, "--device", device, "--overlay", str(overlay)]
+    command += ["--question", QUESTION, "--device", device, "--overlay", str(overlay), *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -60,6 +61,9 @@ def main() -> None:
     parser.add_argument("--image", help="the image to ask about (default: the demo data's first test image)")
     parser.add_argument("--warm", type=int, default=3, help="calls after the first (their median counts)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--no-references", action="store_true", help="ask with the decoder's map alone (no memory bank)"
+    )
     args = parser.parse_args()
     if args.model == str(DEMO_MODEL) and not (DEMO_MODEL / "model.safetensors").is_file():
         parser.error(f"no demo model at {DEMO_MODEL}: run `make demo` first, or pass --model CHECKPOINT")
@@ -72,8 +76,9 @@ def main() -> None:
     load_before = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
         overlay = Path(tmp) / "overlay.png"
-        cold = timed_ask(args.model, str(image), args.device, overlay)
-        warm = [timed_ask(args.model, str(image), args.device, overlay) for _ in range(args.warm)]
+        extra = ["--no-references"] if args.no_references else []
+        cold = timed_ask(args.model, str(image), args.device, overlay, extra)
+        warm = [timed_ask(args.model, str(image), args.device, overlay, extra) for _ in range(args.warm)]
     answer = cold.pop("stdout").splitlines()
     for call in warm:
         if call.pop("stdout").splitlines() != answer:
@@ -82,6 +87,7 @@ def main() -> None:
         "model": args.model,
         "image": str(image),
         "device": args.device,
+        "memory_bank": not args.no_references,
         "cpus": os.cpu_count(),
         "cold": cold,
         "warm": warm,
