@@ -106,7 +106,11 @@ def test_mlflow_models_serve_answers_inputs_and_dataframe_records(registered, sa
     command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve"]
     command += ["-m", "models:/anomalygpt/1", "--env-manager", "local", "-p", str(port)]
     server = subprocess.Popen(
-        command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        command,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         start_new_session=True,  # its uvicorn child is stopped with it
     )
     try:

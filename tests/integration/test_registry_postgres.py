@@ -188,7 +188,11 @@ def test_two_pipelines_finishing_together_leave_the_better_champion(server_store
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(RACE_WORKER), str(tmp_path / f"plan-{worker}.json")],
-                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
         )
     try:

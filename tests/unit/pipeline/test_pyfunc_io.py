@@ -111,7 +111,7 @@ def test_images_may_be_bare_base64(sample_data_root, tmp_path):
         read_image(base64.b64encode(b"not an image at all, " * 4).decode(), 32)
 
 
-OLD_STYLE_PYFUNC = '''
+OLD_STYLE_PYFUNC = """
 import mlflow.models
 import mlflow.pyfunc
 
@@ -127,7 +127,7 @@ class Old(mlflow.pyfunc.PythonModel):
 
 
 mlflow.models.set_model(Old())
-'''
+"""
 
 
 def test_a_model_logged_by_older_code_fails_to_load_saying_re_register(tmp_path):
