@@ -108,11 +108,11 @@ def looks_like(root: Path) -> list[str]:
     """The known layouts whose images ``root`` holds: for the hint when the given one finds nothing."""
     subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     kinds = []
-    if any(_images(p / "train" / "good") or _test_images(p) for p in subdirs):
+    if any(image_files(p / "train" / "good") or _test_images(p) for p in subdirs):
         kinds.append("mvtec")
     if (root / "split_csv" / "1cls.csv").is_file():
         kinds.append("visa")
-    if any(_images(p) for p in subdirs):
+    if any(image_files(p) for p in subdirs):
         kinds.append("folder")
     return kinds
 
@@ -123,7 +123,7 @@ def _layout_error(root: Path, fmt: str, split: str, kind: type[DatasetError] = D
     message = f"{root}: no {split} images in the {fmt} layout (--format {fmt} reads {LAYOUTS[fmt]})"
     if others:
         hint = "; ".join(f"it looks like the {k} layout ({LAYOUTS[k]}): pass --format {k}" for k in others)
-    elif _images(root):
+    elif image_files(root):
         hint = (
             f"the images lie directly in {root}: put them in one folder per category "
             f"({LAYOUTS['folder']}) and pass --format folder"
@@ -202,7 +202,8 @@ def _check(record: ImageRecord, root: Path, skipped: list[Skipped]) -> bool:
     return True
 
 
-def _images(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """The image files (IMAGE_EXTENSIONS, any case) directly in ``folder``, sorted; [] without it."""
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -210,7 +211,7 @@ def _images(folder: Path) -> list[Path]:
 
 def _test_images(category_dir: Path) -> bool:
     test = category_dir / "test"
-    return test.is_dir() and any(_images(d) for d in test.iterdir() if d.is_dir())
+    return test.is_dir() and any(image_files(d) for d in test.iterdir() if d.is_dir())
 
 
 def _category_dirs(root: Path, fmt: str) -> set[str]:
@@ -230,12 +231,12 @@ def _read_mvtec(root: Path, split: Split) -> list[ImageRecord]:
     for category in sorted(_category_dirs(root, "mvtec")):
         base = root / category
         if split in ("train", "all"):
-            for p in _images(base / "train" / "good"):
+            for p in image_files(base / "train" / "good"):
                 records.append(ImageRecord(p, _rel(p, root), category, "train", 0, "good"))
         if split in ("test", "all") and (base / "test").is_dir():
             for defect_dir in sorted(d for d in (base / "test").iterdir() if d.is_dir()):
                 defect = defect_dir.name
-                for p in _images(defect_dir):
+                for p in image_files(defect_dir):
                     mask = None
                     if defect != "good":
                         candidate = base / "ground_truth" / defect / f"{p.stem}_mask.png"
@@ -278,6 +279,6 @@ def _read_folder(root: Path, split: Split) -> list[ImageRecord]:
         return []
     records = []
     for category in sorted(_category_dirs(root, "folder")):
-        for p in _images(root / category):
+        for p in image_files(root / category):
             records.append(ImageRecord(p, _rel(p, root), category, "train", 0, "good"))
     return records

