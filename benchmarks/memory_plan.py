@@ -82,6 +82,7 @@ def small_trainables(cfg: ModelConfig, hidden: int, text_dim: int) -> dict[str, 
     import torch
 
     from train.model.decoder import AnomalyDecoder
+    from train.model.map_summary import MapSummary
     from train.model.prompt_learner import PromptLearner
 
     torch.set_num_threads(1)
@@ -92,8 +93,17 @@ def small_trainables(cfg: ModelConfig, hidden: int, text_dim: int) -> dict[str, 
         if cfg.use_llm and cfg.use_prompt_learner:
             global_dim = VIT_H14["out"] if cfg.prompt_global else None
             rms = 1.0 if cfg.embedding_scale else None  # any value: it only switches the cell embeddings on
+            summary = None
+            if cfg.summary_tokens:
+                summary = MapSummary(torch.empty(2, hidden), torch.empty(9, hidden), embed_rms=1.0)
             out["prompt_learner"] = PromptLearner(
-                hidden, cfg.prompt_tokens, cfg.prompt_channels, global_dim, cfg.use_decoder, embed_rms=rms
+                hidden,
+                cfg.prompt_tokens,
+                cfg.prompt_channels,
+                global_dim,
+                cfg.use_decoder,
+                embed_rms=rms,
+                summary=summary,
             )
     return {name: sum(p.numel() for p in module.parameters()) for name, module in out.items()}
 
@@ -184,7 +194,9 @@ def report(cfg: ModelConfig, train: TrainConfig) -> dict[str, Any]:
         "build_bytes": 4 * total(lambda p: True),  # each worker builds in fp32 before DeepSpeed casts
     }
     b, text_dim = train.micro_batch_size, CLIP_H_TEXT["out"] if "text_encoder" in parts else 384
-    prefix = 1 + TEXT_PREFIX_TOKENS + 1 + (2 * cfg.prompt_tokens if "prompt_learner" in parts else 0)
+    summary = cfg.summary_tokens
+    prompts = 2 * cfg.prompt_tokens + summary if "prompt_learner" in parts else 0
+    prefix = 1 + TEXT_PREFIX_TOKENS + 1 + prompts
     seq = prefix + cfg.llm.max_tgt_len
     llm_act, scores = llm_activation_bytes(b, seq, cfg.llm.max_tgt_len)
     act = llm_act + vision_activation_bytes(cfg, b, w, text_dim)
@@ -196,7 +208,8 @@ def report(cfg: ModelConfig, train: TrainConfig) -> dict[str, Any]:
         "zero3": "all weights (frozen ones too) partitioned as well; + gather (largest module + prefetch)",
         "offload": "optimizer state and fp32 gradient partitions (4 B) in CPU RAM, both stages",
         "micro_batch": b,
-        "prefix_tokens": f"{prefix} = bos + {TEXT_PREFIX_TOKENS} template + image + 2 x {cfg.prompt_tokens}",
+        "prefix_tokens": f"{prefix} = bos + {TEXT_PREFIX_TOKENS} template + image + 2 x {cfg.prompt_tokens}"
+        + (f" + {summary} summary" if summary else ""),
         "sequence": seq,
         "llm_activations": f"per layer s*b*h*(34 + 5*a*s/h) B, 16-bit, no recomputation (Korthikanti 2022),"
         f" s={seq} b={b} h={LLAMA_7B['hidden']} a={LLAMA_7B['heads']}; + logits b*{cfg.llm.max_tgt_len}"

@@ -23,10 +23,15 @@ class OptimizerConfig:
     eps: float = 1e-8
     weight_decay: float = 1e-3
     """Decoupled weight decay on every trainable tensor (the reference: 1e-3)."""
+    lora_lr: float | None = None
+    """Peak learning rate of trainable LoRA adapters; null: ``lr``. LoRA on a pretrained LLM is
+    usually trained 5-10x slower than the decoder and prompt learner, which start from scratch."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
+        if self.lora_lr is not None and self.lora_lr <= 0:
+            raise ValueError(f"optimizer.lora_lr must be > 0, got {self.lora_lr}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"optimizer.betas must be in [0, 1), got {self.betas}")
 

@@ -25,7 +25,7 @@ from train.config import TrainJobConfig
 from train.context import WorkerContext
 from train.data import BatchSource
 from train.model.checkpoint import save_checkpoint
-from train.schedule import WarmupDecay, micro_step_kind
+from train.schedule import WarmupDecay, micro_step_kind, parameter_groups
 from train.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
@@ -119,10 +119,8 @@ def _setup(cfg: TrainJobConfig, ctx: WorkerContext, source: BatchSource):
         model.build_reference_pool(*source.reference_images(cfg.model.few_shot_train_pool))
         if source.rank == 0:  # every rank encodes the same pool: one line says it
             log.info("train: few-shot reference pool encoded in %.1f s", time.perf_counter() - began)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters (check the model section)")
     o = cfg.train.optimizer
+    params = parameter_groups(model, o)
     if ctx.offload_optimizer:
         from deepspeed.ops.adam import DeepSpeedCPUAdam  # JIT-builds cpu_adam once (~95 s)
 

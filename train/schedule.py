@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from train.config import ScheduleConfig, TrainConfig
+from train.config import OptimizerConfig, ScheduleConfig, TrainConfig
 
 
 def total_steps(train: TrainConfig, anomaly_samples: int) -> int:
@@ -61,3 +61,17 @@ def micro_step_kind(micro_step: int, fraction: float) -> tuple[bool, int]:
     instruction = is_instruction_step(micro_step, fraction)
     before = count_instruction_steps(micro_step, fraction)
     return instruction, before if instruction else micro_step - before
+
+
+def parameter_groups(model, optimizer: OptimizerConfig) -> list[dict]:
+    """The trainable parameters as optimizer groups, each with its peak learning rate: LoRA
+    adapters (names with ``lora_``) at ``lora_lr`` when it is set, everything else at ``lr``. The
+    schedule's multiplier applies to every group alike."""
+    lora, rest = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (lora if optimizer.lora_lr is not None and "lora_" in name else rest).append(param)
+    if not lora and not rest:
+        raise ValueError("the model has no trainable parameters (check the model section)")
+    groups = [{"params": rest, "lr": optimizer.lr}] if rest else []
+    return groups + ([{"params": lora, "lr": optimizer.lora_lr}] if lora else [])

@@ -22,6 +22,7 @@ from train.model.llm import (
     load_vicuna,
     split_pandagpt_delta,
 )
+from train.model.map_summary import MapSummary
 from train.model.prompt_learner import PromptLearner
 from train.model.text_features import PromptTextFeatures
 
@@ -80,6 +81,7 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> AnomalyGPT:
                     init_std=embed_std,
                     embed_rms=embed_rms if cfg.embedding_scale else None,
                     cell_evidence=cfg.prompt_cell_evidence and cfg.use_decoder,
+                    summary=_map_summary(cfg, tokenizer, table, embed_rms),
                 )
                 if prompt_learner.cell_evidence is not None and prompt_learner.cell_embed is not None:
                     words = position_word_embeddings(tokenizer, table)
@@ -90,11 +92,25 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> AnomalyGPT:
     )
 
 
-def position_word_embeddings(tokenizer: Any, table: torch.Tensor) -> torch.Tensor:
-    """(9, hidden): per 3x3 grid cell, the mean input embedding of its position word's tokens."""
-    words = tables()["positions"]
+def word_embeddings(tokenizer: Any, table: torch.Tensor, words: list[str]) -> torch.Tensor:
+    """(len(words), hidden): per word, the mean input embedding of its tokens (after a space)."""
     rows = [table[tokenizer(" " + w, add_special_tokens=False)["input_ids"]].mean(dim=0) for w in words]
     return torch.stack(rows)
+
+
+def position_word_embeddings(tokenizer: Any, table: torch.Tensor) -> torch.Tensor:
+    """(9, hidden): per 3x3 grid cell, the embedding of its position word."""
+    return word_embeddings(tokenizer, table, tables()["positions"])
+
+
+def _map_summary(
+    cfg: ModelConfig, tokenizer: Any, table: torch.Tensor, embed_rms: float
+) -> MapSummary | None:
+    """The verdict and where tokens (``model.prompt_map_summary``), starting as the LLM's words."""
+    if not cfg.summary_tokens:
+        return None
+    verdicts = word_embeddings(tokenizer, table, tables()["verdict_words"])
+    return MapSummary(verdicts, position_word_embeddings(tokenizer, table), embed_rms)
 
 
 def _text_features(cfg: ModelConfig, state: dict | None) -> PromptTextFeatures:

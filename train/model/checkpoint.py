@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # torch stays unimported until a model is built, so verify_ch
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
-KEYS_ADDED_LATER = {"prompt_cell_evidence": False}
+KEYS_ADDED_LATER = {"prompt_cell_evidence": False, "prompt_map_summary": False}
 """Model keys newer than some checkpoints, with the value those checkpoints were trained with (a
 config.yaml without the key predates it)."""
 _FIX = "re-export the model (train writes it) or re-download it"

@@ -158,6 +158,11 @@ class ModelConfig:
     thirds for 9 tokens). The reference's conv tokens each see most of the image, so the LLM could
     not tell where a defect is; with the cell evidence the answer's position words follow the map.
     False: the reference's prompt learner."""
+    prompt_map_summary: bool = True
+    """Two more prompt tokens after the map's: the map's verdict (the LLM's word for "no" turning
+    into its word for "yes" as the map's peak crosses 0.5) and its hottest 3x3 cell's position word
+    (train/model/map_summary.py). The LLM then reads the map's decision and place instead of having
+    to learn to compute them. False: the map tokens only."""
     train_image_proj: bool = False
     """Train the global-image-token projection (the reference loads PandaGPT's llama_proj frozen).
     Frozen, the answer can only come from the prompt tokens, i.e. from the map: a trainable image
@@ -181,6 +186,12 @@ class ModelConfig:
     """Share of anomaly samples whose prompt map gets the random boundary gain."""
     few_shot_train_pool: int = 16
     """Normal training images per category kept encoded for few-shot training (memory bound)."""
+
+    @property
+    def summary_tokens(self) -> int:
+        """Prompt tokens the map summary adds (the verdict and the where token), 0 without it."""
+        summarised = self.prompt_map_summary and self.use_decoder and self.use_prompt_learner and self.use_llm
+        return 2 if summarised else 0
 
     def __post_init__(self) -> None:
         side = math.isqrt(max(self.prompt_tokens, 0))

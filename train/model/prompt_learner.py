@@ -31,7 +31,10 @@ class PromptLearner(nn.Module):
     With ``cell_evidence`` each map token also gets a learnt projection of its own grid cell's peak
     and mean map value, pooled over exact thirds of the map. The conv tokens see overlapping 5x5
     windows of a 7x7 grid (most of the image each), so alone they cannot say which third holds a hot
-    spot; the cell statistics give the LLM the map's evidence where the answer's position words are."""
+    spot; the cell statistics give the LLM the map's evidence where the answer's position words are.
+
+    With ``summary`` (a ``train.model.map_summary.MapSummary``) its two tokens, the map's verdict
+    and its hottest cell in the LLM's words, follow the map tokens."""
 
     def __init__(
         self,
@@ -43,6 +46,7 @@ class PromptLearner(nn.Module):
         init_std: float = 1.0,
         embed_rms: float | None = None,
         cell_evidence: bool = False,
+        summary: nn.Module | None = None,
     ) -> None:
         super().__init__()
         side = math.isqrt(n_tokens)
@@ -75,9 +79,13 @@ class PromptLearner(nn.Module):
             self.cell_evidence = nn.Linear(CELL_STATS, hidden)
             nn.init.normal_(self.cell_evidence.weight, std=init_std)
             nn.init.zeros_(self.cell_evidence.bias)
+        if summary is not None and not use_map:
+            raise ValueError("the map summary needs the map")
+        self.summary = summary
 
     def forward(self, anomaly_map: torch.Tensor | None, global_embed: torch.Tensor | None) -> torch.Tensor:
-        """(B, 1, H, W) map and/or (B, D) feature -> (B, 2n, hidden): base prompts, then map tokens."""
+        """(B, 1, H, W) map and/or (B, D) feature -> (B, 2n (+2), hidden): base prompts, map tokens
+        (then the map summary's two tokens)."""
         tokens = None
         if self.convs is not None:
             if anomaly_map is None:
@@ -93,7 +101,10 @@ class PromptLearner(nn.Module):
         if self.cell_evidence is not None:
             tokens = tokens + self.cell_evidence(self.cell_stats(anomaly_map))
         base = self.base_prompts.unsqueeze(0).expand(tokens.shape[0], -1, -1)
-        return torch.cat([base, tokens], dim=1)
+        parts = [base, tokens]
+        if self.summary is not None:
+            parts.append(self.summary(anomaly_map).to(tokens.dtype))
+        return torch.cat(parts, dim=1)
 
     @torch.no_grad()
     def name_cells(self, word_embeddings: torch.Tensor) -> None:

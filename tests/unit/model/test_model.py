@@ -33,7 +33,8 @@ def test_prompt_learner_token_count_at_any_size(tiny_model):
     pl = tiny_model.prompt_learner
     for size in (64, 224, 100):
         out = pl(torch.rand(3, 1, size, size), None)
-        assert out.shape == (3, 2 * tiny_model.cfg.prompt_tokens, tiny_model.llm.config.hidden_size)
+        tokens = 2 * tiny_model.cfg.prompt_tokens + tiny_model.cfg.summary_tokens
+        assert out.shape == (3, tokens, tiny_model.llm.config.hidden_size)
 
 
 def test_reference_prompt_learner_shapes_at_224():
@@ -313,16 +314,20 @@ def test_runs_in_bfloat16_as_deepspeed_casts_it(make_cfg, tiny_batch):
     assert pred.anomaly_map.dtype.name == "float32" and isinstance(pred.answer, str)
 
 
-def test_a_checkpoint_older_than_the_cell_evidence_loads_as_it_was_trained(make_cfg, tmp_path):
-    """A config.yaml written before ``prompt_cell_evidence`` existed means the reference's learner."""
+ADDED_LATER = [("prompt_cell_evidence", "cell_evidence"), ("prompt_map_summary", "summary")]
+
+
+@pytest.mark.parametrize("key, part", ADDED_LATER)
+def test_a_checkpoint_older_than_a_model_key_loads_as_it_was_trained(make_cfg, tmp_path, key, part):
+    """A config.yaml written before ``key`` existed means the model without that part."""
     import yaml
 
     cfg = make_cfg()
-    cfg.prompt_cell_evidence = False
+    setattr(cfg, key, False)
     save_checkpoint(build_model(cfg), cfg, tmp_path)
     written = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    del written["prompt_cell_evidence"]
+    del written[key]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(written))
     model, loaded = load_checkpoint(tmp_path)
-    assert loaded.prompt_cell_evidence is False
-    assert model.prompt_learner.cell_evidence is None
+    assert getattr(loaded, key) is False
+    assert getattr(model.prompt_learner, part) is None

@@ -7,12 +7,13 @@ import math
 
 import pytest
 
-from train.config import ScheduleConfig, TrainConfig
+from train.config import OptimizerConfig, ScheduleConfig, TrainConfig
 from train.schedule import (
     WarmupDecay,
     count_instruction_steps,
     is_instruction_step,
     micro_step_kind,
+    parameter_groups,
     total_steps,
 )
 
@@ -64,3 +65,32 @@ def test_each_stream_reads_consecutive_batches(fraction):
         indices = [j for instruction, j in kinds if instruction == kind]
         assert indices == list(range(len(indices)))
     assert sum(instruction for instruction, _ in kinds) == count_instruction_steps(30, fraction)
+
+
+def _adapted_model():
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Module()
+    model.head = torch.nn.Linear(2, 2)
+    model.lora_A = torch.nn.Linear(2, 1, bias=False)
+    model.frozen = torch.nn.Linear(2, 2)
+    model.frozen.requires_grad_(False)
+    return model
+
+
+def test_lora_adapters_get_their_own_learning_rate():
+    model = _adapted_model()
+    groups = parameter_groups(model, OptimizerConfig(lr=1e-3, lora_lr=2e-4))
+    assert [g["lr"] for g in groups] == [1e-3, 2e-4]
+    assert [len(g["params"]) for g in groups] == [2, 1]  # head weight + bias; the frozen layer is out
+    assert groups[1]["params"][0] is model.lora_A.weight
+
+
+def test_one_group_without_lora_lr():
+    groups = parameter_groups(_adapted_model(), OptimizerConfig(lr=1e-3))
+    assert [(g["lr"], len(g["params"])) for g in groups] == [(1e-3, 3)]
+
+
+def test_no_trainable_parameters_is_an_error():
+    model = _adapted_model().requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        parameter_groups(model, OptimizerConfig())

@@ -1,0 +1,58 @@
+"""Two prompt tokens that say, in the LLM's own words, what the map decides and where.
+
+The map's prompt tokens hold everything the map shows, but to answer from them the LLM must find
+the map's peak among nine tokens, compare it with the boundary (0.5) and copy the hot cell's name:
+a max, a threshold and an arg-max that LoRA has to learn from a few hundred answers, and that
+small LLMs learn differently from seed to seed. The summary does those three steps in closed
+form and hands the LLM their result as two embeddings it can read like words:
+
+- the verdict token moves from the LLM's word for "no" to its word for "yes" as the map's peak
+  crosses 0.5 (a sigmoid of the peak's logit, with a learnt gain);
+- the where token is the soft arg-max of the cells' peaks over the cells' position words
+  ("top left" ... "bottom right"), i.e. the name of the hottest cell.
+
+Both are differentiable in the map and their words are trained, so the LLM still learns how to
+use them; it no longer has to learn to compute them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.model.prompt_learner import rms_scale
+
+EPS = 1e-4
+INITIAL_GAIN = 4.0
+"""Verdict gain on the peak's logit: a peak of 0.7 reads 97 % "yes", 0.4 reads 17 %."""
+INITIAL_FOCUS = 4.0
+"""Arg-max sharpness on the cells' peak logits: a cell at 0.8 outweighs one at 0.5 by e^5.5."""
+
+
+class MapSummary(nn.Module):
+    """(B, 1, H, W) map in [0, 1] -> (B, 2, hidden): the verdict token, then the where token,
+    each at root-mean-square ``embed_rms`` (the LLM's word-embedding scale)."""
+
+    def __init__(self, verdict_words: torch.Tensor, cell_words: torch.Tensor, embed_rms: float) -> None:
+        super().__init__()
+        if verdict_words.shape[0] != 2:
+            raise ValueError(f"verdict words must be 2 (normal, anomalous), got {verdict_words.shape[0]}")
+        side = round(cell_words.shape[0] ** 0.5)
+        if side * side != cell_words.shape[0] or verdict_words.shape[1] != cell_words.shape[1]:
+            shape = tuple(cell_words.shape)
+            raise ValueError(f"cell words must be a square grid as wide as the verdicts, got {shape}")
+        self.side, self.embed_rms = side, embed_rms
+        self.verdict_words = nn.Parameter(verdict_words.detach().clone().float())
+        self.cell_words = nn.Parameter(cell_words.detach().clone().float())
+        # shape (1,), not 0-d: DeepSpeed's broadcast of the weights cannot view a 0-d tensor as bytes
+        self.gain = nn.Parameter(torch.tensor([INITIAL_GAIN]))
+        self.focus = nn.Parameter(torch.tensor([INITIAL_FOCUS]))
+
+    def forward(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        cell_peaks = F.adaptive_max_pool2d(anomaly_map.float(), self.side).flatten(1)  # (B, n), row-major
+        cell_logits = torch.logit(cell_peaks.clamp(EPS, 1 - EPS)).to(self.cell_words.dtype)
+        yes = torch.sigmoid(self.gain * cell_logits.amax(dim=1, keepdim=True))  # (B, 1)
+        verdict = (1 - yes) * self.verdict_words[0] + yes * self.verdict_words[1]
+        where = torch.softmax(self.focus * cell_logits, dim=1) @ self.cell_words
+        return rms_scale(torch.stack([verdict, where], dim=1), self.embed_rms)
