@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from pipeline.core.config import from_dict  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.model.config import ModelConfig  # noqa: E402
+from train.model.config import WHERE_WORDS, ModelConfig  # noqa: E402
 
 GIB = 2**30
 LLAMA_7B = {"hidden": 4096, "layers": 32, "heads": 32, "intermediate": 11008, "vocab": 32000}
@@ -95,7 +95,8 @@ def small_trainables(cfg: ModelConfig, hidden: int, text_dim: int) -> dict[str, 
             rms = 1.0 if cfg.embedding_scale else None  # any value: it only switches the cell embeddings on
             summary = None
             if cfg.summary_tokens:
-                summary = MapSummary(torch.empty(2, hidden), torch.empty(9, hidden), embed_rms=1.0)
+                words = torch.empty(9, WHERE_WORDS, hidden)
+                summary = MapSummary(torch.empty(2, hidden), words, embed_rms=1.0)
             out["prompt_learner"] = PromptLearner(
                 hidden,
                 cfg.prompt_tokens,

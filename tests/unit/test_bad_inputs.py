@@ -169,8 +169,9 @@ def _edit_config(ckpt: Path, **changes) -> None:
     [
         # an edited config: one prompt-learner layer wider
         ({"prompt_channels": [4, 8, 32]}, "mis-shaped 3: prompt_learner.convs"),
-        # weights of a model with a decoder loaded as one without (another preset)
-        ({"use_decoder": False, "prompt_global": True}, "unexpected 18: decoder."),
+        # weights of a model with a decoder loaded as one without (another preset): the decoder's and
+        # those of the parts that read its map are unexpected
+        ({"use_decoder": False, "prompt_global": True}, "unexpected 22: decoder."),
         ({"prompt_tokens": 9}, "prompt_learner.base_prompts (file (4, 64), model (9, 64))"),
     ],
     ids=["wider-layer", "no-decoder", "more-prompt-tokens"],

@@ -101,8 +101,8 @@ def test_trainable_lora_and_projection_move_to_trainable(preset):
 
 def test_sequence_is_prefix_plus_text(preset):
     # bos + "### Human: <Img>" + image token + "</Img> " + 9 base prompts + 9 map tokens + the map
-    # summary's verdict and where tokens, then the text
-    assert preset["assumptions"]["sequence"] == 1 + 10 + 1 + 2 * 9 + 2 + 1024
+    # summary's verdict token and two where tokens, then the text
+    assert preset["assumptions"]["sequence"] == 1 + 10 + 1 + 2 * 9 + 3 + 1024
 
 
 def test_llm_activations_follow_the_stated_formula():

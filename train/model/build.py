@@ -22,7 +22,7 @@ from train.model.llm import (
     load_vicuna,
     split_pandagpt_delta,
 )
-from train.model.map_summary import MapSummary
+from train.model.map_summary import MapSummary, name_slots
 from train.model.prompt_learner import PromptLearner
 from train.model.text_features import PromptTextFeatures
 
@@ -110,7 +110,10 @@ def _map_summary(
     if not cfg.summary_tokens:
         return None
     verdicts = word_embeddings(tokenizer, table, tables()["verdict_words"])
-    return MapSummary(verdicts, position_word_embeddings(tokenizer, table), embed_rms)
+    slots = name_slots(tables()["positions"])
+    per_slot = [word_embeddings(tokenizer, table, list(words)) for words in zip(*slots, strict=True)]
+    cells = torch.stack(per_slot, dim=1)  # (cells, WHERE_WORDS, hidden)
+    return MapSummary(verdicts, cells, embed_rms)
 
 
 def _text_features(cfg: ModelConfig, state: dict | None) -> PromptTextFeatures:

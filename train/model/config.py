@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+WHERE_WORDS = 2
+"""Words of a 3x3 position name ("top left"), one map-summary where token each."""
+
 
 @dataclass
 class EncoderConfig:
@@ -159,10 +162,10 @@ class ModelConfig:
     not tell where a defect is; with the cell evidence the answer's position words follow the map.
     False: the reference's prompt learner."""
     prompt_map_summary: bool = True
-    """Two more prompt tokens after the map's: the map's verdict (the LLM's word for "no" turning
-    into its word for "yes" as the map's peak crosses 0.5) and its hottest 3x3 cell's position word
-    (train/model/map_summary.py). The LLM then reads the map's decision and place instead of having
-    to learn to compute them. False: the map tokens only."""
+    """Three more prompt tokens after the map's: the map's verdict (the LLM's word for "no" turning
+    into its word for "yes" as the map's peak crosses 0.5) and the words of its hottest 3x3 cell's
+    position name (train/model/map_summary.py). The LLM then reads the map's decision and place
+    instead of having to learn to compute them. False: the map tokens only."""
     train_image_proj: bool = False
     """Train the global-image-token projection (the reference loads PandaGPT's llama_proj frozen).
     Frozen, the answer can only come from the prompt tokens, i.e. from the map: a trainable image
@@ -189,9 +192,9 @@ class ModelConfig:
 
     @property
     def summary_tokens(self) -> int:
-        """Prompt tokens the map summary adds (the verdict and the where token), 0 without it."""
+        """Prompt tokens the map summary adds (the verdict and the where tokens), 0 without it."""
         summarised = self.prompt_map_summary and self.use_decoder and self.use_prompt_learner and self.use_llm
-        return 2 if summarised else 0
+        return 1 + WHERE_WORDS if summarised else 0
 
     def __post_init__(self) -> None:
         side = math.isqrt(max(self.prompt_tokens, 0))

@@ -1,17 +1,19 @@
-"""Two prompt tokens that say, in the LLM's own words, what the map decides and where.
+"""Prompt tokens that say, in the LLM's own words, what the map decides and where.
 
 The map's prompt tokens hold everything the map shows, but to answer from them the LLM must find
 the map's peak among nine tokens, compare it with the boundary (0.5) and copy the hot cell's name:
 a max, a threshold and an arg-max that LoRA has to learn from a few hundred answers, and that
-small LLMs learn differently from seed to seed. The summary does those three steps in closed
-form and hands the LLM their result as two embeddings it can read like words:
+small LLMs learn differently from seed to seed. The summary does those steps in closed form and
+hands the LLM their result as embeddings it can read like words:
 
 - the verdict token moves from the LLM's word for "no" to its word for "yes" as the map's peak
   crosses 0.5 (a sigmoid of the peak's logit, with a learnt gain);
-- the where token is the soft arg-max of the cells' peaks over the cells' position words
-  ("top left" ... "bottom right"), i.e. the name of the hottest cell.
+- the where tokens are the soft arg-max of the cells' peaks over the cells' position names
+  ("top left" ... "bottom right"), one token per word of the name: one token holding the mean
+  of "top" and "left" reads like either word, and the LLM then named a corner by one of its edges.
+  A one-word name fills both slots ("center", "center").
 
-Both are differentiable in the map and their words are trained, so the LLM still learns how to
+All are differentiable in the map and their words are trained, so the LLM still learns how to
 use them; it no longer has to learn to compute them.
 """
 
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.model.config import WHERE_WORDS
 from train.model.prompt_learner import rms_scale
 
 EPS = 1e-4
@@ -30,18 +33,33 @@ INITIAL_FOCUS = 4.0
 """Arg-max sharpness on the cells' peak logits: a cell at 0.8 outweighs one at 0.5 by e^5.5."""
 
 
+def name_slots(names: list[str]) -> list[list[str]]:
+    """Each position name as WHERE_WORDS words: "top left" -> [top, left], "top" -> [top, top]."""
+    slots = []
+    for name in names:
+        words = name.split()
+        if not 1 <= len(words) <= WHERE_WORDS:
+            raise ValueError(f"position name {name!r} must have 1 to {WHERE_WORDS} words")
+        slots.append(words + [words[-1]] * (WHERE_WORDS - len(words)))
+    return slots
+
+
 class MapSummary(nn.Module):
-    """(B, 1, H, W) map in [0, 1] -> (B, 2, hidden): the verdict token, then the where token,
-    each at root-mean-square ``embed_rms`` (the LLM's word-embedding scale)."""
+    """(B, 1, H, W) map in [0, 1] -> (B, 1 + WHERE_WORDS, hidden): the verdict token, then the
+    where tokens, each at root-mean-square ``embed_rms`` (the LLM's word-embedding scale).
+
+    ``verdict_words``: (2, hidden), normal then anomalous; ``cell_words``: (cells, WHERE_WORDS,
+    hidden), the words of each 3x3 cell's name (``name_slots``), cells row-major."""
 
     def __init__(self, verdict_words: torch.Tensor, cell_words: torch.Tensor, embed_rms: float) -> None:
         super().__init__()
         if verdict_words.shape[0] != 2:
             raise ValueError(f"verdict words must be 2 (normal, anomalous), got {verdict_words.shape[0]}")
-        side = round(cell_words.shape[0] ** 0.5)
-        if side * side != cell_words.shape[0] or verdict_words.shape[1] != cell_words.shape[1]:
+        cells, slots, width = cell_words.shape if cell_words.dim() == 3 else (0, 0, 0)
+        side = round(cells**0.5)
+        if not cells or side * side != cells or slots != WHERE_WORDS or width != verdict_words.shape[1]:
             shape = tuple(cell_words.shape)
-            raise ValueError(f"cell words must be a square grid as wide as the verdicts, got {shape}")
+            raise ValueError(f"cell words must be (square grid, {WHERE_WORDS}, verdict width), got {shape}")
         self.side, self.embed_rms = side, embed_rms
         self.verdict_words = nn.Parameter(verdict_words.detach().clone().float())
         self.cell_words = nn.Parameter(cell_words.detach().clone().float())
@@ -54,5 +72,6 @@ class MapSummary(nn.Module):
         cell_logits = torch.logit(cell_peaks.clamp(EPS, 1 - EPS)).to(self.cell_words.dtype)
         yes = torch.sigmoid(self.gain * cell_logits.amax(dim=1, keepdim=True))  # (B, 1)
         verdict = (1 - yes) * self.verdict_words[0] + yes * self.verdict_words[1]
-        where = torch.softmax(self.focus * cell_logits, dim=1) @ self.cell_words
-        return rms_scale(torch.stack([verdict, where], dim=1), self.embed_rms)
+        weights = torch.softmax(self.focus * cell_logits, dim=1)
+        where = torch.einsum("bn,nsh->bsh", weights, self.cell_words)
+        return rms_scale(torch.cat([verdict.unsqueeze(1), where], dim=1), self.embed_rms)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.nn.functional import cosine_similarity
 
-from train.model.map_summary import MapSummary
+from train.model.config import WHERE_WORDS
+from train.model.map_summary import MapSummary, name_slots
 
 HIDDEN = 32
 SIZE = 96
@@ -14,7 +15,7 @@ SIZE = 96
 
 def summary() -> MapSummary:
     torch.manual_seed(0)
-    return MapSummary(torch.randn(2, HIDDEN), torch.randn(9, HIDDEN), embed_rms=0.5)
+    return MapSummary(torch.randn(2, HIDDEN), torch.randn(9, WHERE_WORDS, HIDDEN), embed_rms=0.5)
 
 
 def flat_map(value: float, hot_cell: int | None = None, hot: float = 0.9) -> torch.Tensor:
@@ -39,19 +40,28 @@ def test_the_verdict_turns_from_no_to_yes_as_the_peak_crosses_the_boundary():
 
 
 @pytest.mark.parametrize("cell", [0, 2, 4, 6, 8])
-def test_the_where_token_is_the_hot_cells_word(cell):
+def test_the_where_tokens_are_the_hot_cells_words(cell):
     model = summary()
-    where = model(flat_map(0.2, cell))[0, 1].detach()
-    similarity = cosine_similarity(where.unsqueeze(0), model.cell_words.detach(), dim=-1)
-    assert int(similarity.argmax()) == cell
-    assert float(similarity[cell]) > 0.99
+    where = model(flat_map(0.2, cell))[0, 1:].detach()
+    for slot in range(WHERE_WORDS):
+        words = model.cell_words.detach()[:, slot]
+        similarity = cosine_similarity(where[slot].unsqueeze(0), words, dim=-1)
+        assert int(similarity.argmax()) == cell
+        assert float(similarity[cell]) > 0.99
+
+
+def test_a_position_name_is_split_into_one_slot_per_word():
+    names = ["top left", "top", "center", "bottom right"]
+    assert name_slots(names) == [["top", "left"], ["top", "top"], ["center", "center"], ["bottom", "right"]]
+    with pytest.raises(ValueError, match="1 to 2 words"):
+        name_slots(["far top left"])
 
 
 def test_tokens_are_on_the_word_scale_and_differentiable_in_the_map():
     model = summary()
     amap = flat_map(0.3, 5, hot=0.6).requires_grad_(True)
     tokens = model(amap)
-    assert tokens.shape == (1, 2, HIDDEN)
+    assert tokens.shape == (1, 1 + WHERE_WORDS, HIDDEN)
     rms = tokens.pow(2).mean(dim=-1).sqrt()
     assert torch.allclose(rms, torch.full_like(rms, 0.5), atol=1e-4)
     tokens[0, 0].sum().backward()
@@ -60,9 +70,11 @@ def test_tokens_are_on_the_word_scale_and_differentiable_in_the_map():
 
 def test_bad_word_tables_are_refused():
     with pytest.raises(ValueError, match="2 \\(normal, anomalous\\)"):
-        MapSummary(torch.randn(3, HIDDEN), torch.randn(9, HIDDEN), 1.0)
+        MapSummary(torch.randn(3, HIDDEN), torch.randn(9, WHERE_WORDS, HIDDEN), 1.0)
     with pytest.raises(ValueError, match="square grid"):
-        MapSummary(torch.randn(2, HIDDEN), torch.randn(8, HIDDEN), 1.0)
+        MapSummary(torch.randn(2, HIDDEN), torch.randn(8, WHERE_WORDS, HIDDEN), 1.0)
+    with pytest.raises(ValueError, match="square grid"):
+        MapSummary(torch.randn(2, HIDDEN), torch.randn(9, HIDDEN), 1.0)
 
 
 def _tiny_config(**overrides):
@@ -75,17 +87,20 @@ def _tiny_config(**overrides):
 
 def test_the_built_model_appends_the_summary_in_the_llms_own_words():
     from train.model import build_model
-    from train.model.build import position_word_embeddings, word_embeddings
+    from train.model.build import word_embeddings
     from train.model.conversation import tables
 
     model = build_model(_tiny_config())
     table = model.llm.get_input_embeddings().weight.detach().float()
     learner = model.prompt_learner
-    assert torch.equal(learner.summary.cell_words.detach(), position_word_embeddings(model.tokenizer, table))
+    top_left = word_embeddings(model.tokenizer, table, ["top", "left"])  # the first cell's name
+    assert torch.equal(learner.summary.cell_words.detach()[0], top_left)
+    centre = word_embeddings(model.tokenizer, table, ["center"])[0]
+    assert torch.equal(learner.summary.cell_words.detach()[4], torch.stack([centre, centre]))
     verdicts = word_embeddings(model.tokenizer, table, tables()["verdict_words"])
     assert torch.equal(learner.summary.verdict_words.detach(), verdicts)
     tokens = learner(flat_map(0.2, 0).expand(2, -1, -1, -1), None)
-    assert tokens.shape[1] == 2 * 9 + model.cfg.summary_tokens == 20
+    assert tokens.shape[1] == 2 * 9 + model.cfg.summary_tokens == 21
 
 
 def test_without_the_summary_the_prompt_is_the_map_tokens_only():
