@@ -33,7 +33,7 @@ class PromptLearner(nn.Module):
     windows of a 7x7 grid (most of the image each), so alone they cannot say which third holds a hot
     spot; the cell statistics give the LLM the map's evidence where the answer's position words are.
 
-    With ``summary`` (a ``train.model.map_summary.MapSummary``) its two tokens, the map's verdict
+    With ``summary`` (a ``train.model.map_summary.MapSummary``) its tokens, the map's verdict
     and its hottest cell in the LLM's words, follow the map tokens."""
 
     def __init__(
@@ -84,8 +84,8 @@ class PromptLearner(nn.Module):
         self.summary = summary
 
     def forward(self, anomaly_map: torch.Tensor | None, global_embed: torch.Tensor | None) -> torch.Tensor:
-        """(B, 1, H, W) map and/or (B, D) feature -> (B, 2n (+2), hidden): base prompts, map tokens
-        (then the map summary's two tokens)."""
+        """(B, 1, H, W) map and/or (B, D) feature -> (B, 2n (+ summary), hidden): base prompts, map
+        tokens (then the map summary's verdict and where tokens)."""
         tokens = None
         if self.convs is not None:
             if anomaly_map is None:
