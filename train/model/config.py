@@ -193,7 +193,7 @@ class ModelConfig:
     @property
     def summary_tokens(self) -> int:
         """Prompt tokens the map summary adds (the verdict and the where tokens), 0 without it."""
-        summarised = self.prompt_map_summary and self.use_decoder and self.use_prompt_learner and self.use_llm
+        summarised = self.prompt_map_summary and self.use_decoder and self.use_prompt_learner
         return 1 + WHERE_WORDS if summarised else 0
 
     def __post_init__(self) -> None:

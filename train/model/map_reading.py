@@ -21,6 +21,11 @@ import torch
 EPS = 1e-4
 
 
+def map_logits(prompt_map: torch.Tensor) -> torch.Tensor:
+    """logit of a calibrated map, clamped so that 0 and 1 stay finite: 0 is the boundary, 0.5."""
+    return torch.logit(prompt_map.clamp(EPS, 1 - EPS))
+
+
 def agreeing_samples(prompt_map: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(B,) bool: the map's own decision (peak above 0.5) equals the label."""
     peaks = prompt_map.detach().flatten(1).amax(dim=1)
@@ -33,7 +38,7 @@ def boundary_gain(
     """Per sample, with ``probability``: logit(map) -> a * logit(map) + b, with a in [0.5, 2] and b
     drawn so that the peak keeps its side of 0.5 but may come close to it. Differentiable."""
     b_count = prompt_map.shape[0]
-    logits = torch.logit(prompt_map.clamp(EPS, 1 - EPS))
+    logits = map_logits(prompt_map)
     peak = logits.detach().flatten(1).amax(dim=1)
     draws = torch.rand(b_count, 3, generator=generator).to(logits.device, logits.dtype)
     applied = draws[:, 0] < probability

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.model.config import WHERE_WORDS
+from train.model.map_reading import map_logits
 from train.model.prompt_learner import rms_scale
 
-EPS = 1e-4
 INITIAL_GAIN = 4.0
 """Verdict gain on the peak's logit: a peak of 0.7 reads 97 % "yes", 0.4 reads 17 %."""
 INITIAL_FOCUS = 4.0
@@ -69,7 +69,7 @@ class MapSummary(nn.Module):
 
     def forward(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         cell_peaks = F.adaptive_max_pool2d(anomaly_map.float(), self.side).flatten(1)  # (B, n), row-major
-        cell_logits = torch.logit(cell_peaks.clamp(EPS, 1 - EPS)).to(self.cell_words.dtype)
+        cell_logits = map_logits(cell_peaks).to(self.cell_words.dtype)
         yes = torch.sigmoid(self.gain * cell_logits.amax(dim=1, keepdim=True))  # (B, 1)
         verdict = (1 - yes) * self.verdict_words[0] + yes * self.verdict_words[1]
         weights = torch.softmax(self.focus * cell_logits, dim=1)
