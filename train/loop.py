@@ -241,6 +241,8 @@ def _save(
     with tempfile.TemporaryDirectory(prefix="ckpt-") as d:
         engine.save_checkpoint(d, tag=DS_TAG, exclude_frozen_parameters=True)
         if rank == 0:
+            if model.reference_pool is not None:  # the decoder moved: measure its one-shot calibration again
+                cfg.model.memory_bank.one_shot = model.reference_pool.one_shot_calibrations(model)
             save_checkpoint(model, cfg.model, d)
             state = {
                 "step": step,

@@ -98,6 +98,10 @@ def test_two_workers_zero2_survive_a_killed_worker(tiny_shards, instruct_set, tm
     assert summary["instruction_samples"] == 24 and summary["instruction_fraction"] == 0.5
     for name in ("model.safetensors", "config.yaml", "train_summary.json"):
         assert (out / name).is_file()
+    # The checkpoint carries where normal ends on one-reference banks, measured on every category.
+    one_shot = yaml.safe_load((out / "config.yaml").read_text())["memory_bank"]["one_shot"]
+    assert set(one_shot) == set(summary["categories"])
+    assert all(c["nn"][1] > c["nn"][0] and c["decoder"][1] > c["decoder"][0] for c in one_shot.values())
 
     # MLflow: one run holds the config and the per-step metrics of both attempts; the loss fell.
     client = MlflowClient(summary["mlflow_tracking_uri"])

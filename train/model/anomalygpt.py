@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.model.batch import Batch, Prediction
-from train.model.config import ModelConfig
+from train.model.config import ModelConfig, OneShotCalibration
 from train.model.conversation import IGNORE, pad_batch, tables, tokenize_turns
 from train.model.decoder import AnomalyDecoder
 from train.model.encoder_base import ImageEncoder
@@ -196,7 +196,8 @@ class AnomalyGPT(nn.Module):
     def build_memory_bank(self, reference_images: torch.Tensor, category: str | None = None) -> MemoryBank:
         """The bank of k normal references of one category, built once and reused for every query:
         encoded (with rotations for few shots), reduced to the patch budget by greedy coreset, and
-        calibrated on the references themselves (each scored against the others)."""
+        calibrated on the references themselves (each scored against the others); one reference
+        takes the calibration training measured for its category (``memory_bank.one_shot``)."""
         shots = reference_images.shape[0]
         rotations = self.rotations_for(shots)
         images = with_rotations(reference_images) if rotations > 1 else reference_images
@@ -210,7 +211,20 @@ class AnomalyGPT(nn.Module):
             bank.nn_calibration = self.calibrate(held_out)
         if self.decoder is not None and category is not None:
             bank.decoder_calibration = self.calibrate(self.text_map(upright, [category] * shots, size)[1])
+        measured = self.one_shot_calibration(category) if shots == 1 else None
+        if measured is not None:  # one image held out against its rotations shows no variation
+            bank.nn_calibration = Calibration(*measured.nn)
+            if bank.decoder_calibration is not None and measured.decoder is not None:
+                bank.decoder_calibration = Calibration(*measured.decoder)
         return bank
+
+    def one_shot_calibration(self, category: str | None) -> OneShotCalibration | None:
+        """Where normal ends on a one-reference bank of ``category``, as training measured it; a
+        category training never saw takes the median of those it saw; None: nothing measured."""
+        known = self.cfg.memory_bank.one_shot
+        if category in known:
+            return known[category]
+        return OneShotCalibration.median(list(known.values())) if known else None
 
     def bank_map(
         self,

@@ -7,6 +7,7 @@ The docstrings are the documentation of each key.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -87,6 +88,30 @@ class LossConfig:
 
 
 @dataclass
+class OneShotCalibration:
+    """(level, top) of a category's maps on one-reference banks, measured on its normal images:
+    ``nn`` of the bank's distances, ``decoder`` of the decoder's map (None: no decoder)."""
+
+    nn: tuple[float, float]
+    decoder: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        for name, pair in (("nn", self.nn), ("decoder", self.decoder)):
+            if pair is not None and not (all(math.isfinite(v) for v in pair) and pair[1] > pair[0]):
+                raise ValueError(f"memory_bank.one_shot: {name} must be finite (level, top) with top > level")
+
+    @classmethod
+    def median(cls, known: list[OneShotCalibration]) -> OneShotCalibration:
+        """The per-value median of several categories' calibrations (for a category not among them)."""
+
+        def middle(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+            return (statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs))
+
+        decoders = [k.decoder for k in known if k.decoder is not None]
+        return cls(middle([k.nn for k in known]), middle(decoders) if len(decoders) == len(known) else None)
+
+
+@dataclass
 class MemoryBankConfig:
     """The memory bank of normal patches (few-shot and all-shot maps) and how its map joins the decoder's."""
 
@@ -117,6 +142,12 @@ class MemoryBankConfig:
     from a normal law fitted to the references' held-out peaks (three or more references). 0 puts
     the point at the highest held-out peak, which climbs as references are added and follows any
     odd image in the "good" folder."""
+    one_shot: dict[str, OneShotCalibration] = field(default_factory=dict)
+    """Per category, where normal ends on a one-reference bank. One image cannot show how much
+    normal images vary (held out against its own rotations it finds them all but identical), so
+    training measures it on the category's other normal images and writes it into the
+    checkpoint's config; presets leave it empty. A category not in it takes the median of those
+    in it; empty: the reference's own calibration."""
 
     def __post_init__(self) -> None:
         if self.max_patches < 1:

@@ -4,6 +4,12 @@ The encoder is frozen, so each normal image is encoded once (with its rotations)
 starts; every few-shot micro-batch then builds its bank from these features without touching the
 encoder. The bank calibrations that do not depend on training (the bank's own distances) are
 measured once here; the decoder's calibration changes as it trains and is measured per bank.
+
+A one-reference training bank is calibrated on the category's other normal images, which a user's
+one-reference bank does not have: it can only hold its reference out against its own rotations.
+The pool therefore also measures, per category, where normal images end on one-reference banks
+(``one_shot_calibrations``, written into the checkpoint), so that a user's 1-shot map puts its
+boundary where training put it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
+from train.model.config import OneShotCalibration
 from train.model.memory_bank import ROTATIONS, UNCALIBRATED, Calibration, MemoryBank, with_rotations
 
 
@@ -44,9 +51,11 @@ class PoolCategory:
     sources: list[str]
     rotations: int
     one_shot: list[Calibration]
-    """Per image, the calibration of a one-shot bank of that image."""
+    """Per image, the calibration of a one-shot bank of that image, on the category's other images."""
     all_shots: Calibration
     """Calibration of a bank of all the other images (each image held out in turn)."""
+    one_shot_pooled: Calibration = UNCALIBRATED
+    """The one-shot banks' distances of the other images, every image serving once as the bank."""
 
     def maps_of(self, chosen: list[int], rotations: int) -> list[torch.Tensor]:
         """Patch maps of the chosen images, rotation-major with ``rotations`` rotations."""
@@ -77,13 +86,18 @@ class ReferencePool:
         n = len(sources)
         entry = PoolCategory([m.cpu() for m in maps], sources, rotations, [], UNCALIBRATED)
         upright = [m[:n] for m in maps]
+        pooled = []
         for j in range(n):
-            bank = _bank(model, entry, [j])
-            if bank.can_hold_out():
-                held = bank.distance_map(model.bank_layers([m[j : j + 1] for m in upright]), size, [0])
-                entry.one_shot.append(model.calibrate(held))
+            others = [i for i in range(n) if i != j]
+            if others:
+                bank = _bank(model, entry, [j])
+                distances = bank.distance_map(model.bank_layers([m[others] for m in upright]), size)
+                entry.one_shot.append(model.calibrate(distances))
+                pooled.append(distances)
             else:
                 entry.one_shot.append(UNCALIBRATED)
+        if pooled:
+            entry.one_shot_pooled = model.calibrate(torch.cat(pooled))
         if n > 1:
             bank = _bank(model, entry, list(range(n)))
             held = bank.distance_map(model.bank_layers(upright), size, list(range(n)))
@@ -109,13 +123,34 @@ class ReferencePool:
         entry = self.categories[category]
         bank = _bank(model, entry, chosen)
         bank.nn_calibration = entry.one_shot[chosen[0]] if one_shot else entry.all_shots
-        if model.decoder is not None:
+        if model.decoder is not None:  # on every other image, as the one-shot distances are
+            others = self.choose(category, source, False, generator)
             with torch.no_grad():
-                upright = [m.to(_device(model)) for m in entry.maps_of(chosen, 1)]
+                upright = [m.to(_device(model)) for m in entry.maps_of(others, 1)]
                 size = (model.cfg.image_size, model.cfg.image_size)
-                decoder_maps = model.text_map(upright, [category] * len(chosen), size)[1]
+                decoder_maps = model.text_map(upright, [category] * len(others), size)[1]
             bank.decoder_calibration = model.calibrate(decoder_maps)
         return bank
+
+    @torch.no_grad()
+    def one_shot_calibrations(self, model: BankModel) -> dict[str, OneShotCalibration]:
+        """Per category of two or more images, where its normal images end on one-reference banks:
+        the banks' distances (pooled when the pool was built; the encoder is frozen) and the
+        decoder's map of every pooled image as it is now (it moves as training goes on)."""
+        size = (model.cfg.image_size, model.cfg.image_size)
+        out = {}
+        for category, entry in self.categories.items():
+            n = len(entry.sources)
+            if n < 2:
+                continue
+            decoder = None
+            if model.decoder is not None:
+                upright = [m.to(_device(model)) for m in entry.maps_of(list(range(n)), 1)]
+                calibration = model.calibrate(model.text_map(upright, [category] * n, size)[1])
+                decoder = (round(calibration.level, 6), round(calibration.top, 6))
+            nn = entry.one_shot_pooled
+            out[category] = OneShotCalibration((round(nn.level, 6), round(nn.top, 6)), decoder)
+        return out
 
 
 def _bank(model: BankModel, entry: PoolCategory, chosen: list[int]) -> MemoryBank:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.core.config import ConfigError, from_dict
 from train.model.config import MemoryBankConfig
 from train.model.memory_bank import Calibration, MemoryBank, gaussian_smooth
 
@@ -63,3 +64,13 @@ def test_bank_maps_are_smoothed_alike_for_references_and_queries():
 def test_bad_bank_settings_are_refused(key, value):
     with pytest.raises(ValueError, match=f"memory_bank.{key}"):
         MemoryBankConfig(**{key: value})
+
+
+@pytest.mark.parametrize("pair", [[0.3, 0.1], [0.1, float("nan")]])
+def test_a_measured_one_shot_calibration_must_rise(pair):
+    with pytest.raises(ConfigError, match="one_shot"):
+        from_dict(MemoryBankConfig, {"one_shot": {"grass": {"nn": [0.1, 0.3], "decoder": pair}}})
+    with pytest.raises(ConfigError, match="one_shot"):
+        from_dict(MemoryBankConfig, {"one_shot": {"grass": {"nn": pair}}})
+    loaded = from_dict(MemoryBankConfig, {"one_shot": {"grass": {"nn": [0.1, 0.3]}}})
+    assert loaded.one_shot["grass"].nn == (0.1, 0.3) and loaded.one_shot["grass"].decoder is None

@@ -150,6 +150,60 @@ def test_bank_fusion_calibrates_both_maps(make_cfg):
     assert replaced.min() >= 0.0 and replaced.max() < 1.0
 
 
+def test_a_one_reference_bank_takes_the_calibration_training_measured(make_cfg):
+    from train.model.config import OneShotCalibration
+    from train.model.memory_bank import Calibration
+
+    torch.manual_seed(0)
+    model = build_model(make_cfg(use_llm=False, use_prompt_learner=False))
+    refs = torch.rand(2, 3, 64, 64)
+    own = model.build_memory_bank(refs[:1], "grass")  # nothing measured: held out against its rotations
+    model.cfg.memory_bank.one_shot = {
+        "grass": OneShotCalibration((0.1, 0.3), (0.0, 0.4)),
+        "brick": OneShotCalibration((0.2, 0.5), (0.1, 0.6)),
+        "coin": OneShotCalibration((0.3, 0.9), (0.2, 0.8)),
+    }
+    bank = model.build_memory_bank(refs[:1], "grass")
+    assert (bank.nn_calibration, bank.decoder_calibration) == (Calibration(0.1, 0.3), Calibration(0.0, 0.4))
+    unseen = model.build_memory_bank(refs[:1], "wood")  # a category training never saw: the median
+    assert (unseen.nn_calibration, unseen.decoder_calibration) == (
+        Calibration(0.2, 0.5),
+        Calibration(0.1, 0.6),
+    )
+    two = model.build_memory_bank(refs, "grass")  # two references hold each other out
+    assert two.nn_calibration not in (Calibration(0.1, 0.3), own.nn_calibration)
+    images = torch.rand(1, 3, 64, 64)
+    before = model.predict(images, ["grass"], memory_bank=own, generate=False)[0].anomaly_map
+    after = model.predict(images, ["grass"], memory_bank=bank, generate=False)[0].anomaly_map
+    assert not np.allclose(before, after)
+
+
+def test_training_measures_where_normal_ends_on_one_reference_banks(make_cfg):
+    torch.manual_seed(0)
+    model = build_model(make_cfg(use_llm=False, use_prompt_learner=False))
+    images = {"grass": torch.rand(4, 3, 64, 64), "brick": torch.rand(3, 3, 64, 64)}
+    sources = {c: [f"{c}/{i}.png" for i in range(len(x))] for c, x in images.items()}
+    model.build_reference_pool(images, sources)
+    pool = model.reference_pool
+    measured = pool.one_shot_calibrations(model)
+    assert set(measured) == {"grass", "brick"}
+    for category, x in images.items():
+        encoded = model.encode(x).patch_maps
+        distances, first = [], None
+        for j in range(len(x)):  # the bank a user builds from image j, on the category's other images
+            bank = model.build_memory_bank(x[j : j + 1], category)
+            rest = [torch.cat([m[:j], m[j + 1 :]]) for m in encoded]
+            distances.append(bank.distance_map(model.bank_layers(rest), (64, 64)))
+            first = model.calibrate(distances[0]) if j == 0 else first
+        nn = model.calibrate(torch.cat(distances))
+        assert measured[category].nn == pytest.approx((nn.level, nn.top), rel=1e-4)
+        decoder = model.calibrate(model.text_map(encoded, [category] * len(x), (64, 64))[1])
+        assert measured[category].decoder == pytest.approx((decoder.level, decoder.top), rel=1e-4)
+        # A one-image training bank is calibrated on the other images of its category.
+        one = pool.categories[category].one_shot[0]
+        assert (one.level, one.top) == pytest.approx((first.level, first.top), rel=1e-5)
+
+
 def test_checkpoint_round_trip_gives_identical_outputs(make_cfg, tiny_batch, tmp_path):
     torch.manual_seed(0)
     cfg = make_cfg()

@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[3]
 
 PINNED = {
     "synth_key": "fa2703cb8c3160c9579759f0a3af3730fe44072b060547955b0fa5b46e174ccf",
-    "model_fingerprint": "900b1c2e9f34e8287b6acce40f85e8b7de4bfae4d831025f3c096c7608a86c87",
+    "model_fingerprint": "73a0e418be5e63859f0b311844f1f677cb9ea6fcb50a26b4c2b0da9141a1be97",
     "eval_identity": "123eb8cbd7d64717f93037c33db704fc94a8463df75b2063cbce8b921f65f3f1",
-    "train_key": "47b005a3eba39bde97e50ae8ce9bff6934818fe97663f71a0996fa8059794722",
+    "train_key": "d75b80f25ddd068d652446bf837639a281ac1a1e04798bbd7b9cf90b4d8eafe2",
     "evaluate_key": "003f6fe10a1e6132ec35d36df6f5a4bef589246c0b0de0972d3f09dc50b871ca",
-    "resume_fingerprint": "98a0f1c0cd16a508",
+    "resume_fingerprint": "8430b75d877ee014",
     "shard_plan_id": "544cac1110e414e232d86b47f5779dd8f33046fc2c8b0e3555a5ffc15983300f",
 }
 
