@@ -206,16 +206,18 @@ class AnomalyGPT(nn.Module):
         bank = bank.subsample(self.cfg.memory_bank.max_patches, seed=0)
         upright = [m[:shots] for m in maps]
         size = tuple(reference_images.shape[-2:])
-        if bank.can_hold_out():
+        # One image held out against its own rotations shows no variation: take training's measure.
+        measured = self.one_shot_calibration(category) if shots == 1 else None
+        if measured is not None:
+            bank.nn_calibration = Calibration(*measured.nn)
+        elif bank.can_hold_out():
             held_out = bank.distance_map(self.bank_layers(upright), size, hold_out=list(range(shots)))
             bank.nn_calibration = self.calibrate(held_out)
         if self.decoder is not None and category is not None:
-            bank.decoder_calibration = self.calibrate(self.text_map(upright, [category] * shots, size)[1])
-        measured = self.one_shot_calibration(category) if shots == 1 else None
-        if measured is not None:  # one image held out against its rotations shows no variation
-            bank.nn_calibration = Calibration(*measured.nn)
-            if bank.decoder_calibration is not None and measured.decoder is not None:
+            if measured is not None and measured.decoder is not None:
                 bank.decoder_calibration = Calibration(*measured.decoder)
+            else:
+                bank.decoder_calibration = self.calibrate(self.text_map(upright, [category] * shots, size)[1])
         return bank
 
     def one_shot_calibration(self, category: str | None) -> OneShotCalibration | None:
