@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for `benc
 
 from benchmarks.quality_cli import parser_with_model_and_data, start  # noqa: E402
 
-MEMORY_CHUNK = 4096  # bank rows per similarity product (bounds peak memory for large banks)
+MEMORY_CHUNK = 4096  # memory rows per similarity product
+QUERY_CHUNK = 256  # query rows per similarity product
 BATCH = 8  # images encoded at once
 
 
@@ -53,12 +54,18 @@ def memory_from_maps(patch_maps: list[Any]) -> list[Any]:
 
 
 def max_similarity(queries: Any, memory: Any, chunk: int = MEMORY_CHUNK) -> Any:
-    """Max cosine similarity of each unit query row to the unit memory rows, memory in chunks."""
-    best = None
-    for part in memory.split(chunk):
-        sims = (queries @ part.T).amax(dim=1)
-        best = sims if best is None else best.maximum(sims)
-    return best
+    """Max cosine similarity of each unit query row to the unit memory rows; queries and memory
+    in chunks, so that each product block stays small (fast on a CPU, bounded in memory)."""
+    import torch
+
+    out = []
+    for rows in queries.split(QUERY_CHUNK):
+        best = None
+        for part in memory.split(chunk):
+            sims = (rows @ part.T).amax(dim=1)
+            best = sims if best is None else best.maximum(sims)
+        out.append(best)
+    return torch.cat(out)
 
 
 def distance_maps(query_maps: list[Any], memory: list[Any], size: tuple[int, int]) -> Any:

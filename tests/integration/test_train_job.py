@@ -102,6 +102,7 @@ def test_two_workers_zero2_survive_a_killed_worker(tiny_shards, instruct_set, tm
     one_shot = yaml.safe_load((out / "config.yaml").read_text())["memory_bank"]["one_shot"]
     assert set(one_shot) == set(summary["categories"])
     assert all(c["nn"][1] > c["nn"][0] and c["decoder"][1] > c["decoder"][0] for c in one_shot.values())
+    assert all(sum(c["layer_weights"]) == pytest.approx(1.0, abs=1e-5) for c in one_shot.values())
 
     # MLflow: one run holds the config and the per-step metrics of both attempts; the loss fell.
     client = MlflowClient(summary["mlflow_tracking_uri"])

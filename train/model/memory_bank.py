@@ -4,7 +4,8 @@ The bank holds every patch of the k normal references (with 90/180/270-degree ro
 small), reduced by greedy coreset subsampling (PatchCore) when a layer exceeds its patch budget. Its
 maps are smoothed with a Gaussian (PatchCore), which removes single-patch noise that would otherwise
 set an image's score. A calibration learnt from the references themselves (leave-one-image-out)
-tells where "normal" ends, so a bank map and the decoder map can be put on one scale and fused.
+tells where "normal" ends, on each layer (which weighs the layers) and on their weighted sum, so a
+bank map and the decoder map can be put on one scale and fused.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 
 ROTATIONS = 4  # 0/90/180/270 degrees
 PROJECTION_DIM = 128  # coreset distances on a random projection, as PatchCore
-QUERY_CHUNK = 4096
+QUERY_CHUNK = 256  # query rows per similarity block
+BANK_CHUNK = 4096  # bank rows per similarity block
 
 
 def with_rotations(images: torch.Tensor) -> torch.Tensor:
@@ -33,10 +35,12 @@ MIN_IMAGES_FOR_FIT = 3
 class Calibration:
     """Where normal ends on one kind of map, measured on normal images: ``level`` is their mean pixel
     score, ``top`` the peak score above which a normal image is rare. ``normalise`` maps level to 0
-    and top to 1."""
+    and top to 1. A bank's distance calibration also weighs its layers (``layer_weights``)."""
 
     level: float
     top: float
+    layer_weights: tuple[float, ...] | None = None
+    """Per bank layer, the weight of its distances in the bank's map (summing to 1); None: equal."""
 
     @classmethod
     def from_maps(cls, maps: torch.Tensor, false_alarm_rate: float = 0.0) -> Calibration:
@@ -54,8 +58,31 @@ class Calibration:
             top = float(peaks.max())
         return cls(level, max(top, level + 1e-6))
 
+    @classmethod
+    def from_layer_maps(cls, layer_maps: torch.Tensor, false_alarm_rate: float = 0.0) -> Calibration:
+        """From a bank's per-layer distance maps of normal images (N, L, H, W). Each layer is weighed
+        by the inverse of its own normal spread (top - level), so that every layer speaks in units
+        of where normal ends on it: unweighted, the layer with the widest distances (the deepest)
+        sets the map's peaks and its normal noise hides what the finer layers see."""
+        layers = range(layer_maps.shape[1])
+        spreads = [cls.from_maps(layer_maps[:, i : i + 1], false_alarm_rate) for i in layers]
+        inverse = [1.0 / (c.top - c.level) for c in spreads]
+        weights = tuple(w / sum(inverse) for w in inverse)
+        combined = cls.from_maps(combine_layers(layer_maps, weights), false_alarm_rate)
+        return cls(combined.level, combined.top, weights)
+
     def normalise(self, maps: torch.Tensor) -> torch.Tensor:
         return ((maps - self.level) / (self.top - self.level)).clamp_min(0.0)
+
+
+def combine_layers(layer_maps: torch.Tensor, weights: tuple[float, ...] | None) -> torch.Tensor:
+    """(B, L, H, W) per-layer maps -> (B, 1, H, W): their weighted sum (None: their mean)."""
+    if weights is None:
+        return layer_maps.mean(dim=1, keepdim=True)
+    if len(weights) != layer_maps.shape[1]:
+        raise ValueError(f"{len(weights)} layer weights for a bank of {layer_maps.shape[1]} layers")
+    w = torch.tensor(weights, dtype=layer_maps.dtype, device=layer_maps.device).view(1, -1, 1, 1)
+    return (layer_maps * w).sum(dim=1, keepdim=True)
 
 
 UNCALIBRATED = Calibration(0.0, 1.0)
@@ -68,9 +95,13 @@ def squash(normalised: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, 1, H, W) maps blurred by a separable Gaussian of ``sigma`` pixels (reflected borders)."""
+    """(B, C, H, W) maps, each channel blurred by a separable Gaussian of ``sigma`` pixels
+    (reflected borders)."""
     if sigma <= 0:
         return maps
+    if maps.shape[1] != 1:
+        b, c, h, w = maps.shape
+        return gaussian_smooth(maps.reshape(b * c, 1, h, w), sigma).reshape(b, c, h, w)
     radius = min(int(4 * sigma + 0.5), min(maps.shape[-2:]) - 1)
     x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
@@ -159,10 +190,10 @@ class MemoryBank:
             self.decoder_calibration,
         )
 
-    def distance_map(
+    def layer_distance_maps(
         self, patch_maps: list[torch.Tensor], size: tuple[int, int], hold_out: list[int] | None = None
     ) -> torch.Tensor:
-        """1 - max cosine similarity to the bank, upsampled per layer, averaged and smoothed: (B, 1, H, W).
+        """Per layer, 1 - max cosine similarity to the bank, upsampled and smoothed: (B, L, H, W).
 
         ``hold_out[b]`` = index of a reference image that query ``b`` is: with several shots its
         patches (all rotations) are left out; with one shot only its unrotated copy is."""
@@ -179,7 +210,14 @@ class MemoryBank:
                 best.append(_best_similarity(queries[i], bank, allowed))
             sim = torch.stack(best).reshape(b, 1, h, w)
             sims.append(F.interpolate(sim, size=size, mode="bilinear", align_corners=True))
-        return gaussian_smooth(1.0 - torch.stack(sims).mean(0), self.smoothing)
+        return gaussian_smooth(1.0 - torch.cat(sims, dim=1), self.smoothing)
+
+    def distance_map(
+        self, patch_maps: list[torch.Tensor], size: tuple[int, int], hold_out: list[int] | None = None
+    ) -> torch.Tensor:
+        """The bank's distances (B, 1, H, W): its layers' maps weighed as ``nn_calibration`` says."""
+        layer_maps = self.layer_distance_maps(patch_maps, size, hold_out)
+        return combine_layers(layer_maps, self.nn_calibration.layer_weights)
 
     def _allowed(self, layer: int, image: int) -> torch.Tensor:
         same = self.image_ids[layer] == image
@@ -195,7 +233,16 @@ class MemoryBank:
 
 
 def _best_similarity(query: torch.Tensor, bank: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
-    """Max cosine similarity of each query row to the (allowed) bank rows, in chunks."""
+    """Max cosine similarity of each query row to the (allowed) bank rows. Queries and bank both go
+    in chunks: each product block stays a few MB, which on a CPU runs about five times faster than
+    one block of all the bank's rows (allocating and scanning hundreds of MB per block)."""
     if allowed is not None:
         bank = bank[allowed]
-    return torch.cat([(q @ bank.T).amax(dim=1) for q in query.split(QUERY_CHUNK)])
+    best = []
+    for rows in query.split(QUERY_CHUNK):
+        top = None
+        for part in bank.split(BANK_CHUNK):
+            sims = (rows @ part.T).amax(dim=1)
+            top = sims if top is None else torch.maximum(top, sims)
+        best.append(top)
+    return torch.cat(best)

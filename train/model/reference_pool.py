@@ -5,11 +5,11 @@ starts; every few-shot micro-batch then builds its bank from these features with
 encoder. The bank calibrations that do not depend on training (the bank's own distances) are
 measured once here; the decoder's calibration changes as it trains and is measured per bank.
 
-A one-reference training bank is calibrated on the category's other normal images, which a user's
-one-reference bank does not have: it can only hold its reference out against its own rotations.
-The pool therefore also measures, per category, where normal images end on one-reference banks
-(``one_shot_calibrations``, written into the checkpoint), so that a user's 1-shot map puts its
-boundary where training put it.
+A one-reference bank cannot show how much normal images vary: held out against its own rotations
+its reference finds them all but identical. The pool therefore measures, per category, where
+normal images end on one-reference banks (every image's bank scoring all the others, pooled). One-
+reference training banks use that calibration, and ``one_shot_calibrations`` writes it into the
+checkpoint, so that a user's 1-shot map puts its boundary where training put it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ import torch
 
 from train.model.config import OneShotCalibration
 from train.model.memory_bank import ROTATIONS, UNCALIBRATED, Calibration, MemoryBank, with_rotations
+
+ONE_SHOT_SCORED = 6
+"""How many of the category's other images each image's one-reference bank scores (the next ones,
+wrapping): all n - 1 would grow as n squared; 6 x n maps (84 for 14 images) are plenty to fit."""
 
 
 class BankModel(Protocol):
@@ -40,6 +44,8 @@ class BankModel(Protocol):
 
     def calibrate(self, normal_maps: torch.Tensor) -> Calibration: ...
 
+    def calibrate_distances(self, layer_maps: torch.Tensor) -> Calibration: ...
+
     def text_map(self, patch_maps, categories, size): ...
 
 
@@ -50,12 +56,10 @@ class PoolCategory:
     patch_maps: list[torch.Tensor]
     sources: list[str]
     rotations: int
-    one_shot: list[Calibration]
-    """Per image, the calibration of a one-shot bank of that image, on the category's other images."""
-    all_shots: Calibration
-    """Calibration of a bank of all the other images (each image held out in turn)."""
-    one_shot_pooled: Calibration = UNCALIBRATED
-    """The one-shot banks' distances of the other images, every image serving once as the bank."""
+    one_shot: Calibration = UNCALIBRATED
+    """Of one-image banks: each image's bank scoring others of the category (``ONE_SHOT_SCORED``), pooled."""
+    all_shots: Calibration = UNCALIBRATED
+    """Of a bank of all the other images (each image held out in turn)."""
 
     def maps_of(self, chosen: list[int], rotations: int) -> list[torch.Tensor]:
         """Patch maps of the chosen images, rotation-major with ``rotations`` rotations."""
@@ -84,24 +88,20 @@ class ReferencePool:
     @staticmethod
     def _calibrated(model, maps, sources: list[str], rotations: int, size) -> PoolCategory:
         n = len(sources)
-        entry = PoolCategory([m.cpu() for m in maps], sources, rotations, [], UNCALIBRATED)
+        entry = PoolCategory([m.cpu() for m in maps], sources, rotations)
+        if n < 2:
+            return entry
         upright = [m[:n] for m in maps]
         pooled = []
         for j in range(n):
-            others = [i for i in range(n) if i != j]
-            if others:
-                bank = _bank(model, entry, [j])
-                distances = bank.distance_map(model.bank_layers([m[others] for m in upright]), size)
-                entry.one_shot.append(model.calibrate(distances))
-                pooled.append(distances)
-            else:
-                entry.one_shot.append(UNCALIBRATED)
-        if pooled:
-            entry.one_shot_pooled = model.calibrate(torch.cat(pooled))
-        if n > 1:
-            bank = _bank(model, entry, list(range(n)))
-            held = bank.distance_map(model.bank_layers(upright), size, list(range(n)))
-            entry.all_shots = model.calibrate(held)
+            others = [(j + k) % n for k in range(1, min(n, ONE_SHOT_SCORED + 1))]
+            queries = model.bank_layers([m[others] for m in upright])
+            pooled.append(_bank(model, entry, [j]).layer_distance_maps(queries, size))
+        entry.one_shot = model.calibrate_distances(torch.cat(pooled))
+        del pooled
+        everyone = list(range(n))
+        held = _bank(model, entry, everyone).layer_distance_maps(model.bank_layers(upright), size, everyone)
+        entry.all_shots = model.calibrate_distances(held)
         return entry
 
     def choose(self, category: str, source: str, one_shot: bool, generator: torch.Generator) -> list[int]:
@@ -122,7 +122,7 @@ class ReferencePool:
             return None
         entry = self.categories[category]
         bank = _bank(model, entry, chosen)
-        bank.nn_calibration = entry.one_shot[chosen[0]] if one_shot else entry.all_shots
+        bank.nn_calibration = entry.one_shot if one_shot else entry.all_shots
         if model.decoder is not None:  # on every other image, as the one-shot distances are
             others = self.choose(category, source, False, generator)
             with torch.no_grad():
@@ -148,8 +148,9 @@ class ReferencePool:
                 upright = [m.to(_device(model)) for m in entry.maps_of(list(range(n)), 1)]
                 calibration = model.calibrate(model.text_map(upright, [category] * n, size)[1])
                 decoder = (round(calibration.level, 6), round(calibration.top, 6))
-            nn = entry.one_shot_pooled
-            out[category] = OneShotCalibration((round(nn.level, 6), round(nn.top, 6)), decoder)
+            nn = entry.one_shot
+            weights = None if nn.layer_weights is None else tuple(round(w, 6) for w in nn.layer_weights)
+            out[category] = OneShotCalibration((round(nn.level, 6), round(nn.top, 6)), decoder, weights)
         return out
 
 

@@ -89,3 +89,20 @@ def test_encoder_maps_at_any_size(size):
     assert [m.shape[1] for m in out.patch_maps] == enc.channels == [40, 80, 112, 320]
     assert out.patch_maps[0].shape[-1] == size // 8
     assert out.global_embed.shape == (1, 1280)
+
+
+def test_a_sharp_layer_skips_the_neighbourhood_average():
+    import torch.nn.functional as F
+
+    from train.model.encoders import EfficientNetLite0Encoder
+
+    averaged, sharp = EfficientNetLite0Encoder([2, 4]), EfficientNetLite0Encoder([2, 4], sharp_layers=[2])
+    images = torch.rand(1, 3, 64, 64)
+    a, s = averaged(images).patch_maps, sharp(images).patch_maps
+    assert s[0].shape[-1] == 64 // 4 and sharp.channels == [24, 40]
+    averaged_again = F.avg_pool2d(s[0], 3, stride=1, padding=1, count_include_pad=False)
+    assert torch.allclose(averaged_again, a[0], atol=1e-6)
+    assert not torch.allclose(s[0], a[0], atol=1e-3)
+    assert torch.equal(s[1], a[1])
+    with pytest.raises(ValueError, match="sharp_layers"):
+        EfficientNetLite0Encoder([4], sharp_layers=[2])

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pipeline.core.config import ConfigError, from_dict
-from train.model.config import MemoryBankConfig
-from train.model.memory_bank import Calibration, MemoryBank, gaussian_smooth
+from train.model.config import EncoderConfig, MemoryBankConfig, OneShotCalibration
+from train.model.memory_bank import Calibration, MemoryBank, combine_layers, gaussian_smooth
 
 
 def _maps_with_peaks(peaks: list[float], size: int = 16) -> torch.Tensor:
@@ -48,6 +48,53 @@ def test_too_few_references_to_fit_use_their_highest_peak():
     assert two.level == pytest.approx((0.4 + 0.7) / (2 * 16 * 16))
 
 
+def test_layers_are_weighed_by_where_normal_ends_on_each():
+    torch.manual_seed(0)
+    normal = 0.2 + 0.02 * torch.rand(12, 2, 16, 16)  # two layers, alike on normal images
+    query = normal[:2].clone()
+    query[0, 0, 4:8, 4:8] += 0.1  # a defect the first layer sees
+    equal = Calibration.from_layer_maps(normal, false_alarm_rate=0.05)
+    assert equal.layer_weights == pytest.approx((0.5, 0.5), abs=0.05)
+    # The second layer's distances ten times wider (a deeper layer): weighed, the normalised map is
+    # what it was, so the first layer's defect still crosses where normal ends.
+    wide = torch.tensor([1.0, 10.0]).view(1, 2, 1, 1)
+    weighed = Calibration.from_layer_maps(normal * wide, false_alarm_rate=0.05)
+    ratio = weighed.layer_weights[0] / weighed.layer_weights[1]
+    assert ratio == pytest.approx(10 * equal.layer_weights[0] / equal.layer_weights[1], rel=1e-4)
+    assert sum(weighed.layer_weights) == pytest.approx(1.0)
+    before = equal.normalise(combine_layers(query, equal.layer_weights))
+    after = weighed.normalise(combine_layers(query * wide, weighed.layer_weights))
+    assert torch.allclose(before, after, atol=1e-4)
+    assert float(after[0].amax()) > 1.0 > float(after[1].amax())  # the defect crosses where normal ends
+    # Unweighed, how wide a layer's distances are changes the map.
+    plain = Calibration.from_maps(combine_layers(normal, None), false_alarm_rate=0.05)
+    unweighed = Calibration.from_maps(combine_layers(normal * wide, None), false_alarm_rate=0.05)
+    plain_map = plain.normalise(combine_layers(query, None))
+    assert not torch.allclose(plain_map, unweighed.normalise(combine_layers(query * wide, None)), atol=1e-2)
+    with pytest.raises(ValueError, match="layer weights"):
+        combine_layers(query, (1.0,))
+
+
+def test_a_bank_weighs_its_layers_as_its_calibration_says():
+    torch.manual_seed(0)
+    refs = [torch.randn(3, 8, 8, 8), torch.randn(3, 4, 4, 4)]
+    bank = MemoryBank.from_patch_maps(refs, shots=3)
+    query = [torch.randn(1, 8, 8, 8), torch.randn(1, 4, 4, 4)]
+    layers = bank.layer_distance_maps(query, (16, 16))
+    assert layers.shape == (1, 2, 16, 16)
+    assert torch.allclose(bank.distance_map(query, (16, 16)), layers.mean(1, keepdim=True))
+    bank.nn_calibration = Calibration(0.0, 1.0, (0.25, 0.75))
+    assert torch.allclose(bank.distance_map(query, (16, 16)), 0.25 * layers[:, :1] + 0.75 * layers[:, 1:])
+
+
+def test_sharp_layers_must_be_encoder_layers_of_a_cnn():
+    with pytest.raises(ValueError, match="sharp_layers"):
+        EncoderConfig(layers=[4, 7], sharp_layers=[2])
+    with pytest.raises(ValueError, match="sharp_layers"):
+        EncoderConfig(name="imagebind_huge", sharp_layers=[7])
+    assert EncoderConfig(layers=[2, 4], sharp_layers=[2]).sharp_layers == [2]
+
+
 def test_bank_maps_are_smoothed_alike_for_references_and_queries():
     torch.manual_seed(0)
     refs = [torch.randn(3, 8, 8, 8)]
@@ -74,3 +121,17 @@ def test_a_measured_one_shot_calibration_must_rise(pair):
         from_dict(MemoryBankConfig, {"one_shot": {"grass": {"nn": pair}}})
     loaded = from_dict(MemoryBankConfig, {"one_shot": {"grass": {"nn": [0.1, 0.3]}}})
     assert loaded.one_shot["grass"].nn == (0.1, 0.3) and loaded.one_shot["grass"].decoder is None
+    assert loaded.one_shot["grass"].layer_weights is None
+
+
+@pytest.mark.parametrize("weights", [[0.5, 0.0], [0.5, float("nan")], []])
+def test_measured_layer_weights_must_be_positive(weights):
+    with pytest.raises(ConfigError, match="layer_weights"):
+        from_dict(MemoryBankConfig, {"one_shot": {"grass": {"nn": [0.1, 0.3], "layer_weights": weights}}})
+
+
+def test_an_unseen_category_takes_the_median_weights_summing_to_one():
+    known = [OneShotCalibration((0.1, 0.3), None, w) for w in [(0.2, 0.8), (0.4, 0.6), (0.3, 0.9)]]
+    median = OneShotCalibration.median(known)
+    assert median.layer_weights == pytest.approx((0.3 / 1.1, 0.8 / 1.1))
+    assert OneShotCalibration.median([*known, OneShotCalibration((0.1, 0.3))]).layer_weights is None

@@ -189,19 +189,23 @@ def test_training_measures_where_normal_ends_on_one_reference_banks(make_cfg):
     assert set(measured) == {"grass", "brick"}
     for category, x in images.items():
         encoded = model.encode(x).patch_maps
-        distances, first = [], None
+        distances = []
         for j in range(len(x)):  # the bank a user builds from image j, on the category's other images
             bank = model.build_memory_bank(x[j : j + 1], category)
             rest = [torch.cat([m[:j], m[j + 1 :]]) for m in encoded]
-            distances.append(bank.distance_map(model.bank_layers(rest), (64, 64)))
-            first = model.calibrate(distances[0]) if j == 0 else first
-        nn = model.calibrate(torch.cat(distances))
+            distances.append(bank.layer_distance_maps(model.bank_layers(rest), (64, 64)))
+        nn = model.calibrate_distances(torch.cat(distances))
         assert measured[category].nn == pytest.approx((nn.level, nn.top), rel=1e-4)
+        assert measured[category].layer_weights == pytest.approx(nn.layer_weights, rel=1e-4)
+        assert len(nn.layer_weights) == len(model.bank_layers(encoded))
+        assert sum(nn.layer_weights) == pytest.approx(1)
         decoder = model.calibrate(model.text_map(encoded, [category] * len(x), (64, 64))[1])
         assert measured[category].decoder == pytest.approx((decoder.level, decoder.top), rel=1e-4)
-        # A one-image training bank is calibrated on the other images of its category.
-        one = pool.categories[category].one_shot[0]
-        assert (one.level, one.top) == pytest.approx((first.level, first.top), rel=1e-5)
+        # A one-image training bank is calibrated as a user's one-reference bank will be.
+        one = pool.bank(model, category, f"{category}/0.png", True, torch.Generator().manual_seed(0))
+        assert one.shots == 1 and one.nn_calibration == pool.categories[category].one_shot
+        written = measured[category].nn  # rounded to 6 digits
+        assert (one.nn_calibration.level, one.nn_calibration.top) == pytest.approx(written, abs=1e-6)
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(make_cfg, tiny_batch, tmp_path):

@@ -28,13 +28,13 @@ from pipeline.pipeline_config import load_pipeline_config
 ROOT = Path(__file__).resolve().parents[3]
 
 PINNED = {
-    "synth_key": "fa2703cb8c3160c9579759f0a3af3730fe44072b060547955b0fa5b46e174ccf",
-    "model_fingerprint": "73a0e418be5e63859f0b311844f1f677cb9ea6fcb50a26b4c2b0da9141a1be97",
+    "synth_key": "97e652d6bf339bb68f61128a68aea1d2d07fe7e9ef35b827a459d26dcbb12fec",
+    "model_fingerprint": "4de826584792cb0c1d29c2b79ec316e4204b64c67c058f84be354cbd7e34235e",
     "eval_identity": "123eb8cbd7d64717f93037c33db704fc94a8463df75b2063cbce8b921f65f3f1",
-    "train_key": "d75b80f25ddd068d652446bf837639a281ac1a1e04798bbd7b9cf90b4d8eafe2",
+    "train_key": "bdfa9a32e47ac0160e45653f568e2a55ddc953b7c9d18ae7f166bb6060a6a840",
     "evaluate_key": "003f6fe10a1e6132ec35d36df6f5a4bef589246c0b0de0972d3f09dc50b871ca",
-    "resume_fingerprint": "8430b75d877ee014",
-    "shard_plan_id": "544cac1110e414e232d86b47f5779dd8f33046fc2c8b0e3555a5ffc15983300f",
+    "resume_fingerprint": "106aa3fe29b7e329",
+    "shard_plan_id": "e6cec09e81b3a37c391c6127ddf9e91f9110f524dee3fe215d66a4577105f546",
 }
 
 
