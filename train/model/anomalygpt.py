@@ -268,12 +268,16 @@ class AnomalyGPT(nn.Module):
         self, batch: Batch, patch_maps: list[torch.Tensor], decoder_map: torch.Tensor | None, size
     ) -> torch.Tensor:
         """Per image, the map a k-shot user would get: one reference (with rotations) or all the
-        category's other normal images, never the image's own source."""
+        category's other normal images, never the image's own source. Images made from the same
+        source (a normal image and its synthetic twin) share one bank, built once."""
         generator = torch.Generator().manual_seed(batch.seed + 1)
         one_shot = float(torch.rand((), generator=generator)) < 0.5
-        maps = []
+        maps, banks = [], {}
         for i, (category, source) in enumerate(zip(batch.categories, batch.sources, strict=True)):
-            bank = self.reference_pool.bank(self, category, source, one_shot, generator)
+            key = (category, source)
+            if key not in banks:
+                banks[key] = self.reference_pool.bank(self, category, source, one_shot, generator)
+            bank = banks[key]
             query = [m[i : i + 1] for m in patch_maps]
             dec = None if decoder_map is None else decoder_map[i : i + 1]
             if bank is None:  # a category with a single normal image: nothing to hold out

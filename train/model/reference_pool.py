@@ -22,9 +22,9 @@ import torch
 from train.model.config import OneShotCalibration
 from train.model.memory_bank import ROTATIONS, UNCALIBRATED, Calibration, MemoryBank, with_rotations
 
-ONE_SHOT_SCORED = 6
+ONE_SHOT_SCORED = 4
 """How many of the category's other images each image's one-reference bank scores (the next ones,
-wrapping): all n - 1 would grow as n squared; 6 x n maps (84 for 14 images) are plenty to fit."""
+wrapping): all n - 1 would grow as n squared; 4 x n maps (56 for 14 images) are plenty to fit."""
 
 
 class BankModel(Protocol):

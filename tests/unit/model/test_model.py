@@ -298,9 +298,12 @@ def test_few_shot_training_reads_a_bank_map_without_its_own_source(make_cfg, tin
     seen = []
     model.prompt_learner.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
     tiny_batch.sources = ["a.png", "a.png"]  # a normal image and its synthetic twin
-    calls = model.encoder_calls
+    calls, built = model.encoder_calls, []
+    bank = pool.bank
+    pool.bank = lambda *args: built.append(args[2]) or bank(*args)
     losses = model.training_losses(tiny_batch)
     assert model.encoder_calls - calls == 2  # the pool was encoded once, up front
+    assert built == ["a.png"]  # the twins share one bank
     assert torch.isfinite(losses["loss"])
     enc = model.encode(tiny_batch.images)
     decoder_map = model.text_map(enc.patch_maps, tiny_batch.categories, (64, 64))[1]
