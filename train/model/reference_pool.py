@@ -7,8 +7,8 @@ measured once here; the decoder's calibration changes as it trains and is measur
 
 A one-reference bank cannot show how much normal images vary: held out against its own rotations
 its reference finds them all but identical. The pool therefore measures, per category, where
-normal images end on one-reference banks (every image's bank scoring all the others, pooled). One-
-reference training banks use that calibration, and ``one_shot_calibrations`` writes it into the
+normal images end on one-reference banks (each image's bank scoring a few of the others, pooled).
+One-reference training banks use that calibration, and ``one_shot_calibrations`` writes it into the
 checkpoint, so that a user's 1-shot map puts its boundary where training put it.
 """
 
