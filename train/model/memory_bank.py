@@ -99,15 +99,15 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     (reflected borders)."""
     if sigma <= 0:
         return maps
-    if maps.shape[1] != 1:
-        b, c, h, w = maps.shape
-        return gaussian_smooth(maps.reshape(b * c, 1, h, w), sigma).reshape(b, c, h, w)
+    b, c, h, w = maps.shape
+    maps = maps.reshape(b * c, 1, h, w)
     radius = min(int(4 * sigma + 0.5), min(maps.shape[-2:]) - 1)
     x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     rows = F.conv2d(F.pad(maps, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(rows, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    smoothed = F.conv2d(F.pad(rows, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return smoothed.reshape(b, c, h, w)
 
 
 def greedy_coreset(features: torch.Tensor, budget: int, seed: int = 0) -> torch.Tensor:
