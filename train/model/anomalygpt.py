@@ -15,7 +15,7 @@ from train.model.decoder import AnomalyDecoder
 from train.model.encoder_base import ImageEncoder
 from train.model.losses import dice_loss, focal_loss
 from train.model.map_reading import agreeing_samples, boundary_gain
-from train.model.memory_bank import ROTATIONS, Calibration, MemoryBank, squash, with_rotations
+from train.model.memory_bank import ROTATIONS, Calibration, MemoryBank, combine_layers, squash, with_rotations
 from train.model.prompt_learner import PromptLearner, rms_scale
 from train.model.reference_pool import ReferencePool
 from train.model.text_features import PromptTextFeatures
@@ -197,6 +197,21 @@ class AnomalyGPT(nn.Module):
         images it does not hold; this also weighs the bank's layers."""
         return Calibration.from_layer_maps(layer_maps, self.cfg.memory_bank.false_alarm_rate)
 
+    def fuse(self, bank_part: torch.Tensor, decoder_part: torch.Tensor) -> torch.Tensor:
+        """Calibrated fusion: the normalised bank and decoder maps averaged (``decoder_weight``)."""
+        w = self.cfg.memory_bank.decoder_weight
+        return (bank_part + w * decoder_part) / (1.0 + w)
+
+    def calibrate_fused(
+        self, nn: Calibration, decoder: Calibration, layer_maps: torch.Tensor, decoder_maps: torch.Tensor
+    ) -> Calibration:
+        """Where normal ends on the fused map, from normal images' bank distances (per layer, each
+        image held out of the bank) and their decoder maps. Each part alone ends at 1, but their
+        peaks seldom fall on the same pixel, so the average ends lower; without this the fused map
+        would call only anomalies far above normal."""
+        bank_part = nn.normalise(combine_layers(layer_maps, nn.layer_weights))
+        return self.calibrate(self.fuse(bank_part, decoder.normalise(decoder_maps)))
+
     @torch.no_grad()
     def build_memory_bank(self, reference_images: torch.Tensor, category: str | None = None) -> MemoryBank:
         """The bank of k normal references of one category, built once and reused for every query:
@@ -213,6 +228,7 @@ class AnomalyGPT(nn.Module):
         size = tuple(reference_images.shape[-2:])
         # One image held out against its own rotations shows no variation: take training's measure.
         measured = self.one_shot_calibration(category) if shots == 1 else None
+        held_out = None
         if measured is not None:
             bank.nn_calibration = Calibration(*measured.nn, measured.layer_weights)
         elif bank.can_hold_out():
@@ -221,8 +237,15 @@ class AnomalyGPT(nn.Module):
         if self.decoder is not None and category is not None:
             if measured is not None and measured.decoder is not None:
                 bank.decoder_calibration = Calibration(*measured.decoder)
+                if measured.fused is not None:
+                    bank.fused_calibration = Calibration(*measured.fused)
             else:
-                bank.decoder_calibration = self.calibrate(self.text_map(upright, [category] * shots, size)[1])
+                decoder_maps = self.text_map(upright, [category] * shots, size)[1]
+                bank.decoder_calibration = self.calibrate(decoder_maps)
+                if held_out is not None:
+                    bank.fused_calibration = self.calibrate_fused(
+                        bank.nn_calibration, bank.decoder_calibration, held_out, decoder_maps
+                    )
         return bank
 
     def one_shot_calibration(self, category: str | None) -> OneShotCalibration | None:
@@ -242,11 +265,12 @@ class AnomalyGPT(nn.Module):
     ) -> torch.Tensor:
         """The k-shot map in [0, 1): the bank's distances, calibrated, fused with the decoder map
         (``memory_bank.fusion``); 0.5 is where the references' own scores end."""
-        mb = self.cfg.memory_bank
         fused = bank.nn_calibration.normalise(bank.distance_map(self.bank_layers(patch_maps), size))
-        if mb.fusion == "calibrated" and decoder_map is not None and bank.decoder_calibration is not None:
-            decoder = bank.decoder_calibration.normalise(decoder_map)
-            fused = (fused + mb.decoder_weight * decoder) / (1.0 + mb.decoder_weight)
+        fusing = decoder_map is not None and bank.decoder_calibration is not None
+        if fusing and self.cfg.memory_bank.fusion == "calibrated":
+            fused = self.fuse(fused, bank.decoder_calibration.normalise(decoder_map))
+            if bank.fused_calibration is not None:
+                fused = bank.fused_calibration.normalise(fused)
         return squash(fused)
 
     # --- few-shot training ------------------------------------------------------------------

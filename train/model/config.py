@@ -102,15 +102,17 @@ class LossConfig:
 @dataclass
 class OneShotCalibration:
     """(level, top) of a category's maps on one-reference banks, measured on its normal images:
-    ``nn`` of the bank's distances, ``decoder`` of the decoder's map (None: no decoder), and the
-    weights of the bank's layers in its distances (None: equal)."""
+    ``nn`` of the bank's distances, ``decoder`` of the decoder's map (None: no decoder), the
+    weights of the bank's layers in its distances (None: equal), and ``fused`` of the two maps
+    fused (None: not measured; checkpoints from before it leave the fused map as it is)."""
 
     nn: tuple[float, float]
     decoder: tuple[float, float] | None = None
     layer_weights: tuple[float, ...] | None = None
+    fused: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        for name, pair in (("nn", self.nn), ("decoder", self.decoder)):
+        for name, pair in (("nn", self.nn), ("decoder", self.decoder), ("fused", self.fused)):
             if pair is not None and not (all(math.isfinite(v) for v in pair) and pair[1] > pair[0]):
                 raise ValueError(f"memory_bank.one_shot: {name} must be finite (level, top) with top > level")
         weights = self.layer_weights
@@ -125,6 +127,7 @@ class OneShotCalibration:
             return tuple(statistics.median(column) for column in zip(*rows, strict=True))
 
         decoders = [k.decoder for k in known if k.decoder is not None]
+        fused = [k.fused for k in known if k.fused is not None]
         weights = [k.layer_weights for k in known if k.layer_weights is not None]
         if len(weights) == len(known) and len({len(w) for w in weights}) == 1:
             median_weights = middle(weights)
@@ -135,6 +138,7 @@ class OneShotCalibration:
             middle([k.nn for k in known]),
             middle(decoders) if len(decoders) == len(known) else None,
             median_weights,
+            middle(fused) if len(fused) == len(known) else None,
         )
 
 
@@ -155,8 +159,9 @@ class MemoryBankConfig:
     many references they only cost memory and can hide orientation defects)."""
     fusion: Literal["calibrated", "replace"] = "calibrated"
     """calibrated: the bank map and the decoder map, each normalised by where normal ends on the
-    references (leave-one-out), averaged with ``decoder_weight``. replace: the bank map alone (the
-    reference code's few-shot mode, here calibrated too)."""
+    references (leave-one-out), averaged with ``decoder_weight``, and the average calibrated on the
+    references again (two maps' peaks seldom meet, so their average ends below where each ends).
+    replace: the bank map alone (the reference code's few-shot mode, here calibrated too)."""
     decoder_weight: float = 0.25
     """Weight of the decoder map against the bank map (1) in calibrated fusion. Small by default:
     on real defects a plain nearest-neighbour memory is the stronger map (the decoder learns from

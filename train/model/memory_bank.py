@@ -145,6 +145,8 @@ class MemoryBank:
     """Sigma in pixels of the Gaussian that smooths every distance map (0: none)."""
     nn_calibration: Calibration = UNCALIBRATED
     decoder_calibration: Calibration | None = None
+    fused_calibration: Calibration | None = None
+    """Of the bank map fused with the decoder's (None: the fused map stays as it is)."""
 
     @classmethod
     def from_patch_maps(
@@ -188,6 +190,7 @@ class MemoryBank:
             self.smoothing,
             self.nn_calibration,
             self.decoder_calibration,
+            self.fused_calibration,
         )
 
     def layer_distance_maps(

@@ -46,6 +46,10 @@ class BankModel(Protocol):
 
     def calibrate_distances(self, layer_maps: torch.Tensor) -> Calibration: ...
 
+    def calibrate_fused(
+        self, nn: Calibration, decoder: Calibration, layer_maps: torch.Tensor, decoder_maps: torch.Tensor
+    ) -> Calibration: ...
+
     def text_map(self, patch_maps, categories, size): ...
 
 
@@ -91,17 +95,12 @@ class ReferencePool:
         entry = PoolCategory([m.cpu() for m in maps], sources, rotations)
         if n < 2:
             return entry
-        upright = [m[:n] for m in maps]
-        pooled = []
-        for j in range(n):
-            others = [(j + k) % n for k in range(1, min(n, ONE_SHOT_SCORED + 1))]
-            queries = model.bank_layers([m[others] for m in upright])
-            pooled.append(_bank(model, entry, [j]).layer_distance_maps(queries, size))
-        entry.one_shot = model.calibrate_distances(torch.cat(pooled))
-        del pooled
+        entry.one_shot = model.calibrate_distances(_one_shot_distances(model, entry, size)[0])
         everyone = list(range(n))
-        held = _bank(model, entry, everyone).layer_distance_maps(model.bank_layers(upright), size, everyone)
-        entry.all_shots = model.calibrate_distances(held)
+        upright = model.bank_layers([m[:n] for m in maps])
+        entry.all_shots = model.calibrate_distances(
+            _bank(model, entry, everyone).layer_distance_maps(upright, size, everyone)
+        )
         return entry
 
     def choose(self, category: str, source: str, one_shot: bool, generator: torch.Generator) -> list[int]:
@@ -135,23 +134,45 @@ class ReferencePool:
     @torch.no_grad()
     def one_shot_calibrations(self, model: BankModel) -> dict[str, OneShotCalibration]:
         """Per category of two or more images, where its normal images end on one-reference banks:
-        the banks' distances (pooled when the pool was built; the encoder is frozen) and the
-        decoder's map of every pooled image as it is now (it moves as training goes on)."""
+        the banks' distances (pooled when the pool was built; the encoder is frozen), the
+        decoder's map of every pooled image as it is now (it moves as training goes on), and the
+        two fused (the pooled distances are searched again for it: keeping every map would hold
+        four per image)."""
         size = (model.cfg.image_size, model.cfg.image_size)
         out = {}
         for category, entry in self.categories.items():
             n = len(entry.sources)
             if n < 2:
                 continue
-            decoder = None
+            nn, decoder, fused = entry.one_shot, None, None
             if model.decoder is not None:
                 upright = [m.to(_device(model)) for m in entry.maps_of(list(range(n)), 1)]
-                calibration = model.calibrate(model.text_map(upright, [category] * n, size)[1])
-                decoder = (round(calibration.level, 6), round(calibration.top, 6))
-            nn = entry.one_shot
+                decoder_maps = model.text_map(upright, [category] * n, size)[1]
+                decoder = model.calibrate(decoder_maps)
+                distances, scored = _one_shot_distances(model, entry, size)
+                fused = model.calibrate_fused(nn, decoder, distances, decoder_maps[scored])
             weights = None if nn.layer_weights is None else tuple(round(w, 6) for w in nn.layer_weights)
-            out[category] = OneShotCalibration((round(nn.level, 6), round(nn.top, 6)), decoder, weights)
+            out[category] = OneShotCalibration(_rounded(nn), _rounded(decoder), weights, _rounded(fused))
         return out
+
+
+def _one_shot_distances(model: BankModel, entry: PoolCategory, size) -> tuple[torch.Tensor, list[int]]:
+    """Each image's one-reference bank scoring the next ``ONE_SHOT_SCORED`` images of the category:
+    their per-layer distance maps, pooled, and which image each map is of."""
+    n = len(entry.sources)
+    upright = [m.to(_device(model)) for m in entry.maps_of(list(range(n)), 1)]
+    pooled, scored = [], []
+    for j in range(n):
+        others = [(j + k) % n for k in range(1, min(n, ONE_SHOT_SCORED + 1))]
+        queries = model.bank_layers([m[others] for m in upright])
+        pooled.append(_bank(model, entry, [j]).layer_distance_maps(queries, size))
+        scored += others
+    return torch.cat(pooled), scored
+
+
+def _rounded(calibration: Calibration | None) -> tuple[float, float] | None:
+    """(level, top) as the checkpoint's config writes them (6 digits)."""
+    return None if calibration is None else (round(calibration.level, 6), round(calibration.top, 6))
 
 
 def _bank(model: BankModel, entry: PoolCategory, chosen: list[int]) -> MemoryBank:

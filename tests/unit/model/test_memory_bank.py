@@ -119,9 +119,11 @@ def test_a_measured_one_shot_calibration_must_rise(pair):
         from_dict(MemoryBankConfig, {"one_shot": {"grass": {"nn": [0.1, 0.3], "decoder": pair}}})
     with pytest.raises(ConfigError, match="one_shot"):
         from_dict(MemoryBankConfig, {"one_shot": {"grass": {"nn": pair}}})
+    with pytest.raises(ConfigError, match="one_shot: fused"):
+        from_dict(MemoryBankConfig, {"one_shot": {"grass": {"nn": [0.1, 0.3], "fused": pair}}})
     loaded = from_dict(MemoryBankConfig, {"one_shot": {"grass": {"nn": [0.1, 0.3]}}})
     assert loaded.one_shot["grass"].nn == (0.1, 0.3) and loaded.one_shot["grass"].decoder is None
-    assert loaded.one_shot["grass"].layer_weights is None
+    assert loaded.one_shot["grass"].layer_weights is None and loaded.one_shot["grass"].fused is None
 
 
 @pytest.mark.parametrize("weights", [[0.5, 0.0], [0.5, float("nan")], []])

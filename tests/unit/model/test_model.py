@@ -126,22 +126,33 @@ def test_rotations_are_real(tiny_model):
     assert not torch.equal(rotated[0], rotated[2])
 
 
-def test_bank_fusion_calibrates_both_maps(make_cfg):
-    from train.model.memory_bank import squash
+def test_bank_fusion_calibrates_both_maps_and_their_average(make_cfg):
+    from train.model.memory_bank import combine_layers, squash
 
     torch.manual_seed(0)
-    images, refs = torch.rand(1, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    images, refs = torch.rand(1, 3, 64, 64), torch.rand(4, 3, 64, 64)
     model = build_model(make_cfg(use_llm=False, use_prompt_learner=False))
     bank = model.build_memory_bank(refs, "grass")
     assert bank.decoder_calibration is not None and bank.nn_calibration.top > bank.nn_calibration.level
+    w = model.cfg.memory_bank.decoder_weight
+    # The average is calibrated again on the references: each held out of the bank, as for its part.
+    with torch.no_grad():
+        own = model.encode(refs).patch_maps
+        held_out = bank.layer_distance_maps(model.bank_layers(own), (64, 64), hold_out=[0, 1, 2, 3])
+        own_dec = bank.decoder_calibration.normalise(model.text_map(own, ["grass"] * 4, (64, 64))[1])
+    own_nn = bank.nn_calibration.normalise(combine_layers(held_out, bank.nn_calibration.layer_weights))
+    average = model.calibrate((own_nn + w * own_dec) / (1 + w))
+    assert bank.fused_calibration is not None
+    fused = (bank.fused_calibration.level, bank.fused_calibration.top)
+    assert fused == pytest.approx((average.level, average.top), rel=1e-4)
+    assert average.top < 1.0  # the parts' peaks fall apart: their average ends below where each ends
     enc = model.encode(images)
     decoder = model.text_map(enc.patch_maps, ["grass"], (64, 64))[1]
     distance = bank.distance_map(model.bank_layers(enc.patch_maps), (64, 64))
     nn_part = bank.nn_calibration.normalise(distance)
     dec_part = bank.decoder_calibration.normalise(decoder)
-    w = model.cfg.memory_bank.decoder_weight
     pred = model.predict(images, ["grass"], memory_bank=bank, generate=False)[0]
-    expected = squash((nn_part + w * dec_part) / (1 + w))[0, 0]
+    expected = squash(bank.fused_calibration.normalise((nn_part + w * dec_part) / (1 + w)))[0, 0]
     assert torch.allclose(torch.from_numpy(pred.anomaly_map), expected, atol=1e-6)
     assert np.allclose(pred.decoder_map, decoder[0, 0].detach().numpy())  # reported beside the fused map
     model.cfg.memory_bank.fusion = "replace"
@@ -159,16 +170,18 @@ def test_a_one_reference_bank_takes_the_calibration_training_measured(make_cfg):
     refs = torch.rand(2, 3, 64, 64)
     own = model.build_memory_bank(refs[:1], "grass")  # nothing measured: held out against its rotations
     model.cfg.memory_bank.one_shot = {
-        "grass": OneShotCalibration((0.1, 0.3), (0.0, 0.4)),
-        "brick": OneShotCalibration((0.2, 0.5), (0.1, 0.6)),
-        "coin": OneShotCalibration((0.3, 0.9), (0.2, 0.8)),
+        "grass": OneShotCalibration((0.1, 0.3), (0.0, 0.4), fused=(0.01, 0.8)),
+        "brick": OneShotCalibration((0.2, 0.5), (0.1, 0.6), fused=(0.02, 0.7)),
+        "coin": OneShotCalibration((0.3, 0.9), (0.2, 0.8), fused=(0.03, 0.9)),
     }
     bank = model.build_memory_bank(refs[:1], "grass")
     assert (bank.nn_calibration, bank.decoder_calibration) == (Calibration(0.1, 0.3), Calibration(0.0, 0.4))
+    assert bank.fused_calibration == Calibration(0.01, 0.8)
     unseen = model.build_memory_bank(refs[:1], "wood")  # a category training never saw: the median
-    assert (unseen.nn_calibration, unseen.decoder_calibration) == (
+    assert (unseen.nn_calibration, unseen.decoder_calibration, unseen.fused_calibration) == (
         Calibration(0.2, 0.5),
         Calibration(0.1, 0.6),
+        Calibration(0.02, 0.8),
     )
     two = model.build_memory_bank(refs, "grass")  # two references hold each other out
     assert two.nn_calibration not in (Calibration(0.1, 0.3), own.nn_calibration)
@@ -189,18 +202,23 @@ def test_training_measures_where_normal_ends_on_one_reference_banks(make_cfg):
     assert set(measured) == {"grass", "brick"}
     for category, x in images.items():
         encoded = model.encode(x).patch_maps
-        distances = []
+        with torch.no_grad():
+            decoder_maps = model.text_map(encoded, [category] * len(x), (64, 64))[1]
+        distances, scored = [], []
         for j in range(len(x)):  # the bank a user builds from image j, on the category's other images
             bank = model.build_memory_bank(x[j : j + 1], category)
             rest = [torch.cat([m[:j], m[j + 1 :]]) for m in encoded]
             distances.append(bank.layer_distance_maps(model.bank_layers(rest), (64, 64)))
+            scored += [i for i in range(len(x)) if i != j]
         nn = model.calibrate_distances(torch.cat(distances))
         assert measured[category].nn == pytest.approx((nn.level, nn.top), rel=1e-4)
         assert measured[category].layer_weights == pytest.approx(nn.layer_weights, rel=1e-4)
         assert len(nn.layer_weights) == len(model.bank_layers(encoded))
         assert sum(nn.layer_weights) == pytest.approx(1)
-        decoder = model.calibrate(model.text_map(encoded, [category] * len(x), (64, 64))[1])
+        decoder = model.calibrate(decoder_maps)
         assert measured[category].decoder == pytest.approx((decoder.level, decoder.top), rel=1e-4)
+        fused = model.calibrate_fused(nn, decoder, torch.cat(distances), decoder_maps[scored])
+        assert measured[category].fused == pytest.approx((fused.level, fused.top), rel=1e-4)
         # A one-image training bank is calibrated as a user's one-reference bank will be.
         one = pool.bank(model, category, f"{category}/0.png", True, torch.Generator().manual_seed(0))
         assert one.shots == 1 and one.nn_calibration == pool.categories[category].one_shot
