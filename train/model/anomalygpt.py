@@ -203,14 +203,13 @@ class AnomalyGPT(nn.Module):
         return (bank_part + w * decoder_part) / (1.0 + w)
 
     def calibrate_fused(
-        self, nn: Calibration, decoder: Calibration, layer_maps: torch.Tensor, decoder_maps: torch.Tensor
+        self, nn: Calibration, decoder: Calibration, distances: torch.Tensor, decoder_maps: torch.Tensor
     ) -> Calibration:
-        """Where normal ends on the fused map, from normal images' bank distances (per layer, each
-        image held out of the bank) and their decoder maps. Each part alone ends at 1, but their
-        peaks seldom fall on the same pixel, so the average ends lower; without this the fused map
-        would call only anomalies far above normal."""
-        bank_part = nn.normalise(combine_layers(layer_maps, nn.layer_weights))
-        return self.calibrate(self.fuse(bank_part, decoder.normalise(decoder_maps)))
+        """Where normal ends on the fused map, from normal images' bank distance maps (each image
+        held out of the bank, layers weighed) and their decoder maps. Each part alone ends at 1,
+        but their peaks seldom fall on the same pixel, so the average ends lower; without this the
+        fused map would call only anomalies far above normal."""
+        return self.calibrate(self.fuse(nn.normalise(distances), decoder.normalise(decoder_maps)))
 
     @torch.no_grad()
     def build_memory_bank(self, reference_images: torch.Tensor, category: str | None = None) -> MemoryBank:
@@ -243,8 +242,9 @@ class AnomalyGPT(nn.Module):
                 decoder_maps = self.text_map(upright, [category] * shots, size)[1]
                 bank.decoder_calibration = self.calibrate(decoder_maps)
                 if held_out is not None:
+                    distances = combine_layers(held_out, bank.nn_calibration.layer_weights)
                     bank.fused_calibration = self.calibrate_fused(
-                        bank.nn_calibration, bank.decoder_calibration, held_out, decoder_maps
+                        bank.nn_calibration, bank.decoder_calibration, distances, decoder_maps
                     )
         return bank
 

@@ -14,13 +14,20 @@ checkpoint, so that a user's 1-shot map puts its boundary where training put it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from train.model.config import OneShotCalibration
-from train.model.memory_bank import ROTATIONS, UNCALIBRATED, Calibration, MemoryBank, with_rotations
+from train.model.memory_bank import (
+    ROTATIONS,
+    UNCALIBRATED,
+    Calibration,
+    MemoryBank,
+    combine_layers,
+    with_rotations,
+)
 
 ONE_SHOT_SCORED = 4
 """How many of the category's other images each image's one-reference bank scores (the next ones,
@@ -47,7 +54,7 @@ class BankModel(Protocol):
     def calibrate_distances(self, layer_maps: torch.Tensor) -> Calibration: ...
 
     def calibrate_fused(
-        self, nn: Calibration, decoder: Calibration, layer_maps: torch.Tensor, decoder_maps: torch.Tensor
+        self, nn: Calibration, decoder: Calibration, distances: torch.Tensor, decoder_maps: torch.Tensor
     ) -> Calibration: ...
 
     def text_map(self, patch_maps, categories, size): ...
@@ -64,6 +71,32 @@ class PoolCategory:
     """Of one-image banks: each image's bank scoring others of the category (``ONE_SHOT_SCORED``), pooled."""
     all_shots: Calibration = UNCALIBRATED
     """Of a bank of all the other images (each image held out in turn)."""
+    one_shot_distances: torch.Tensor | None = None
+    """The pooled one-image banks' distance maps (N, 1, H, W, layers weighed), kept for the fused
+    map's calibration, which needs the decoder as it is when a bank is drawn."""
+    one_shot_scored: list[int] = field(default_factory=list)
+    """Which image each of ``one_shot_distances`` is of."""
+    all_shots_distances: torch.Tensor | None = None
+    """Each image's distance map on a bank of all the others (n, 1, H, W)."""
+
+    def fused_calibration(
+        self,
+        model: BankModel,
+        one_shot: bool,
+        decoder: Calibration,
+        decoder_maps: torch.Tensor,
+        of: list[int],
+    ) -> Calibration:
+        """Where normal ends on the fused map of this category's one-image (or all-image) banks,
+        from the kept distances of the images ``of``, whose decoder maps are given in that order."""
+        if one_shot:
+            nn, distances, scored = self.one_shot, self.one_shot_distances, self.one_shot_scored
+        else:
+            nn, distances, scored = self.all_shots, self.all_shots_distances, list(range(len(self.sources)))
+        position = {image: i for i, image in enumerate(of)}
+        kept = [k for k, image in enumerate(scored) if image in position]
+        mine = distances[kept].to(decoder_maps.device)
+        return model.calibrate_fused(nn, decoder, mine, decoder_maps[[position[scored[k]] for k in kept]])
 
     def maps_of(self, chosen: list[int], rotations: int) -> list[torch.Tensor]:
         """Patch maps of the chosen images, rotation-major with ``rotations`` rotations."""
@@ -95,12 +128,15 @@ class ReferencePool:
         entry = PoolCategory([m.cpu() for m in maps], sources, rotations)
         if n < 2:
             return entry
-        entry.one_shot = model.calibrate_distances(_one_shot_distances(model, entry, size)[0])
+        pooled, entry.one_shot_scored = _one_shot_distances(model, entry, size)
+        entry.one_shot = model.calibrate_distances(pooled)
+        entry.one_shot_distances = combine_layers(pooled, entry.one_shot.layer_weights).cpu()
+        del pooled
         everyone = list(range(n))
         upright = model.bank_layers([m[:n] for m in maps])
-        entry.all_shots = model.calibrate_distances(
-            _bank(model, entry, everyone).layer_distance_maps(upright, size, everyone)
-        )
+        held = _bank(model, entry, everyone).layer_distance_maps(upright, size, everyone)
+        entry.all_shots = model.calibrate_distances(held)
+        entry.all_shots_distances = combine_layers(held, entry.all_shots.layer_weights).cpu()
         return entry
 
     def choose(self, category: str, source: str, one_shot: bool, generator: torch.Generator) -> list[int]:
@@ -129,6 +165,9 @@ class ReferencePool:
                 size = (model.cfg.image_size, model.cfg.image_size)
                 decoder_maps = model.text_map(upright, [category] * len(others), size)[1]
             bank.decoder_calibration = model.calibrate(decoder_maps)
+            bank.fused_calibration = entry.fused_calibration(
+                model, one_shot, bank.decoder_calibration, decoder_maps, others
+            )
         return bank
 
     @torch.no_grad()
@@ -136,8 +175,7 @@ class ReferencePool:
         """Per category of two or more images, where its normal images end on one-reference banks:
         the banks' distances (pooled when the pool was built; the encoder is frozen), the
         decoder's map of every pooled image as it is now (it moves as training goes on), and the
-        two fused (the pooled distances are searched again for it: keeping every map would hold
-        four per image)."""
+        two fused."""
         size = (model.cfg.image_size, model.cfg.image_size)
         out = {}
         for category, entry in self.categories.items():
@@ -149,8 +187,7 @@ class ReferencePool:
                 upright = [m.to(_device(model)) for m in entry.maps_of(list(range(n)), 1)]
                 decoder_maps = model.text_map(upright, [category] * n, size)[1]
                 decoder = model.calibrate(decoder_maps)
-                distances, scored = _one_shot_distances(model, entry, size)
-                fused = model.calibrate_fused(nn, decoder, distances, decoder_maps[scored])
+                fused = entry.fused_calibration(model, True, decoder, decoder_maps, list(range(n)))
             weights = None if nn.layer_weights is None else tuple(round(w, 6) for w in nn.layer_weights)
             out[category] = OneShotCalibration(_rounded(nn), _rounded(decoder), weights, _rounded(fused))
         return out

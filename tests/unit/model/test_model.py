@@ -192,6 +192,8 @@ def test_a_one_reference_bank_takes_the_calibration_training_measured(make_cfg):
 
 
 def test_training_measures_where_normal_ends_on_one_reference_banks(make_cfg):
+    from train.model.memory_bank import combine_layers
+
     torch.manual_seed(0)
     model = build_model(make_cfg(use_llm=False, use_prompt_learner=False))
     images = {"grass": torch.rand(4, 3, 64, 64), "brick": torch.rand(3, 3, 64, 64)}
@@ -217,13 +219,31 @@ def test_training_measures_where_normal_ends_on_one_reference_banks(make_cfg):
         assert sum(nn.layer_weights) == pytest.approx(1)
         decoder = model.calibrate(decoder_maps)
         assert measured[category].decoder == pytest.approx((decoder.level, decoder.top), rel=1e-4)
-        fused = model.calibrate_fused(nn, decoder, torch.cat(distances), decoder_maps[scored])
+        weighed = combine_layers(torch.cat(distances), nn.layer_weights)
+        fused = model.calibrate_fused(nn, decoder, weighed, decoder_maps[scored])
         assert measured[category].fused == pytest.approx((fused.level, fused.top), rel=1e-4)
         # A one-image training bank is calibrated as a user's one-reference bank will be.
         one = pool.bank(model, category, f"{category}/0.png", True, torch.Generator().manual_seed(0))
         assert one.shots == 1 and one.nn_calibration == pool.categories[category].one_shot
         written = measured[category].nn  # rounded to 6 digits
         assert (one.nn_calibration.level, one.nn_calibration.top) == pytest.approx(written, abs=1e-6)
+        # Its fused map is calibrated on the category's other images, as a user's bank is.
+        others = [k for k, image in enumerate(scored) if image != 0]
+        own_decoder = model.calibrate(decoder_maps[1:])
+        of_others = decoder_maps[[scored[k] for k in others]]
+        expected = model.calibrate_fused(nn, own_decoder, weighed[others], of_others)
+        got = (one.fused_calibration.level, one.fused_calibration.top)
+        assert got == pytest.approx((expected.level, expected.top), rel=1e-4)
+        everyone = list(range(len(x)))
+        with torch.no_grad():
+            full = model.build_memory_bank(x, category)
+            held = full.layer_distance_maps(model.bank_layers(encoded), (64, 64), hold_out=everyone)
+        all_nn = pool.categories[category].all_shots
+        held = combine_layers(held, all_nn.layer_weights)[1:]
+        expected = model.calibrate_fused(all_nn, own_decoder, held, decoder_maps[1:])
+        rest = pool.bank(model, category, f"{category}/0.png", False, torch.Generator().manual_seed(0))
+        got = (rest.fused_calibration.level, rest.fused_calibration.top)
+        assert rest.shots == len(x) - 1 and got == pytest.approx((expected.level, expected.top), rel=1e-4)
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(make_cfg, tiny_batch, tmp_path):
