@@ -53,6 +53,10 @@ class SynthConfig:
     """PNG zlib level 0-9 for written images and masks (1 is fast and still lossless)."""
     bounds_file: str | None = None
     """YAML with per-category synthesis bounds; None uses the packaged synth/data/categories.yaml."""
+    bare_question_share: float = 0.5
+    """Share of samples whose question comes without the class description ("Is there any anomaly
+    in the image?" alone; the rest, as the reference, "<description> Is there any ...?"), drawn per
+    sample, so that the model also answers a user who asks without describing the product."""
 
     def __post_init__(self) -> None:
         if self.size < 32:
@@ -71,6 +75,8 @@ class SynthConfig:
             raise ValueError(f"soft_threshold must be in (0, 1), got {self.soft_threshold}")
         if self.retries < 1:
             raise ValueError(f"retries must be >= 1, got {self.retries}")
+        if not 0.0 <= self.bare_question_share <= 1.0:
+            raise ValueError(f"bare_question_share must be in [0, 1], got {self.bare_question_share}")
         if not 0 <= self.png_compression <= 9:
             raise ValueError(f"png_compression must be in 0..9, got {self.png_compression}")
 

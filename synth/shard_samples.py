@@ -26,6 +26,8 @@ from synth.nsa import category_spec, synthesize
 log = logging.getLogger(__name__)
 
 CACHE_IMAGES = 128
+QUESTION_STREAM = 1
+"""Appended to a sample's seed for the draw of its question's form."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class SampleMaker:
             return None
         key, pair = sample_key(index), sample_key(pair_index)
         if k == 0:
-            return self._encode(key, pair, src, target, None, [], "normal", None)
+            return self._encode(key, pair, src, k, target, None, [], "normal", None)
         rng = np.random.default_rng([self.seed, zlib.crc32(src.relpath.encode()), k])
         donor = self._pick_donor(source_index, rng)
         if donor is not None:
@@ -90,9 +92,9 @@ class SampleMaker:
                     words = text.region_positions(result.regions)
                     donor_rel = self.sources[donor].relpath
                     return self._encode(
-                        key, pair, src, result.image, result.mask, words, "synthetic", donor_rel
+                        key, pair, src, k, result.image, result.mask, words, "synthetic", donor_rel
                     )
-        return self._encode(key, pair, src, target, None, [], "fallback", None)
+        return self._encode(key, pair, src, k, target, None, [], "fallback", None)
 
     def image(self, i: int) -> np.ndarray | None:
         """Decoded, resized RGB of source ``i``; None (recorded in stats) when the file cannot be decoded."""
@@ -133,6 +135,7 @@ class SampleMaker:
         key: str,
         pair: str,
         src: Source,
+        k: int,
         image: np.ndarray,
         mask: np.ndarray | None,
         positions: list[str],
@@ -142,6 +145,9 @@ class SampleMaker:
         if mask is None:
             mask = np.zeros(image.shape[:2], np.uint8)
         level = [cv2.IMWRITE_PNG_COMPRESSION, self.cfg.png_compression]
+        # Its own stream, so that the question never moves a synthesis draw.
+        stream = [self.seed, zlib.crc32(src.relpath.encode()), k, QUESTION_STREAM]
+        described = bool(np.random.default_rng(stream).random() >= self.cfg.bare_question_share)
         ok1, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), level)
         ok2, mask_png = cv2.imencode(".png", mask, level)
         if not (ok1 and ok2):
@@ -149,12 +155,12 @@ class SampleMaker:
         meta = {
             "category": src.category,
             "label": 1 if kind == "synthetic" else 0,
-            "question": text.question_for(src.category),
+            "question": text.question_for(src.category, described),
             "answer": text.answer(positions),
             "positions": positions,
             "source": src.relpath,
             "pair": pair,
-            "conversation": text.conversation(src.category, positions),
+            "conversation": text.conversation(src.category, positions, described),
             "kind": kind,
             "patch_source": donor,
         }

@@ -25,9 +25,13 @@ def description(category: str) -> str:
     return known or table["generic"].format(name=category.replace("_", " "))
 
 
-def question_for(category: str) -> str:
-    """``<class description> Is there any anomaly in the image?``"""
-    return _table()["question"].format(description=description(category))
+def question_for(category: str, described: bool = True) -> str:
+    """``<class description> Is there any anomaly in the image?``; the question alone when not
+    ``described``."""
+    table = _table()
+    if not described:
+        return table["ask"]
+    return table["question"].format(description=description(category), ask=table["ask"])
 
 
 def position_word(row: float, col: float, height: int, width: int) -> str:
@@ -59,9 +63,9 @@ def answer(positions: list[str]) -> str:
     return table["many"].format(count=len(positions), positions=joined)
 
 
-def conversation(category: str, positions: list[str]) -> list[dict[str, str]]:
+def conversation(category: str, positions: list[str], described: bool = True) -> list[dict[str, str]]:
     return [
-        {"from": "human", "value": question_for(category)},
+        {"from": "human", "value": question_for(category, described)},
         {"from": "gpt", "value": answer(positions)},
     ]
 

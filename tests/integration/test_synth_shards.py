@@ -72,7 +72,7 @@ def test_stock_webdataset_reads_the_shards(shards, sample_data_root):
     urls = [str(p) for p in sorted(shards[0].glob("shard-*.tar"))]
     mask_handler = wds.handle_extension("mask.png", lambda b: np.array(Image.open(io.BytesIO(b))))
     dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=True).decode(mask_handler, "rgb8")
-    seen, normals = [], {}
+    seen, normals, questions = [], {}, []
     for sample in dataset:
         image, mask, meta = sample["png"], sample["mask.png"], sample["json"]
         assert image.shape == (64, 64, 3) and image.dtype == np.uint8
@@ -84,11 +84,15 @@ def test_stock_webdataset_reads_the_shards(shards, sample_data_root):
         assert (sample_data_root / meta["source"]).is_file()
         assert meta["source"].startswith(f"{meta['category']}/train/good/")
         assert meta["conversation"][0] == {"from": "human", "value": meta["question"]}
+        forms = (text.question_for(meta["category"]), text.question_for(meta["category"], described=False))
+        assert meta["question"] in forms
+        questions.append(meta["question"] == text.question_for(meta["category"]))
         assert meta["conversation"][1] == {"from": "gpt", "value": meta["answer"]}
         seen.append(sample["__key__"])
         member = (sample["__key__"], meta["kind"], meta["source"], sample["__url__"])
         normals.setdefault(meta["pair"], []).append(member)
     assert len(seen) == 48 == len(set(seen))
+    assert 12 <= sum(questions) <= 36  # described or not, drawn per sample (bare_question_share 0.5)
     # Every normal sample names itself; its one twin (per_image=1) names it, same image, same shard.
     assert set(normals) == {k for k in seen if int(k) % 2 == 0}
     for key, members in normals.items():

@@ -3,7 +3,8 @@
 The encoder is frozen, so each normal image is encoded once (with its rotations) when training
 starts; every few-shot micro-batch then builds its bank from these features without touching the
 encoder. The bank calibrations that do not depend on training (the bank's own distances) are
-measured once here; the decoder's calibration changes as it trains and is measured per bank.
+measured once here; the decoder's calibration, and that of the fused map, change as it trains and
+are measured per bank (from the distance maps kept here).
 
 A one-reference bank cannot show how much normal images vary: held out against its own rotations
 its reference finds them all but identical. The pool therefore measures, per category, where

@@ -28,13 +28,13 @@ from pipeline.pipeline_config import load_pipeline_config
 ROOT = Path(__file__).resolve().parents[3]
 
 PINNED = {
-    "synth_key": "97e652d6bf339bb68f61128a68aea1d2d07fe7e9ef35b827a459d26dcbb12fec",
-    "model_fingerprint": "4de826584792cb0c1d29c2b79ec316e4204b64c67c058f84be354cbd7e34235e",
+    "synth_key": "687a75e365aa2a0ce745ea9b97772b7b997ee13962f32b59b99b8305c2956dda",
+    "model_fingerprint": "f515fa16f5265cc2cda1ce513e5cb94b6bc99da0a1093f662cbf4b487d7e6ddb",
     "eval_identity": "123eb8cbd7d64717f93037c33db704fc94a8463df75b2063cbce8b921f65f3f1",
-    "train_key": "bdfa9a32e47ac0160e45653f568e2a55ddc953b7c9d18ae7f166bb6060a6a840",
+    "train_key": "ab3908b4ae9dc1262e0b54733da3af3f4f6044652f069cde2e8770f316dc1987",
     "evaluate_key": "003f6fe10a1e6132ec35d36df6f5a4bef589246c0b0de0972d3f09dc50b871ca",
-    "resume_fingerprint": "106aa3fe29b7e329",
-    "shard_plan_id": "e6cec09e81b3a37c391c6127ddf9e91f9110f524dee3fe215d66a4577105f546",
+    "resume_fingerprint": "9174248494e90c5e",
+    "shard_plan_id": "845c85b544786c2249d1af05df2c66e75663aade050133e467c78d3b7cdfb043",
 }
 
 

@@ -60,3 +60,14 @@ def test_questions_known_and_generic():
     assert generic.endswith(" Is there any anomaly in the image?")
     conv = text.conversation("wood", ["top"])
     assert [t["from"] for t in conv] == ["human", "gpt"] and conv[1]["value"] == text.answer(["top"])
+    assert text.question_for("bottle", described=False) == "Is there any anomaly in the image?"
+    assert text.question_for("bottle").endswith(" " + text.question_for("bottle", described=False))
+    assert text.conversation("wood", [], described=False)[0]["value"] == "Is there any anomaly in the image?"
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_bare_question_share_is_a_share(share):
+    from synth.config import SynthConfig
+
+    with pytest.raises(ValueError, match="bare_question_share"):
+        SynthConfig(bare_question_share=share)
