@@ -62,42 +62,46 @@ class BankModel(Protocol):
 
 
 @dataclass
+class NormalMeasure:
+    """Where normal images end on one kind of bank (one image, or all the others), and the distance
+    maps that showed it, kept for the fused map's calibration: that needs the decoder as it is when
+    a bank is drawn."""
+
+    calibration: Calibration = UNCALIBRATED
+    distances: torch.Tensor | None = None
+    """(N, 1, H, W) on the CPU, the bank's layers weighed as ``calibration`` says."""
+    scored: list[int] = field(default_factory=list)
+    """Which image of the category each distance map is of."""
+
+    @classmethod
+    def of(cls, model: BankModel, layer_maps: torch.Tensor, scored: list[int]) -> NormalMeasure:
+        """From per-layer distance maps (N, L, H, W) of normal images the banks do not hold."""
+        calibration = model.calibrate_distances(layer_maps)
+        return cls(calibration, combine_layers(layer_maps, calibration.layer_weights).cpu(), scored)
+
+    def fused(
+        self, model: BankModel, decoder: Calibration, decoder_maps: torch.Tensor, of: list[int]
+    ) -> Calibration:
+        """Where normal ends on these banks' fused map, from the kept distances of the images
+        ``of``, whose decoder maps are given in that order."""
+        position = {image: i for i, image in enumerate(of)}
+        kept = [k for k, image in enumerate(self.scored) if image in position]
+        distances = self.distances[kept].to(decoder_maps.device)
+        ordered = decoder_maps[[position[self.scored[k]] for k in kept]]
+        return model.calibrate_fused(self.calibration, decoder, distances, ordered)
+
+
+@dataclass
 class PoolCategory:
     """One category: patch maps of its images, rotation-major (R x N maps per layer)."""
 
     patch_maps: list[torch.Tensor]
     sources: list[str]
     rotations: int
-    one_shot: Calibration = UNCALIBRATED
+    one_shot: NormalMeasure = field(default_factory=NormalMeasure)
     """Of one-image banks: each image's bank scoring others of the category (``ONE_SHOT_SCORED``), pooled."""
-    all_shots: Calibration = UNCALIBRATED
+    all_shots: NormalMeasure = field(default_factory=NormalMeasure)
     """Of a bank of all the other images (each image held out in turn)."""
-    one_shot_distances: torch.Tensor | None = None
-    """The pooled one-image banks' distance maps (N, 1, H, W, layers weighed), kept for the fused
-    map's calibration, which needs the decoder as it is when a bank is drawn."""
-    one_shot_scored: list[int] = field(default_factory=list)
-    """Which image each of ``one_shot_distances`` is of."""
-    all_shots_distances: torch.Tensor | None = None
-    """Each image's distance map on a bank of all the others (n, 1, H, W)."""
-
-    def fused_calibration(
-        self,
-        model: BankModel,
-        one_shot: bool,
-        decoder: Calibration,
-        decoder_maps: torch.Tensor,
-        of: list[int],
-    ) -> Calibration:
-        """Where normal ends on the fused map of this category's one-image (or all-image) banks,
-        from the kept distances of the images ``of``, whose decoder maps are given in that order."""
-        if one_shot:
-            nn, distances, scored = self.one_shot, self.one_shot_distances, self.one_shot_scored
-        else:
-            nn, distances, scored = self.all_shots, self.all_shots_distances, list(range(len(self.sources)))
-        position = {image: i for i, image in enumerate(of)}
-        kept = [k for k, image in enumerate(scored) if image in position]
-        mine = distances[kept].to(decoder_maps.device)
-        return model.calibrate_fused(nn, decoder, mine, decoder_maps[[position[scored[k]] for k in kept]])
 
     def maps_of(self, chosen: list[int], rotations: int) -> list[torch.Tensor]:
         """Patch maps of the chosen images, rotation-major with ``rotations`` rotations."""
@@ -129,15 +133,11 @@ class ReferencePool:
         entry = PoolCategory([m.cpu() for m in maps], sources, rotations)
         if n < 2:
             return entry
-        pooled, entry.one_shot_scored = _one_shot_distances(model, entry, size)
-        entry.one_shot = model.calibrate_distances(pooled)
-        entry.one_shot_distances = combine_layers(pooled, entry.one_shot.layer_weights).cpu()
-        del pooled
+        entry.one_shot = NormalMeasure.of(model, *_one_shot_distances(model, entry, size))
         everyone = list(range(n))
         upright = model.bank_layers([m[:n] for m in maps])
         held = _bank(model, entry, everyone).layer_distance_maps(upright, size, everyone)
-        entry.all_shots = model.calibrate_distances(held)
-        entry.all_shots_distances = combine_layers(held, entry.all_shots.layer_weights).cpu()
+        entry.all_shots = NormalMeasure.of(model, held, everyone)
         return entry
 
     def choose(self, category: str, source: str, one_shot: bool, generator: torch.Generator) -> list[int]:
@@ -158,7 +158,8 @@ class ReferencePool:
             return None
         entry = self.categories[category]
         bank = _bank(model, entry, chosen)
-        bank.nn_calibration = entry.one_shot if one_shot else entry.all_shots
+        measure = entry.one_shot if one_shot else entry.all_shots
+        bank.nn_calibration = measure.calibration
         if model.decoder is not None:  # on every other image, as the one-shot distances are
             others = self.choose(category, source, False, generator)
             with torch.no_grad():
@@ -166,9 +167,7 @@ class ReferencePool:
                 size = (model.cfg.image_size, model.cfg.image_size)
                 decoder_maps = model.text_map(upright, [category] * len(others), size)[1]
             bank.decoder_calibration = model.calibrate(decoder_maps)
-            bank.fused_calibration = entry.fused_calibration(
-                model, one_shot, bank.decoder_calibration, decoder_maps, others
-            )
+            bank.fused_calibration = measure.fused(model, bank.decoder_calibration, decoder_maps, others)
         return bank
 
     @torch.no_grad()
@@ -183,12 +182,12 @@ class ReferencePool:
             n = len(entry.sources)
             if n < 2:
                 continue
-            nn, decoder, fused = entry.one_shot, None, None
+            nn, decoder, fused = entry.one_shot.calibration, None, None
             if model.decoder is not None:
                 upright = [m.to(_device(model)) for m in entry.maps_of(list(range(n)), 1)]
                 decoder_maps = model.text_map(upright, [category] * n, size)[1]
                 decoder = model.calibrate(decoder_maps)
-                fused = entry.fused_calibration(model, True, decoder, decoder_maps, list(range(n)))
+                fused = entry.one_shot.fused(model, decoder, decoder_maps, list(range(n)))
             weights = None if nn.layer_weights is None else tuple(round(w, 6) for w in nn.layer_weights)
             out[category] = OneShotCalibration(_rounded(nn), _rounded(decoder), weights, _rounded(fused))
         return out

@@ -224,7 +224,7 @@ def test_training_measures_where_normal_ends_on_one_reference_banks(make_cfg):
         assert measured[category].fused == pytest.approx((fused.level, fused.top), rel=1e-4)
         # A one-image training bank is calibrated as a user's one-reference bank will be.
         one = pool.bank(model, category, f"{category}/0.png", True, torch.Generator().manual_seed(0))
-        assert one.shots == 1 and one.nn_calibration == pool.categories[category].one_shot
+        assert one.shots == 1 and one.nn_calibration == pool.categories[category].one_shot.calibration
         written = measured[category].nn  # rounded to 6 digits
         assert (one.nn_calibration.level, one.nn_calibration.top) == pytest.approx(written, abs=1e-6)
         # Its fused map is calibrated on the category's other images, as a user's bank is.
@@ -238,7 +238,7 @@ def test_training_measures_where_normal_ends_on_one_reference_banks(make_cfg):
         with torch.no_grad():
             full = model.build_memory_bank(x, category)
             held = full.layer_distance_maps(model.bank_layers(encoded), (64, 64), hold_out=everyone)
-        all_nn = pool.categories[category].all_shots
+        all_nn = pool.categories[category].all_shots.calibration
         held = combine_layers(held, all_nn.layer_weights)[1:]
         expected = model.calibrate_fused(all_nn, own_decoder, held, decoder_maps[1:])
         rest = pool.bank(model, category, f"{category}/0.png", False, torch.Generator().manual_seed(0))
