@@ -10,7 +10,7 @@ bank map and the decoder map can be put on one scale and fused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 
 import torch
@@ -181,16 +181,11 @@ class MemoryBank:
     def subsample(self, max_patches: int, seed: int = 0) -> MemoryBank:
         """At most ``max_patches`` per layer, by greedy coreset (layers under the budget stay whole)."""
         keep = [greedy_coreset(f, max_patches, seed) for f in self.features]
-        return MemoryBank(
-            [f[k.to(f.device)] for f, k in zip(self.features, keep, strict=True)],
-            [i[k] for i, k in zip(self.image_ids, keep, strict=True)],
-            [r[k] for r, k in zip(self.rotation_ids, keep, strict=True)],
-            self.category,
-            self.shots,
-            self.smoothing,
-            self.nn_calibration,
-            self.decoder_calibration,
-            self.fused_calibration,
+        return replace(  # the rest (category, shots, smoothing, calibrations) carries over
+            self,
+            features=[f[k.to(f.device)] for f, k in zip(self.features, keep, strict=True)],
+            image_ids=[i[k] for i, k in zip(self.image_ids, keep, strict=True)],
+            rotation_ids=[r[k] for r, k in zip(self.rotation_ids, keep, strict=True)],
         )
 
     def layer_distance_maps(
