@@ -30,6 +30,8 @@ COMMANDS = (
     "demo",
     "retrain",
     "ask",
+    "inspect",
+    "feedback",
     "serve",
 )
 

@@ -1,40 +1,92 @@
-"""``--references-dir``: normal images per category that give a request the few-shot map without
-uploading references. Read once per replica and category, then kept."""
+"""Normal images per category, from folders: the memory banks of ``serve --references-dir``,
+``inspect`` and the feedback loop's confirmed normals.
+
+Read once per category and folder content: a listing is compared at every call (a directory walk
+and a stat per file), so an image that joins a folder (a confirmed false alarm) changes the bank
+at the next request, in every replica, without a restart or a message between processes.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from synth.datasets import image_files
 
 
-class ReferenceFolders:
-    """``root/<category>/train/good/`` (the MVTec layout, so a dataset root works as is) or else
-    ``root/<category>/`` with the images directly in it."""
+def evenly_spaced(items: list, count: int) -> list:
+    """``count`` of ``items`` spread over the whole list (first and last included), order kept."""
+    if count <= 0:
+        raise ValueError(f"count must be at least 1, got {count}")
+    if len(items) <= count:
+        return list(items)
+    if count == 1:
+        return [items[0]]
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self._images: dict[tuple[str, int], list[Any]] = {}
+
+def category_images(root: Path, category: str) -> list[Path]:
+    """``root/<category>/train/good/`` (the MVTec layout, so a dataset root works as is) or else
+    ``root/<category>/`` with the images directly in it; sorted; [] when neither has images."""
+    for folder in (root / category / "train" / "good", root / category):
+        found = image_files(folder)
+        if found:
+            return found
+    return []
+
+
+class ReferenceFolders:
+    """The normal images of each category in one or more roots.
+
+    The first root is the user's references (at most ``max_count`` of them, evenly spaced in name
+    order); later roots (a feedback folder's confirmed normals) are added whole, so a normal image a
+    person confirmed is always in the bank.
+    """
+
+    def __init__(self, roots: str | Path | Sequence[str | Path], max_count: int | None = None) -> None:
+        if isinstance(roots, (str, Path)):
+            roots = [roots]
+        self.roots = [Path(r) for r in roots]
+        if max_count is not None and max_count < 1:
+            raise ValueError(f"max_count must be at least 1, got {max_count}")
+        self.max_count = max_count
+        self._images: dict[tuple[str, int], tuple[tuple, list[Any], str]] = {}
 
     def paths(self, category: str) -> list[Path]:
-        """The category's normal images, sorted; none when it has no folder."""
-        for folder in (self.root / category / "train" / "good", self.root / category):
-            found = image_files(folder)
-            if found:
-                return found
-        return []
+        """The category's normal images; none when no root has a folder for it."""
+        found: list[Path] = []
+        for i, root in enumerate(self.roots):
+            images = category_images(root, category)
+            if i == 0 and self.max_count is not None:
+                images = evenly_spaced(images, self.max_count)
+            found += images
+        return found
 
     def categories(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.paths(p.name))
+        names = {p.name for root in self.roots if root.is_dir() for p in root.iterdir() if p.is_dir()}
+        return sorted(name for name in names if self.paths(name))
 
     def images(self, category: str, size: int) -> list[Any]:
-        """uint8 (size, size, 3) arrays of :meth:`paths` (a corrupt file is an InputError naming it)."""
+        """uint8 (size, size, 3) arrays of :meth:`paths`, read again only when the listing changed
+        (a corrupt file is an InputError naming it)."""
+        return self._read(category, size)[0]
+
+    def digest(self, category: str, size: int) -> str:
+        """16 hex of the sha256 of the images' pixels: which references a result was scored with."""
+        return self._read(category, size)[1]
+
+    def _read(self, category: str, size: int) -> tuple[list[Any], str]:
         from pipeline.inference import read_image
 
-        key = (category, size)
-        if key not in self._images:
-            self._images[key] = [read_image(path, size) for path in self.paths(category)]
-        return self._images[key]
+        paths = self.paths(category)
+        listing = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+        cached = self._images.get((category, size))
+        if cached is None or cached[0] != listing:
+            images = [read_image(path, size) for path in paths]
+            digest = hashlib.sha256()
+            for image in images:
+                digest.update(image.tobytes())
+            cached = self._images[(category, size)] = (listing, images, digest.hexdigest()[:16])
+        return cached[1], cached[2]

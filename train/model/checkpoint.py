@@ -124,6 +124,11 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[Anomaly
     return model.to(device), cfg
 
 
+def checkpoint_config(directory: str | Path) -> ModelConfig:
+    """The ModelConfig a checkpoint was trained with, without loading a weight (or torch)."""
+    return _config_of(Path(directory))
+
+
 def _config_of(directory: Path) -> ModelConfig:
     """The checkpoint's ModelConfig; keys it predates take the value it was trained with."""
     cfg = load_config(ModelConfig, directory / CONFIG)

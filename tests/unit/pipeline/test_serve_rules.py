@@ -28,7 +28,7 @@ from pipeline.serve.inspection import (
 )
 from pipeline.serve.options import ServeSettings
 from pipeline.serve.pictures import map_png, overlay_png
-from pipeline.serve.references import ReferenceFolders
+from pipeline.references import ReferenceFolders
 from train.model.batch import Prediction
 
 # Ray Serve's own pydantic models (imported with pipeline.serve.app), not ours:

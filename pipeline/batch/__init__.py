@@ -1,0 +1,1 @@
+"""Batch inspection of unlabelled images (``python -m pipeline inspect``) on Ray Data."""

@@ -1,0 +1,49 @@
+"""Where a model came from, as ``inspect`` records it: its version, the data it was trained on (the
+default references) and the pipeline run it belongs to (the parent of the inspection's MLflow run).
+
+A registered version carries these as tags (``data``, ``pipeline_run_id``); a run folder's
+checkpoint (``<run>/train``) has its evaluation's ``metrics.json`` beside it, naming the data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelOrigin:
+    version: str
+    """``models:/NAME/N`` for a registered model, ``sha256:<12 hex>`` of the weights for a folder."""
+    data_root: str | None
+    """The dataset the model was trained on, when recorded."""
+    pipeline_run_id: str | None = None
+
+
+def model_origin(model: str, checkpoint: Path) -> ModelOrigin:
+    """The origin of ``model`` (what the user named), resolved to ``checkpoint`` already."""
+    if model.startswith("models:/"):
+        return _registered(model)
+    from pipeline.registry import checkpoint_digest
+
+    metrics = checkpoint.parent / "evaluate" / "metrics.json"
+    data = None
+    if metrics.is_file():
+        data = json.loads(metrics.read_text()).get("data")
+    return ModelOrigin(f"sha256:{checkpoint_digest(checkpoint)[:12]}", data)
+
+
+def _registered(model: str) -> ModelOrigin:
+    import mlflow
+
+    from pipeline.registry import alias_version
+
+    client = mlflow.MlflowClient()
+    head, _, number = model.removeprefix("models:/").partition("/")
+    name, _, alias = head.partition("@")
+    version = alias_version(client, name, alias) if alias else client.get_model_version(name, number)
+    if version is None:  # resolve_model already refused a missing alias: it was moved since
+        return ModelOrigin(model, None)
+    tags = version.tags or {}
+    return ModelOrigin(f"models:/{name}/{version.version}", tags.get("data"), tags.get("pipeline_run_id"))
