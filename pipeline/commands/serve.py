@@ -79,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="normal images per category (DIR/<category>/train/good/ or DIR/<category>/): a request "
         "without references of its own gets the few-shot map from them",
     )
+    parser.add_argument(
+        "--feedback-dir",
+        metavar="DIR",
+        help="keep POST /v1/feedback verdicts here (the page's Mark normal / Mark defect); confirmed "
+        "normals join their category's memory bank at the next request (same layout as `pipeline feedback`)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         batch_wait_ms=args.batch_wait_ms,
         max_upload_mb=args.max_upload_mb,
         references_dir=args.references_dir,
+        feedback_dir=args.feedback_dir,
     )
     local = not os.environ.get("RAY_ADDRESS")
     if local:

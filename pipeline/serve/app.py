@@ -7,8 +7,10 @@ requests that arrive together, and answer HTTP through FastAPI (``POST /v1/inspe
 # Ray's class-based view cannot resolve string annotations (`request: Request` became a query field).
 import asyncio
 import functools
+import hashlib
 import importlib.resources
 import logging
+from collections import OrderedDict
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -19,6 +21,8 @@ from starlette.datastructures import FormData, UploadFile
 
 from pipeline.core.config import from_dict
 from pipeline.core.errors import PipelineError
+from pipeline.feedback import FeedbackStore
+from pipeline.references import ReferenceFolders
 from pipeline.serve.inspection import (
     MAX_REFERENCES,
     InspectJob,
@@ -32,9 +36,9 @@ from pipeline.serve.inspection import (
     parse_map_mode,
     parse_question,
     run_batch,
+    upload_size,
 )
 from pipeline.serve.options import ServeOptions, ServeSettings, resolve_options
-from pipeline.serve.references import ReferenceFolders
 from train.model.predictor import Predictor
 
 APP_NAME = "anomalygpt"
@@ -53,6 +57,27 @@ def page_html() -> str:
 
 # Everything the routes call is defined above the class: @serve.ingress freezes (pickles) the routes
 # when the class is decorated, so a helper defined below it would be missing in the replicas.
+class RecentUploads:
+    """The last images this replica inspected, by sha256: ``POST /v1/feedback`` may name one instead
+    of sending it again. Bounded in count and bytes (oldest dropped first)."""
+
+    def __init__(self, max_images: int = 64, max_bytes: int = 128 * 2**20) -> None:
+        self.max_images, self.max_bytes = max_images, max_bytes
+        self._data: OrderedDict[str, bytes] = OrderedDict()
+
+    def add(self, data: bytes) -> None:
+        if not data or len(data) > self.max_bytes:
+            return
+        key = hashlib.sha256(data).hexdigest()
+        self._data[key] = data
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_images or sum(map(len, self._data.values())) > self.max_bytes:
+            self._data.popitem(last=False)
+
+    def get(self, sha256: str) -> bytes | None:
+        return self._data.get(sha256)
+
+
 def _text(form: FormData, name: str) -> str | None:
     value = form.get(name)
     if isinstance(value, UploadFile):
@@ -72,8 +97,11 @@ class InspectionService:
         self.options = options
         # Loaded once per replica; few-shot banks are cached per category and reference content.
         self.predictor = Predictor.from_checkpoint(options.checkpoint, device=options.device)
-        folder = options.settings.references_dir
-        self.references = ReferenceFolders(folder) if folder else None
+        settings = options.settings
+        roots = [root for root in (settings.references_dir, settings.feedback_dir) if root]
+        self.references = ReferenceFolders(roots) if roots else None
+        self.feedback = FeedbackStore(settings.feedback_dir) if settings.feedback_dir else None
+        self.recent: RecentUploads = RecentUploads()
         self.served = {"images": 0, "batches": 0}
         """What this replica has inspected, and in how many model batches (batching at work)."""
         self.predict_batch.set_max_batch_size(options.settings.max_batch_size)
@@ -118,6 +146,50 @@ class InspectionService:
         self.served["batches"] += 1
         return await asyncio.to_thread(run_batch, self.predictor, jobs)
 
+    @api.post("/v1/feedback")
+    async def feedback(self, request: Request) -> dict[str, Any]:
+        """A person's verdict on an image: kept in the feedback folder; a confirmed normal joins
+        its category's bank at the next request (docs/serving.md)."""
+        self._check_length(request)
+        if self.feedback is None:
+            raise HTTPException(404, "feedback is off: start the service with --feedback-dir DIR")
+        try:
+            async with request.form(max_files=1, max_fields=8, max_part_size=MAX_TEXT_FIELD) as form:
+                image = form.get("image")
+                data = await image.read() if isinstance(image, UploadFile) else None
+                texts = {name: _text(form, name) for name in ("sha256", "category", "label", "note", "who")}
+            return await asyncio.to_thread(self._keep_feedback, data, texts)
+        except RequestError as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+        except PipelineError as exc:  # a bad label, note or image: the client's to fix
+            raise HTTPException(400, str(exc)) from exc
+
+    def _keep_feedback(self, data: bytes | None, texts: dict[str, str | None]) -> dict[str, Any]:
+        category = parse_category(texts["category"])
+        if data is None:
+            sha = (texts["sha256"] or "").strip().lower()
+            if not sha:
+                raise RequestError(
+                    "send the image as file field 'image', or the 'sha256' an inspection returned"
+                )
+            data = self.recent.get(sha)
+            if data is None:
+                raise RequestError(
+                    f"sha256 {sha[:16]}... is not among this replica's recent images: send the image itself",
+                    404,
+                )
+        entry = self.feedback.add(  # type: ignore[union-attr]
+            data,
+            category,
+            (texts["label"] or "").strip().lower(),
+            note=(texts["note"] or "").strip(),
+            who=(texts["who"] or "").strip() or "serve",
+            model_version=self.options.settings.model,
+            source="upload",
+        )
+        references = len(self.references.paths(category)) if self.references else 0
+        return {"sha256": entry.sha256, "category": category, "label": entry.label, "references": references}
+
     def _check_length(self, request: Request) -> None:
         """Refuse a large upload from its header, before a byte of it is read."""
         limit = self.options.max_upload_bytes
@@ -143,6 +215,7 @@ class InspectionService:
         if any(not isinstance(upload, UploadFile) for upload in uploads):
             raise RequestError("reference: send each normal image as a file field 'reference'")
         data = await image.read()
+        self.recent.add(data)
         references = [(upload.filename, await upload.read()) for upload in uploads]
         texts = {name: _text(form, name) for name in ("category", "question", "history", "map", "generate")}
         return await asyncio.to_thread(self._parse, image.filename, data, references, texts)
@@ -164,7 +237,17 @@ class InspectionService:
         ]
         if not references and self.references is not None:
             references = self.references.images(category, size)
-        return new_job(image, category, question, history, generate, references), map_mode
+        job = new_job(
+            image,
+            category,
+            question,
+            history,
+            generate,
+            references,
+            original_size=upload_size(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        return job, map_mode
 
 
 def build_app(options: ServeOptions) -> Application:

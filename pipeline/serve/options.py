@@ -34,6 +34,9 @@ class ServeSettings:
     references_dir: str | None = None
     """Normal images per category (``DIR/<category>/train/good/`` or ``DIR/<category>/``): the
     few-shot bank of a request that names a category but uploads no references."""
+    feedback_dir: str | None = None
+    """Where ``POST /v1/feedback`` keeps confirmed normals and defects (pipeline.feedback); its
+    normals join the category's bank at the next request. None: feedback is refused."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -80,6 +83,10 @@ def resolve_options(settings: ServeSettings, check_gpus: bool = True) -> ServeOp
             raise FileNotFoundError(f"references folder not found: {references}")
         # Absolute: replicas do not share the driver's working directory.
         settings = dataclasses.replace(settings, references_dir=os.fspath(references.resolve()))
+    if settings.feedback_dir is not None:  # created here, so a read-only place fails at start
+        feedback = Path(settings.feedback_dir).expanduser().resolve()
+        feedback.mkdir(parents=True, exist_ok=True)
+        settings = dataclasses.replace(settings, feedback_dir=os.fspath(feedback))
     checkpoint = resolve_checkpoint(settings.model, settings.store)  # bad reference: exit 2; registry down: 3
     verify_checkpoint(checkpoint)
     init_ray()
