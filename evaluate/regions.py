@@ -106,6 +106,14 @@ def find_regions(
     return regions
 
 
+def region_dicts(
+    anomaly_map: np.ndarray | None, image_size: tuple[int, int] | None = None
+) -> list[dict[str, Any]]:
+    """:func:`find_regions` as plain JSON (``Region.to_dict()``): what every answer carries (``ask``,
+    ``pipeline serve``, the pyfunc, answers.jsonl), so all of them say the same."""
+    return [region.to_dict() for region in find_regions(anomaly_map, image_size)]
+
+
 def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     """Intersection over union of two (x0, y0, x1, y1) boxes, x1/y1 exclusive."""
     w = max(0, min(a[2], b[2]) - max(a[0], b[0]))

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from evaluate.regions import region_dicts
 from pipeline.core.errors import InputError
 from pipeline.inference import MAP_MODES, map_for_mode
 
@@ -58,6 +59,11 @@ class InspectJob:
     generate: bool = True
     references: list[Any] = field(default_factory=list)
     """uint8 normals of ``category`` for the few-shot bank; empty: the zero-shot map."""
+    original_size: tuple[int, int] | None = None
+    """The uploaded image's own (width, height), the pixels region boxes are given in; None: the
+    map's size."""
+    sha256: str | None = None
+    """Hex SHA-256 of the uploaded bytes: names the image an answer is about (feedback refers to it)."""
 
     @functools.cached_property
     def bank_key(self) -> str | None:
@@ -79,8 +85,7 @@ def decode_image(data: bytes, size: int, label: str) -> Any:
     if not data:
         raise RequestError(f"{label} is empty: upload an image file (PNG, JPEG, ...)")
     try:
-        with Image.open(io.BytesIO(data)) as header:
-            width, height = header.size
+        width, height = upload_size(data)
         if width * height > MAX_PIXELS:
             raise RequestError(
                 f"{label} is {width}x{height} pixels, more than {MAX_PIXELS:,}: scale it down", 413
@@ -92,6 +97,14 @@ def decode_image(data: bytes, size: int, label: str) -> Any:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise RequestError(f"{label} is not a readable image ({exc}); check or replace the file") from exc
+
+
+def upload_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of uploaded image bytes from the header alone (nothing is decoded)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as header:
+        return header.size
 
 
 def parse_category(text: str | None) -> str:
@@ -162,6 +175,8 @@ def new_job(
     history: Sequence[dict[str, str]],
     generate: bool,
     references: Sequence[Any] = (),
+    original_size: tuple[int, int] | None = None,
+    sha256: str | None = None,
 ) -> InspectJob:
     """A job from parsed values; without a question, the class's default question (as in training)."""
     from pipeline.inference import chat_question, default_question
@@ -174,6 +189,8 @@ def new_job(
         prompt=chat_question(history, asked),
         generate=generate,
         references=list(references),
+        original_size=original_size,
+        sha256=sha256,
     )
 
 
@@ -224,6 +241,7 @@ def inspection_result(job: InspectJob, prediction: Prediction, map_mode: str) ->
     from train.model.conversation import parse_answer
 
     score = None if prediction.score is None else float(prediction.score)
+    size = job.original_size or (job.image.shape[1], job.image.shape[0])
     result: dict[str, Any] = {
         "category": job.category,
         "question": job.question,
@@ -232,6 +250,9 @@ def inspection_result(job: InspectJob, prediction: Prediction, map_mode: str) ->
         "anomalous": None if score is None else score > THRESHOLD,
         "answer": prediction.answer,
         "positions": parse_answer(prediction.answer).positions,
+        "regions": region_dicts(prediction.anomaly_map, size),
+        "image_size": list(size),
+        "sha256": job.sha256,
         "shots": len(job.references),
     }
     sent = map_for_mode(prediction.anomaly_map, map_mode)

@@ -7,6 +7,7 @@ references, also when 8 requests arrive at once and are batched together.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +98,34 @@ def png_array(text: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))))
 
 
+def check_regions(result: dict, image: Path | bytes, want_map: np.ndarray) -> None:
+    """The answer's regions: those of evaluate.regions on the model's own map, boxes inside the
+    uploaded image, and above 0.5 at least one, the first peaking at the score (the map's maximum)."""
+    from PIL import Image
+
+    from evaluate.regions import find_regions
+
+    data = image if isinstance(image, bytes) else image.read_bytes()
+    with Image.open(io.BytesIO(data)) as header:
+        width, height = header.size
+    assert result["image_size"] == [width, height]
+    assert result["sha256"] == hashlib.sha256(data).hexdigest()
+    regions = result["regions"]
+    want = [r.to_dict() for r in find_regions(want_map, (width, height))]
+    assert [r["box"] for r in regions] == [r["box"] for r in want]
+    assert [r["position"] for r in regions] == [r["position"] for r in want]
+    for region in regions:
+        x0, y0, x1, y1 = region["box"]
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        assert 0.5 < region["mean"] <= region["peak"] <= result["score"] + 1e-6
+    if result["score"] > 0.5:
+        # The hottest region holds the map's maximum (unless that is a speck beside a real region,
+        # evaluate.regions' rule; not so on these smooth maps).
+        assert regions and regions[0]["peak"] == pytest.approx(result["score"], abs=1e-6)
+    else:
+        assert regions == []
+
+
 def test_health_and_page(service, tiny_checkpoint):
     import requests
 
@@ -123,6 +152,9 @@ def test_good_and_anomalous_images_answer_as_the_model_does(service, predictor, 
             "anomalous",
             "answer",
             "positions",
+            "regions",
+            "image_size",
+            "sha256",
             "shots",
             "map_png",
         }
@@ -134,6 +166,7 @@ def test_good_and_anomalous_images_answer_as_the_model_does(service, predictor, 
         assert result["shots"] == 0
         small = png_array(result["map_png"])
         assert small.shape == (64, 64) and small.dtype == np.uint8
+        check_regions(result, image, want.anomaly_map)
 
     bad = images["bad"][0]
     none = post(service, bad, category=category, map="none", generate="false").json()
@@ -144,6 +177,21 @@ def test_good_and_anomalous_images_answer_as_the_model_does(service, predictor, 
     assert amap.max() / 255.0 == pytest.approx(full["score"], abs=0.5 / 255 + 1e-6)  # the map itself
     overlay = png_array(full["overlay_png"])
     assert overlay.ndim == 3 and overlay.shape[0] >= 256 and overlay.shape[1] > overlay.shape[0]
+
+
+def test_regions_are_in_the_pixels_of_the_uploaded_image(service, predictor, images, tmp_path):
+    """An upload of another shape than the model's square input: boxes in its own 96 x 48 pixels."""
+    from PIL import Image
+
+    wide = tmp_path / "wide.png"
+    with Image.open(images["bad"][0]) as im:
+        im.resize((96, 48)).save(wide)
+    response = post(service, wide, category=images["category"], map="none", generate="false")
+    assert response.status_code == 200, response.text
+    result = response.json()
+    want = direct(predictor, wide, images["category"], generate=False)
+    assert result["score"] > 0.5  # this untrained model's decoder map: else no region to check
+    check_regions(result, wide, want.anomaly_map)
 
 
 def test_bad_uploads_are_refused_with_a_message(service, images, tmp_path):
@@ -177,6 +225,7 @@ def test_few_shot_references_give_the_few_shot_map(service, predictor, images):
     zero = direct(predictor, image, category)
     assert result["shots"] == len(refs)
     assert result["score"] == pytest.approx(want.score, abs=1e-5)
+    check_regions(result, image, want.anomaly_map)
     assert want.score != pytest.approx(zero.score, abs=1e-4)  # the references changed the map
     amap = png_array(result["map_png"]).astype(np.float32) / 255.0
     np.testing.assert_allclose(amap, want.anomaly_map, atol=0.5 / 255 + 1e-6)

@@ -87,6 +87,42 @@ def browser(tmp_path):
         driver.quit()
 
 
+def check_region_boxes(browser, wait, url: str, image: Path) -> None:
+    """A category without normal images (the decoder's map: above 0.5 for this untrained model):
+    each region of the answer is a box over the image panel of the overlay, where its box in the
+    image's pixels says, labelled with its number and cell, and a line under the verdict."""
+    import requests
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    fields = {"category": "part", "map": "none", "generate": "false"}
+    files = [("image", (image.name, image.read_bytes()))]
+    regions = requests.post(f"{url}v1/inspect", files=files, data=fields, timeout=120).json()["regions"]
+    assert regions  # else there is nothing to draw
+    category = browser.find_element(By.ID, "category")
+    category.clear()
+    category.send_keys("part")
+    browser.find_element(By.ID, "inspect-button").click()
+    wait.until(lambda b: "decoder map" in b.find_element(By.ID, "shots").text)
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#boxes .region-box")) == len(regions))
+    listed = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#regions li")]
+    assert [text.split(":")[0] for text in listed] == [r["position"] for r in regions]
+    assert not browser.find_element(By.ID, "regions-none").is_displayed()
+    with Image.open(image) as im:
+        width, height = im.size
+    picture = browser.find_element(By.ID, "overlay").rect
+    panel = picture["height"]  # the overlay's image panel is a square as tall as the picture
+    boxes = browser.find_elements(By.CSS_SELECTOR, "#boxes .region-box")
+    for number, (box, region) in enumerate(zip(boxes, regions, strict=True), start=1):
+        assert box.text == f"{number} {region['position']}"
+        x0, y0, x1, y1 = region["box"]
+        drawn = box.rect
+        assert drawn["x"] == pytest.approx(picture["x"] + panel * x0 / width, abs=2)
+        assert drawn["y"] == pytest.approx(picture["y"] + panel * y0 / height, abs=2)
+        assert drawn["width"] == pytest.approx(panel * (x1 - x0) / width, abs=3)
+        assert drawn["height"] == pytest.approx(panel * (y1 - y0) / height, abs=3)
+
+
 def test_page_inspects_an_image_and_chats_about_it(served, browser, sample_data_root, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -123,6 +159,8 @@ def test_page_inspects_an_image_and_chats_about_it(served, browser, sample_data_
     texts = [m.text for m in browser.find_elements(By.CSS_SELECTOR, "#chat-log .msg")]
     assert texts[2] == "Where is the anomaly?" and texts[3].strip()
     assert browser.find_element(By.ID, "status").get_attribute("class") != "error"
+
+    check_region_boxes(browser, wait, url, image)
 
     browser.execute_script("window.scrollTo(0, 0)")
     shot = tmp_path / "serve_page.png"
