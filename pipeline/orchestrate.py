@@ -17,6 +17,7 @@ session (under `ray job submit`, the cluster's), so a run with every stage up to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from pipeline.core.config import to_dict
 from pipeline.core.files import file_sha256, json_sha256, write_json_atomic
 from pipeline.core.mlflow_store import configure_mlflow, shared_store, source_tags, tracking_uri
 from pipeline.core.runtime import configure_environment
+from pipeline.feedback import FeedbackStore, feedback_tags, merged_dataset
 from pipeline.fingerprint import (
     dataset_fingerprint,
     read_stage,
@@ -57,6 +59,8 @@ from train.job import run_training
 log = logging.getLogger(__name__)
 
 STAGES = ("synth", "train", "evaluate", "register")
+FEEDBACK_DATA = "data_with_feedback"
+"""The run folder's view of ``--data`` with ``--feedback`` folded in (rebuilt at every start)."""
 
 
 @dataclass
@@ -71,6 +75,8 @@ class RunRequest:
     lock_wait: float = 0.0
     force: bool = False
     """Start every stage over even when its inputs are unchanged."""
+    feedback: Path | None = None
+    """A feedback folder (pipeline.feedback): confirmed normals train, confirmed defects evaluate."""
 
 
 def synth_settings(cfg: PipelineConfig) -> dict[str, Any]:
@@ -155,7 +161,11 @@ def run_pipeline(req: RunRequest, retrain: bool = False) -> dict[str, Any]:
     uri = tracking_uri(req.out)
     ensure_reachable(uri)  # before any work
     with workspace_lock(req.out, req.lock_wait), shared_store(uri):
+        if req.feedback is not None:
+            req = with_feedback(req)
         fps = fingerprints(req.config, req.data, req.out)
+        if req.feedback is not None:
+            fps["feedback"] = FeedbackStore(req.feedback).fingerprint()
         if retrain and not req.force:
             configure_mlflow(req.out, req.config.name)
             message = up_to_date(req.config, fps)
@@ -164,9 +174,21 @@ def run_pipeline(req: RunRequest, retrain: bool = False) -> dict[str, Any]:
         return Pipeline(req, uri).execute(fps)
 
 
+def with_feedback(req: RunRequest) -> RunRequest:
+    """``req`` on its dataset with the feedback folded in (``<out>/data_with_feedback``, links).
+    Confirmed defects carry an image-level label only: they count in the image metrics and stay out
+    of the pixel metrics (``evaluate.allow_missing_masks``)."""
+    merged = merged_dataset(req.data, req.feedback, req.out / FEEDBACK_DATA)  # type: ignore[arg-type]
+    config = req.config
+    if any(kinds["defect"] for kinds in FeedbackStore(req.feedback).counts().values()):  # type: ignore[arg-type]
+        evaluation = dataclasses.replace(config.evaluate, allow_missing_masks=True)
+        config = dataclasses.replace(config, evaluate=evaluation)
+    return dataclasses.replace(req, data=merged, config=config)
+
+
 def up_to_date(cfg: PipelineConfig, fps: dict[str, str]) -> str | None:
     """Why no retraining is needed, or None: the champion or the newest version was trained on
-    these normal images with this model config."""
+    these normal images with this model config (and this feedback, when there is any)."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -181,6 +203,7 @@ def up_to_date(cfg: PipelineConfig, fps: dict[str, str]) -> str | None:
         if (
             tags.get("normals_fingerprint") == fps["normals"]
             and tags.get("model_fingerprint") == fps["model"]
+            and tags.get("feedback_fingerprint", "") == fps.get("feedback", "")
         ):
             return (
                 f"up to date: {name} {label} v{version.version} was trained on these normal images with "
@@ -216,6 +239,8 @@ class Pipeline:
             mlflow.set_tags({"out": str(self.out), "workers": str(self.req.workers)})
             mlflow.set_tags({f"fingerprint.{k}": v for k, v in fps.items()})
             mlflow.set_tags(source_tags())
+            if self.req.feedback is not None:
+                mlflow.set_tags(feedback_tags(self.req.feedback))
             self.fps, self.parent_id = fps, parent.info.run_id
             self.stages(fps)
             self.summary.update(
@@ -317,6 +342,8 @@ class Pipeline:
             "data": str(self.req.data),
             "normals_fingerprint": self.fps["normals"],
             "model_fingerprint": self.fps["model"],
+            **(feedback_tags(self.req.feedback) if self.req.feedback is not None else {}),
+            "feedback_fingerprint": self.fps.get("feedback", ""),
             "train_run_id": str(read_stage(self.out / "train")["summary"].get("mlflow_run_id") or ""),
         }
         return register_and_promote(

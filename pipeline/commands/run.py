@@ -41,6 +41,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="PandaGPT-format instruction data for training (a folder with its JSON and images/)",
     )
     parser.add_argument(
+        "--feedback",
+        metavar="DIR",
+        help="a feedback folder (`pipeline feedback`, `serve --feedback-dir`): confirmed normals join the "
+        "training images, confirmed defects the test set (MVTec layout data only)",
+    )
+    parser.add_argument(
         "--wait",
         type=float,
         default=0.0,
@@ -75,7 +81,10 @@ def request(args: argparse.Namespace):
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     instruct = Path(args.instruct).expanduser().resolve() if args.instruct else None
-    return RunRequest(config, data, out, args.workers, instruct, args.wait, args.force)
+    feedback = Path(args.feedback).expanduser().resolve() if args.feedback else None
+    if feedback is not None and not feedback.is_dir():
+        raise FileNotFoundError(f"--feedback {feedback}: no such folder")
+    return RunRequest(config, data, out, args.workers, instruct, args.wait, args.force, feedback)
 
 
 def report(summary: dict) -> None:

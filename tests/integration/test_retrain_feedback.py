@@ -1,0 +1,67 @@
+"""A scheduled ``retrain`` after feedback: the confirmed images change the fingerprint, so exactly one
+retrain trains (on them) and registers; the next one is up to date. Real Ray Train, MLflow, files."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.feedback import FeedbackStore
+from pipeline.orchestrate import RunRequest, run_pipeline
+from pipeline.pipeline_config import load_pipeline_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["train.max_steps=4", "synth.categories=[coin]", "evaluate.categories=[coin]"]
+
+
+def _png(path: Path) -> bytes:
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    buffer = io.BytesIO()
+    Image.fromarray(rgb[:, ::-1].copy()).save(buffer, format="PNG")  # a mirrored normal: a new image
+    return buffer.getvalue()
+
+
+def test_retrain_after_feedback_trains_exactly_once(ray_session, sample_data_root, tmp_path):
+    from mlflow import MlflowClient
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_data_root, data)
+    cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml", FAST)
+    out, feedback = tmp_path / "run", tmp_path / "feedback"
+
+    first = run_pipeline(RunRequest(cfg, data, out), retrain=True)
+    assert "up_to_date" not in first
+    assert "up to date" in run_pipeline(RunRequest(cfg, data, out), retrain=True)["up_to_date"]
+
+    store = FeedbackStore(feedback)
+    store.add(_png(data / "coin" / "test" / "good" / "000.png"), "coin", "normal", who="ana")
+    store.add(_png(data / "coin" / "test" / "scratch" / "000.png"), "coin", "defect", who="ana")
+    request = RunRequest(cfg, data, out, feedback=feedback)
+    second = run_pipeline(request, retrain=True)
+    assert "up_to_date" not in second, second
+    assert second["stages"]["train"]["status"] == "done"
+    assert "up to date" in run_pipeline(request, retrain=True)["up_to_date"]
+
+    store_uri = f"sqlite:///{out / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store_uri, registry_uri=store_uri)
+    versions = sorted(client.search_model_versions("name = 'anomalygpt'"), key=lambda v: int(v.version))
+    assert [str(v.version) for v in versions] == ["1", "2"]
+    tags = versions[-1].tags
+    assert (
+        tags["feedback.normal"] == "1"
+        and tags["feedback.defect"] == "1"
+        and tags["feedback.coin.normal"] == "1"
+    )
+    assert tags["feedback_fingerprint"] == store.fingerprint()
+    assert "feedback.normal" not in versions[0].tags
+    samples = [s for s in (out / "data_with_feedback" / "coin" / "train" / "good").iterdir()]
+    assert sum(p.name.startswith("feedback_") for p in samples) == 1
+    metrics = (out / "evaluate" / "metrics.json").read_text()
+    assert "feedback_defect" in (out / "evaluate" / "answers.jsonl").read_text() and metrics
