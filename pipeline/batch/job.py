@@ -102,6 +102,7 @@ def run_inspection(req: InspectRequest) -> dict[str, Any]:
     unreadable: list[dict[str, str]] = []
     started = time.perf_counter()
     scored = 0
+    arrivals: list[tuple[float, int]] = []  # (when, rows): the steady rate leaves out start-up
     try:
         with _progress(expected, req.progress) as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -110,6 +111,7 @@ def run_inspection(req: InspectRequest) -> dict[str, Any]:
                 unreadable += [{"path": r["path"], "reason": r["error"]} for r in rows if "error" in r]
                 results.append(good)
                 scored += len(good)
+                arrivals.append((time.perf_counter(), len(rows)))
                 bar.update(len(rows))
     finally:
         results.close()
@@ -124,6 +126,7 @@ def run_inspection(req: InspectRequest) -> dict[str, Any]:
             "unreadable": len(unreadable),
             "wall_time_s": round(took, 2),
             "images_per_s": round(scored / took, 3) if took > 0 else None,
+            "steady_images_per_s": _steady_rate(arrivals),
         },
         model=req.model,
         model_version=req.model_version,
@@ -132,6 +135,15 @@ def run_inspection(req: InspectRequest) -> dict[str, Any]:
     )
     write_summary(req.out, summary)
     return summary
+
+
+def _steady_rate(arrivals: list[tuple[float, int]]) -> float | None:
+    """Images per second from the first batch's arrival to the last's: the pipeline's rate once every
+    actor has loaded its model and built its first bank (None with fewer than two batches)."""
+    if len(arrivals) < 2 or arrivals[-1][0] <= arrivals[0][0]:
+        return None
+    rows = sum(n for _, n in arrivals[1:])
+    return round(rows / (arrivals[-1][0] - arrivals[0][0]), 3)
 
 
 def _actor_cpus(cluster_cpus: float, workers: int) -> float:

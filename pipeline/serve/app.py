@@ -119,6 +119,7 @@ class InspectionService:
             "model": self.options.settings.model,
             "device": str(self.predictor.device),
             "reference_categories": self.references.categories() if self.references else [],
+            "feedback": self.feedback is not None,
             "served": dict(self.served),
         }
 

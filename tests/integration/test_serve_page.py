@@ -45,10 +45,11 @@ def served(tiny_checkpoint, sample_data_root, tmp_path_factory):
     """`python -m pipeline serve` in its own process (its own local Ray); stopped with SIGINT."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve_log") / "serve.log"
+    feedback = tmp_path_factory.mktemp("feedback") / "feedback"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     command = [
         sys.executable, "-m", "pipeline", "serve", "--model", str(tiny_checkpoint), "--port", str(port),
-        "--device", "cpu", "--references-dir", str(sample_data_root),
+        "--device", "cpu", "--references-dir", str(sample_data_root), "--feedback-dir", str(feedback),
     ]  # fmt: skip
     with log.open("w") as sink:
         process = subprocess.Popen(
@@ -58,7 +59,7 @@ def served(tiny_checkpoint, sample_data_root, tmp_path_factory):
     try:
         line = first_line(process, timeout=240)  # "serving ... at URL", printed once it answers
         assert url in line, f"no URL printed: {line!r}\n{log.read_text()[-3000:]}"
-        yield url, process
+        yield url, process, feedback
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -123,11 +124,37 @@ def check_region_boxes(browser, wait, url: str, image: Path) -> None:
         assert drawn["height"] == pytest.approx(panel * (y1 - y0) / height, abs=3)
 
 
+def check_marking_a_false_alarm_normal(browser, wait, sample_data_root, tmp_path, feedback) -> None:
+    """A monochrome photo of normal grass, which the tiny model flags: Mark normal keeps it in the
+    feedback folder and the page's fresh inspection calls it normal (its bank now holds it)."""
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    rgb = np.asarray(Image.open(sample_data_root / "grass" / "test" / "good" / "001.png").convert("RGB"))
+    grey = tmp_path / "grey_grass.png"
+    Image.fromarray(np.repeat(rgb.mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8)).save(grey)
+    browser.find_element(By.ID, "file-input").send_keys(str(grey))
+    category = browser.find_element(By.ID, "category")
+    category.clear()
+    category.send_keys("grass")
+    browser.find_element(By.ID, "inspect-button").click()
+    wait.until(lambda b: b.find_element(By.ID, "verdict").text == "Anomalous")
+    assert browser.find_element(By.ID, "feedback").is_displayed()
+    browser.find_element(By.ID, "feedback-note").send_keys("mono camera")
+    browser.find_element(By.ID, "mark-normal").click()
+    wait.until(lambda b: b.find_element(By.ID, "verdict").text == "Normal")
+    assert "memory bank of 7 normal images" in browser.find_element(By.ID, "shots").text
+    kept = list((feedback / "grass" / "train" / "good").iterdir())
+    assert [p.read_bytes() for p in kept] == [grey.read_bytes()]
+    assert '"note": "mono camera"' in (feedback / "entries.jsonl").read_text()
+
+
 def test_page_inspects_an_image_and_chats_about_it(served, browser, sample_data_root, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, process = served
+    url, process, feedback = served
     image = sorted((sample_data_root / "coin" / "test").rglob("*.png"))[-1]
     wait = WebDriverWait(browser, 90)
     browser.get(url)
@@ -161,6 +188,7 @@ def test_page_inspects_an_image_and_chats_about_it(served, browser, sample_data_
     assert browser.find_element(By.ID, "status").get_attribute("class") != "error"
 
     check_region_boxes(browser, wait, url, image)
+    check_marking_a_false_alarm_normal(browser, wait, sample_data_root, tmp_path, feedback)
 
     browser.execute_script("window.scrollTo(0, 0)")
     shot = tmp_path / "serve_page.png"
