@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -159,6 +160,15 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
     if rgb.shape[:2] != (size, size):
         rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC))
     return rgb
+
+
+def image_size(source: str | Path | BinaryIO) -> tuple[int, int]:
+    """(width, height) of an image file as stored, from its header alone (nothing is decoded): the
+    pixels region boxes are reported in, while the model sees the image squashed to a square."""
+    from PIL import Image
+
+    with Image.open(source) as header:
+        return header.size
 
 
 def load_ground_truth(path: str | Path | None, size: int, threshold: float) -> np.ndarray:

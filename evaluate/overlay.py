@@ -5,6 +5,7 @@ evaluation maps, ``ask`` and the web service's overlay all use them."""
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,6 +17,7 @@ BAR_GAP, BAR_WIDTH, BAR_LABELS = 14, 18, 110
 """The colour bar's strip: a gap (where the score's marker points from), the bar, its labels."""
 BAR_PAD = 10  # the bar's ends stay this far from the strip's top and bottom
 _GT_COLOUR = (0, 255, 0)  # BGR green
+_BOX_COLOUR = (255, 0, 255)  # BGR magenta: no colour of the JET heatmap, so a box shows on any part of it
 _FONT_SCALE = 0.45
 _BAR_FONT = 0.42
 _LINE = 18
@@ -32,12 +34,14 @@ def render_overlay(
     score_range: tuple[float, float] = (0.0, 1.0),
     score: float | None = None,
     threshold: float = THRESHOLD,
+    boxes: Sequence[tuple[int, int, int, int]] | None = None,
 ) -> np.ndarray:
     """uint8 BGR picture: left the image, middle the map as a JET heatmap blended over it (red is
     anomalous, colours fixed to ``score_range`` so pictures compare), right the colour bar of that
     scale with the threshold across it and the image's score marked and printed (``score``: default
     the map's maximum, the model's image score), the ground truth outlined in green on both panels,
-    and below a title line and the answer wrapped to the width."""
+    ``boxes`` (x0, y0, x1, y1 at the map's size, x1/y1 exclusive: evaluate.regions' boxes) in
+    magenta on both panels, and below a title line and the answer wrapped to the width."""
     import cv2
 
     side = max(PANEL, image.shape[0])
@@ -57,6 +61,10 @@ def render_overlay(
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         for panel in (left, right):
             cv2.drawContours(panel, contours, -1, _GT_COLOUR, 2)
+    if boxes and anomaly_map is not None:
+        scale = side / anomaly_map.shape[1]
+        for panel in (left, right):
+            _draw_boxes(panel, boxes, scale)
     top = np.concatenate([left, right, legend], axis=1)
     chars = max(20, int(top.shape[1] / (_FONT_SCALE * 22)))
     lines = [title, *textwrap.wrap(f"answer: {answer}" if answer is not None else "answer: (no LLM)", chars)]
@@ -67,6 +75,16 @@ def render_overlay(
             text, line, (6, _LINE * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, _FONT_SCALE, (0, 0, 0), 1, cv2.LINE_AA
         )
     return np.concatenate([top, text], axis=0)
+
+
+def _draw_boxes(panel: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], scale: float) -> None:
+    """Outline each (x0, y0, x1, y1) box, given ``scale`` times smaller than ``panel``, in place."""
+    import cv2
+
+    for x0, y0, x1, y1 in boxes:
+        top_left = (round(x0 * scale), round(y0 * scale))
+        bottom_right = (max(round(x1 * scale) - 1, top_left[0]), max(round(y1 * scale) - 1, top_left[1]))
+        cv2.rectangle(panel, top_left, bottom_right, _BOX_COLOUR, 2)
 
 
 def heatmap(values: np.ndarray, score_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evaluate.data import load_image
+from evaluate.data import image_size, load_image
 from evaluate.overlay import encode_png, render_overlay
 from pipeline.core.errors import InputError
 from synth.datasets import load_rgb
@@ -46,6 +46,13 @@ def check_image(source: str | Path) -> None:
     ``ask`` rejects a corrupt file before the slow model load rather than after it."""
     src, label = _image_source(source)
     _decoded(lambda: load_rgb(src), label)  # type: ignore[arg-type]
+
+
+def original_size(source: str | Path) -> tuple[int, int]:
+    """(width, height) of the image as stored (a path, data: URI or base64), from its header alone:
+    the model sees it squashed to its square input, but its regions are reported in these pixels."""
+    src, label = _image_source(source)
+    return _decoded(lambda: image_size(src), label)
 
 
 MIN_BASE64_CHARS = 64
@@ -101,11 +108,19 @@ def _decoded(read: Callable[[], Any], label: str) -> Any:
         raise InputError(f"{label} is not a readable image ({exc}); check or replace the file") from exc
 
 
-def write_overlay(rgb: Any, prediction: Prediction, path: str | Path, title: str) -> Path:
-    """The anomaly-map overlay PNG (evaluate.overlay's picture) for one prediction."""
+def write_overlay(
+    rgb: Any,
+    prediction: Prediction,
+    path: str | Path,
+    title: str,
+    boxes: Sequence[tuple[int, int, int, int]] | None = None,
+) -> Path:
+    """The anomaly-map overlay PNG (evaluate.overlay's picture) for one prediction, with ``boxes``
+    (at the map's size) outlined."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_png(render_overlay(rgb, prediction.anomaly_map, None, title, prediction.answer)))
+    picture = render_overlay(rgb, prediction.anomaly_map, None, title, prediction.answer, boxes=boxes)
+    path.write_bytes(encode_png(picture))
     return path
 
 

@@ -10,6 +10,8 @@ Rows come as a list of dicts (``inputs``) or a pandas DataFrame (``dataframe_rec
 anomaly map comes back, as in ``pipeline serve``'s API: ``none``, ``small`` (64 x 64, the default:
 a full 224 x 224 map is about 1 MB of JSON) or ``full`` (the model's input size). A row's own
 ``map`` wins over the request's ``params`` ``map``, which wins over the loader's ``model_config``.
+Every result carries ``regions``, whatever ``map`` says: the map's defect regions
+(``evaluate.regions``, boxes in the pixels of the image as sent).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pipeline.inference import MAP_MODES
 
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature
+    from mlflow.types.schema import Object
 
     from train.model.batch import Prediction
 
@@ -68,9 +71,26 @@ def signature() -> ModelSignature:
             ColSpec("double", "score", required=False),
             ColSpec("string", "answer", required=False),
             ColSpec(Array(Array("double")), "anomaly_map", required=False),
+            ColSpec(Array(_region_type()), "regions", required=False),
         ]
     )
     return ModelSignature(inputs, outputs, params=ParamSchema([ParamSpec("map", "string", None)]))
+
+
+def _region_type() -> Object:
+    """One region of ``regions`` as the signature declares it: ``evaluate.regions.Region.to_dict()``."""
+    from mlflow.types.schema import Array, Object, Property
+
+    return Object(
+        [
+            Property("box", Array("long")),
+            Property("area_px", "long"),
+            Property("area_share", "double"),
+            Property("peak", "double"),
+            Property("mean", "double"),
+            Property("position", "string"),
+        ]
+    )
 
 
 def map_mode(value: Any, default: str) -> str:
@@ -98,11 +118,18 @@ def read_rows(model_input: Any) -> list[Row]:
     return [_row(i, record) for i, record in enumerate(records)]
 
 
-def result(prediction: Prediction, mode: str) -> dict[str, Any]:
-    """``score``, ``answer`` and, unless ``mode`` is none, ``anomaly_map`` (nested lists of floats)."""
+def result(prediction: Prediction, mode: str, image_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """``score``, ``answer``, ``regions`` (a list of dicts, boxes in the pixels of ``image_size``,
+    the original (width, height); None: the map's) and, unless ``mode`` is none, ``anomaly_map``
+    (nested lists of floats)."""
+    from evaluate.regions import region_dicts
     from pipeline.inference import map_for_mode
 
-    out: dict[str, Any] = {"score": prediction.score, "answer": prediction.answer}
+    out: dict[str, Any] = {
+        "score": prediction.score,
+        "answer": prediction.answer,
+        "regions": region_dicts(prediction.anomaly_map, image_size),
+    }
     sent = map_for_mode(prediction.anomaly_map, mode)
     if sent is not None:
         out["anomaly_map"] = sent.tolist()

@@ -8,7 +8,8 @@ come from those packages when the checkpoint loads.
 
     model = mlflow.pyfunc.load_model("models:/anomalygpt@champion")
     model.predict([{"image": "bottle.png", "category": "bottle", "references": ["good.png"]}])
-    # [{"score": 0.83, "answer": "Yes, ...", "anomaly_map": [[...64 floats], ...64 rows]}]
+    # [{"score": 0.83, "answer": "Yes, ...", "regions": [{"box": [412, 96, 530, 188], ...}],
+    #   "anomaly_map": [[...64 floats], ...64 rows]}]
 
 Rows and options: ``pipeline.pyfunc_io`` (``image`` as a path, data: URI or base64; ``map``
 none | small | full per row, as ``params={"map": ...}`` or as ``model_config``). Load with
@@ -42,11 +43,12 @@ class AnomalyGPTPyfunc(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        """One JSON-ready dict per row: ``score``, ``answer`` and, unless ``map`` is none,
-        ``anomaly_map``. MLflow hands the rows as a DataFrame (``inputs`` too, by the logged
-        signature); a list of dicts works as well. The DataFrame hint is one MLflow derives no
-        signature from: a signature from type hints would make its server refuse dataframe_records."""
-        from pipeline.inference import predict_one
+        """One JSON-ready dict per row: ``score``, ``answer``, ``regions`` (boxes in the pixels of
+        the image as sent) and, unless ``map`` is none, ``anomaly_map``. MLflow hands the rows as a
+        DataFrame (``inputs`` too, by the logged signature); a list of dicts works as well. The
+        DataFrame hint is one MLflow derives no signature from: a signature from type hints would
+        make its server refuse dataframe_records."""
+        from pipeline.inference import original_size, predict_one
         from pipeline.pyfunc_io import map_mode, read_rows, result
 
         default = map_mode((params or {}).get("map"), self.default_map)
@@ -60,7 +62,7 @@ class AnomalyGPTPyfunc(mlflow.pyfunc.PythonModel):
                 references=row.references,
                 generate=row.generate,
             )
-            out.append(result(pred, map_mode(row.map, default)))
+            out.append(result(pred, map_mode(row.map, default), original_size(row.image)))
         return out
 
 

@@ -1,4 +1,5 @@
-"""Ask the model about one image: it prints the answer and writes the anomaly-map overlay.
+"""Ask the model about one image: it prints the answer and the map's defect regions (boxes in the
+image's own pixels, evaluate.regions) and writes the anomaly-map overlay with those boxes drawn.
 
 The model is a checkpoint folder (model.safetensors + config.yaml) or an MLflow URI; the default
 is the registered champion, looked up in MLFLOW_TRACKING_URI or the MLflow store of --store
@@ -18,12 +19,18 @@ examples:
       --reference good1.png good2.png --question "Where is the defect?"
 """
 
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.core.errors import InputError
 from pipeline.core.runtime import loading_for_good
 from pipeline.model_ref import add_model_arguments, resolve_checkpoint
+
+if TYPE_CHECKING:
+    from evaluate.regions import Region
 
 DEFAULT_MAX_REFERENCES = 16
 """train/good images ``ask`` banks by default: a real category holds hundreds, whose all-shot bank
@@ -127,6 +134,15 @@ def overlay_path(image: str, out: str) -> Path:
     return Path(out) / f"{Path(image).stem}_{digest}_anomaly.png"
 
 
+def region_line(number: int, region: Region) -> str:
+    """One region as ``ask`` prints it: its box in the image's own pixels, share, scores, cell."""
+    x0, y0, x1, y1 = region.box
+    return (
+        f"region {number}: box ({x0}, {y0})-({x1}, {y1}) px, {100 * region.area_share:.1f} % of the image, "
+        f"peak {region.peak:.2f}, mean {region.mean:.2f}, {region.position}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
@@ -157,11 +173,15 @@ def run(args: argparse.Namespace) -> int:
         from train.model.predictor import Predictor
 
         predictor = Predictor.from_checkpoint(checkpoint, device=args.device)
+    from evaluate.regions import find_regions
+    from pipeline.inference import original_size
+
     question = args.question or default_question(category)
     pred = predict_one(predictor, args.image, category=category, question=question, references=references)
     overlay = Path(args.overlay) if args.overlay else overlay_path(args.image, args.out)
     title = f"{category}: score {pred.score:.3f}" if pred.score is not None else category
-    write_overlay(read_image(args.image, predictor.image_size), pred, overlay, title)
+    boxes = [region.box for region in find_regions(pred.anomaly_map)]  # at the map's size, as drawn
+    write_overlay(read_image(args.image, predictor.image_size), pred, overlay, title, boxes)
     print(f"Q: {question}")
     print(f"A: {pred.answer}")
     print(
@@ -169,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         if pred.score is not None
         else f"overlay: {overlay}"
     )
+    for i, region in enumerate(find_regions(pred.anomaly_map, original_size(args.image)), start=1):
+        print(region_line(i, region))
     if args.question:
         return 0
     history = [{"from": "human", "value": question}, {"from": "gpt", "value": pred.answer or ""}]

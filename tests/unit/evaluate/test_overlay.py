@@ -109,3 +109,18 @@ def test_the_service_overlay_uses_the_same_colour_bar():
     side = served.shape[0]
     assert served.shape[1] == side + STRIP
     assert np.array_equal(served[:, side:], colour_bar(side, 0.7, 0.5))
+
+
+def test_region_boxes_are_outlined_on_both_panels_and_no_boxes_change_nothing():
+    plain = picture()
+    assert np.array_equal(plain, picture(boxes=None)) and np.array_equal(plain, picture(boxes=[]))
+    boxed = picture(boxes=[(20, 20, 30, 30)])  # the map's blob, in the map's 64 px
+    magenta = (boxed[:, :, 0] == 255) & (boxed[:, :, 1] == 0) & (boxed[:, :, 2] == 255)
+    assert not ((plain[:, :, 0] == 255) & (plain[:, :, 1] == 0) & (plain[:, :, 2] == 255)).any()
+    first, last = 20 * PANEL // 64, 30 * PANEL // 64 - 1  # the box's edges on a panel: 80 and 119
+    for left in (0, PANEL):  # the image panel and the heatmap panel
+        rows, cols = np.nonzero(magenta[:PANEL, left : left + PANEL])
+        assert abs(rows.min() - first) <= 1 and abs(rows.max() - last) <= 1
+        assert abs(cols.min() - first) <= 1 and abs(cols.max() - last) <= 1
+        assert not magenta[100, left + 100]  # an outline: the inside stays as it was
+    assert not magenta[:, 2 * PANEL :].any()  # nothing on the colour bar or the text

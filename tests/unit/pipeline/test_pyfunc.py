@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_pyfunc_matches_direct_prediction(tiny_checkpoint, sample_data_root, tmp_path, monkeypatch):
     import mlflow
 
+    from evaluate.regions import region_dicts
     from pipeline.core.mlflow_store import configure_mlflow
-    from pipeline.inference import predict_one
+    from pipeline.inference import original_size, predict_one
     from pipeline.registry import RegistryConfig, register_and_promote
     from train.model.predictor import Predictor
 
@@ -48,6 +49,7 @@ def test_pyfunc_matches_direct_prediction(tiny_checkpoint, sample_data_root, tmp
         np.testing.assert_allclose(amap, want.anomaly_map, atol=1e-5)
         assert got["score"] == pytest.approx(want.score, abs=1e-5)
         assert got["answer"] == want.answer and isinstance(got["answer"], str)
+        assert_same_regions(got["regions"], region_dicts(want.anomaly_map, original_size(test_image)))
     assert not np.allclose(out[0]["anomaly_map"], out[1]["anomaly_map"])  # references change the map
     quiet = pyfunc.predict([{"image": str(test_image), "category": category, "generate": False}])[0]
     assert quiet["answer"] is None and quiet["score"] == pytest.approx(direct.score, abs=1e-5)
@@ -61,12 +63,65 @@ def test_pyfunc_matches_direct_prediction(tiny_checkpoint, sample_data_root, tmp
     assert on_cpu.predict([row])[0]["score"] == pytest.approx(direct.score, abs=1e-5)
     # How much of the map comes back: the loader's model_config, then params, then the row itself.
     no_maps = mlflow.pyfunc.load_model("models:/anomalygpt@champion", model_config={"map": "none"})
-    assert set(no_maps.predict([row])[0]) == {"score", "answer"}
+    assert set(no_maps.predict([row])[0]) == {"score", "answer", "regions"}
     assert "anomaly_map" in no_maps.predict([row], params={"map": "small"})[0]
     assert "anomaly_map" in no_maps.predict([{**row, "map": "full"}])[0]
     if not torch.cuda.is_available():
         with pytest.raises(Exception, match="torch sees no CUDA GPU"):
             mlflow.pyfunc.load_model("models:/anomalygpt@champion", model_config={"device": "cuda"})
+
+
+def assert_same_regions(got: list[dict], want: list[dict]) -> None:
+    """The same regions (boxes, areas, cells exactly; scores to float32 rounding)."""
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert {**a, "peak": 0, "mean": 0} == {**b, "peak": 0, "mean": 0}
+        assert (a["peak"], a["mean"]) == pytest.approx((b["peak"], b["mean"]), abs=1e-5)
+
+
+def test_ask_prints_regions_in_the_images_pixels_and_draws_their_boxes(
+    tiny_checkpoint, sample_data_root, tmp_path
+):
+    """A 96 x 48 image outside an MVTec tree (the decoder's map: above 0.5 for this untrained model):
+    one line per region, its box in the 96 x 48 pixels, and the boxes in magenta on the overlay."""
+    import re
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from evaluate.regions import find_regions
+    from pipeline.inference import predict_one
+    from train.model.predictor import Predictor
+
+    image = tmp_path / "wide.png"
+    with Image.open(sorted((sample_data_root / "coin" / "test" / "scratch").glob("*.png"))[0]) as im:
+        im.resize((96, 48)).save(image)
+    overlay = tmp_path / "overlay.png"
+    args = [sys.executable, "-m", "pipeline", "ask", "--model", str(tiny_checkpoint), "--image", str(image)]
+    proc = subprocess.run(
+        [*args, "--question", "x", "--overlay", str(overlay)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pred = predict_one(Predictor.from_checkpoint(tiny_checkpoint), image, category="object", question="x")
+    want = find_regions(pred.anomaly_map, (96, 48))
+    assert pred.score > 0.5 and want  # else this test would check nothing
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("region ")]
+    assert len(printed) == len(want)
+    pattern = re.compile(
+        r"region (\d+): box \((\d+), (\d+)\)-\((\d+), (\d+)\) px, [\d.]+ % of the image, "
+        r"peak ([\d.]+), mean [\d.]+, (.+)"
+    )
+    for number, (line, region) in enumerate(zip(printed, want, strict=True), start=1):
+        found = pattern.fullmatch(line)
+        assert found, line
+        assert int(found[1]) == number and tuple(map(int, found.group(2, 3, 4, 5))) == region.box
+        assert float(found[6]) == pytest.approx(region.peak, abs=0.006) and found[7] == region.position
+        assert region.box[2] <= 96 and region.box[3] <= 48
+    with Image.open(overlay) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    magenta = (pixels[:, :, 0] == 255) & (pixels[:, :, 1] == 0) & (pixels[:, :, 2] == 255)
+    assert magenta.any()  # the boxes are drawn
 
 
 def test_ask_answers_writes_overlay_and_chats(tiny_checkpoint, sample_data_root, tmp_path):

@@ -4,6 +4,7 @@ results, what a logged model carries, and the message an old-style logged model 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import tomllib
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from evaluate.regions import Region
 from pipeline.core.errors import InputError
 from pipeline.pyfunc_io import Row, map_mode, read_rows, result, signature
 from train.model.batch import Prediction
@@ -65,14 +67,29 @@ def test_result_leaves_the_map_out_shrinks_it_or_keeps_it():
     amap = np.zeros((224, 224), np.float32)
     amap[:112, :112] = 1.0  # the top-left quarter
     pred = Prediction("bottle", amap, 1.0, "Yes.", None)
-    assert result(pred, "none") == {"score": 1.0, "answer": "Yes."}
+    quarter = {"box": [0, 0, 112, 112], "area_px": 112 * 112, "area_share": 0.25, "peak": 1.0, "mean": 1.0,
+               "position": "top left"}  # fmt: skip
+    assert result(pred, "none") == {"score": 1.0, "answer": "Yes.", "regions": [quarter]}
     small = np.asarray(result(pred, "small")["anomaly_map"])
     assert small.shape == (64, 64)
     assert small[:31, :31].min() == 1.0 and small[33:, 33:].max() == 0.0  # area-averaged, not shifted
     full = result(pred, "full")["anomaly_map"]
     assert np.array_equal(np.asarray(full, np.float32), amap)
     json.dumps(result(pred, "small"))  # plain lists and floats: JSON as it is
-    assert result(Prediction("bottle", None, None, "No.", None), "full") == {"score": None, "answer": "No."}
+    no_map = result(Prediction("bottle", None, None, "No.", None), "full")
+    assert no_map == {"score": None, "answer": "No.", "regions": []}
+
+
+def test_result_regions_are_in_the_pixels_of_the_image_as_sent():
+    amap = np.zeros((224, 224), np.float32)
+    amap[112:, 168:] = 0.9  # the bottom right
+    out = result(Prediction("bottle", amap, 0.9, None, None), "small", image_size=(800, 600))
+    (region,) = out["regions"]
+    assert region["box"] == [600, 300, 800, 600]  # x scaled by 800/224, y by 600/224
+    assert region["area_px"] == 200 * 300 and region["position"] == "bottom right"
+    assert json.loads(json.dumps(out["regions"])) == out["regions"]  # plain JSON
+    quiet = np.full((224, 224), 0.3, np.float32)
+    assert result(Prediction("bottle", quiet, 0.3, None, None), "none", (800, 600))["regions"] == []
 
 
 def test_signature_names_columns_so_the_server_takes_dataframe_records():
@@ -80,6 +97,10 @@ def test_signature_names_columns_so_the_server_takes_dataframe_records():
     assert sig.inputs.input_names() == ["image", "category", "question", "references", "generate", "map"]
     assert [c.required for c in sig.inputs.inputs] == [True, False, False, False, False, False]
     assert sig.params.to_dict() == [{"name": "map", "type": "string", "default": None, "shape": None}]
+    assert sig.outputs.input_names() == ["score", "answer", "anomaly_map", "regions"]
+    (regions,) = [c for c in sig.outputs.to_dict() if c["name"] == "regions"]
+    declared = set(regions["items"]["properties"])
+    assert declared == {f.name for f in dataclasses.fields(Region)}  # what Region.to_dict() gives
 
 
 def test_requirements_pin_this_package_and_list_the_weight_packages():
@@ -109,6 +130,23 @@ def test_images_may_be_bare_base64(sample_data_root, tmp_path):
         read_image(tmp_path / "missing.png", 32)
     with pytest.raises(InputError, match="the base64 image is not a readable image"):
         read_image(base64.b64encode(b"not an image at all, " * 4).decode(), 32)
+
+
+def test_original_size_reads_the_header_of_a_path_a_data_uri_or_base64(tmp_path):
+    from PIL import Image
+
+    from pipeline.inference import original_size
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (120, 45), (10, 20, 30)).save(path)
+    text = base64.b64encode(path.read_bytes()).decode()
+    assert original_size(path) == original_size(str(path)) == (120, 45)  # (width, height)
+    assert original_size("data:image/png;base64," + text) == (120, 45)
+    assert original_size(text) == (120, 45)
+    with pytest.raises(InputError, match="the base64 image is not a readable image"):
+        original_size(base64.b64encode(b"not an image at all, " * 4).decode())
+    with pytest.raises(FileNotFoundError, match="image not found"):
+        original_size(tmp_path / "missing.png")
 
 
 OLD_STYLE_PYFUNC = """
