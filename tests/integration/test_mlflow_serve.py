@@ -85,7 +85,8 @@ def _wait_for_ping(port: int, server: subprocess.Popen) -> None:
 
 
 def test_mlflow_models_serve_answers_inputs_and_dataframe_records(registered, sample_data_root, tmp_path):
-    from pipeline.inference import predict_one
+    from evaluate.regions import region_dicts
+    from pipeline.inference import original_size, predict_one
     from train.model.predictor import Predictor
 
     category = sorted(p.name for p in sample_data_root.iterdir() if p.is_dir())[0]
@@ -153,6 +154,11 @@ def test_mlflow_models_serve_answers_inputs_and_dataframe_records(registered, sa
     assert by_records[0]["answer"] is None and by_records[1]["answer"] == shot.answer
     for got, want in zip(by_records, (zero, shot), strict=True):  # params map=full: the model's size
         np.testing.assert_allclose(np.asarray(got["anomaly_map"]), want.anomaly_map, atol=1e-5)
+    # regions in every row, whatever map says: those of the model's own map, in the image's pixels
+    for rows in (by_inputs, by_records):
+        for got, want in zip(rows, (zero, shot), strict=True):
+            expected = region_dicts(want.anomaly_map, original_size(image))
+            assert [r["box"] for r in got["regions"]] == [r["box"] for r in expected]
 
 
 LOAD_WITHOUT_THE_PROJECT = """
@@ -192,4 +198,4 @@ def test_the_logged_model_loads_where_the_project_is_not_installed(registered, s
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.splitlines()[-1])
     assert all(Path(f).is_relative_to(model_dir / "code") for f in report["files"])
-    assert set(report["out"][0]) == {"score", "answer"}
+    assert set(report["out"][0]) == {"score", "answer", "regions"}
