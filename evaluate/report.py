@@ -4,8 +4,8 @@
 aupro, f1_max, n_images, ...}, ``mean`` -> the same keys (mean over the categories where the metric
 is defined; ``null`` where it is defined for none). ``metrics.md`` is the same as tables,
 ``answers.jsonl`` one line per test image (with ``gt_positions``, the grid cells of an anomalous
-image's ground-truth regions, ``map_position``, the cell of its map's peak, and ``answer_positions``,
-the cells its answer names); the overlays
+image's ground-truth regions, ``answer_positions``, the cells its answer names, and ``regions``, the
+map's defect regions of evaluate.regions with boxes in the image file's pixels); the overlays
 are written by evaluate.job as they arrive.
 
 Whether the answers follow the map (``ANSWER_METRICS``, per category and their mean):
@@ -22,6 +22,12 @@ Whether the answers follow the map (``ANSWER_METRICS``, per category and their m
   ``position_accuracy`` is.
 - ``map_best_accuracy``: the best accuracy any image-score threshold reaches, the ceiling for answers
   that follow the map; 1.0 with a single class (a threshold beyond all scores). ``null`` without scores.
+
+Whether the region boxes find the defects (``REGION_METRICS``), over the detected defects (anomalous
+images with a ground-truth mask scored above 0.5; ``n_region_boxes`` counts them): ``region_box_iou``
+is the mean IoU of each one's best region box with the box around its ground truth (both at the
+evaluation size), ``region_box_iou_share_050`` the share with an IoU of at least 0.5. ``null`` when
+there are none.
 """
 
 from __future__ import annotations
@@ -44,7 +50,10 @@ log = logging.getLogger(__name__)
 HEADLINE = ("image_auroc", "pixel_auroc", "accuracy", "aupro", "f1_max")
 EXTRA = ("pixel_f1_max", "accuracy_substring", "pixel_auroc_error_bound")
 ANSWER_METRICS = ("answer_map_agreement", "position_accuracy", "map_position_accuracy", "map_best_accuracy")
-COUNTS = ("n_images", "n_unreadable", "n_without_mask", "n_position_answers")
+REGION_METRICS = ("region_box_iou", "region_box_iou_share_050")
+COUNTS = ("n_images", "n_unreadable", "n_without_mask", "n_position_answers", "n_region_boxes")
+GOOD_BOX_IOU = 0.5
+"""A region box with at least this IoU with the ground truth's box found the defect (as in detection)."""
 
 
 def category_metrics(
@@ -65,7 +74,7 @@ def category_metrics(
     labels = np.array([r["label"] for r in ok], dtype=int)
     scores = [r["score"] for r in ok]
     scored = bool(ok) and all(s is not None for s in scores)
-    out: dict[str, Any] = dict.fromkeys(HEADLINE + EXTRA + ANSWER_METRICS)
+    out: dict[str, Any] = dict.fromkeys(HEADLINE + EXTRA + ANSWER_METRICS + REGION_METRICS)
     if scored and metrics.has_both_classes(labels):
         out["image_auroc"] = metrics.auroc(scores, labels)
     if scored and labels.any():
@@ -77,6 +86,7 @@ def category_metrics(
     elif scored and not labels.all():
         out["accuracy"] = metrics.threshold_accuracy(scores, labels)
     out.update(answer_metrics(ok, answers_used, scored))
+    out.update(region_metrics(ok))
     if state is not None:
         out["pixel_auroc"] = state.auroc()
         out["aupro"] = state.aupro(max_fpr)
@@ -114,6 +124,17 @@ def answer_metrics(ok: list[dict[str, Any]], answers_used: bool, scored: bool) -
     return out
 
 
+def region_metrics(ok: list[dict[str, Any]]) -> dict[str, Any]:
+    """REGION_METRICS and n_region_boxes of one category's readable rows, from their
+    ``region_box_iou`` (set by the worker for the detected defects only)."""
+    ious = np.array([r["region_box_iou"] for r in ok if r.get("region_box_iou") is not None], float)
+    return {
+        "region_box_iou": float(ious.mean()) if ious.size else None,
+        "region_box_iou_share_050": float((ious >= GOOD_BOX_IOU).mean()) if ious.size else None,
+        "n_region_boxes": int(ious.size),
+    }
+
+
 def _locatable(row: dict[str, Any]) -> bool:
     """An anomalous image whose ground truth names at least one region."""
     return bool(row["label"] and row.get("gt_positions"))
@@ -123,7 +144,7 @@ def mean_metrics(per_category: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Mean over categories of each metric where it is defined (the paper averages per class);
     counts are summed."""
     mean: dict[str, Any] = {}
-    for key in HEADLINE + EXTRA + ANSWER_METRICS:
+    for key in HEADLINE + EXTRA + ANSWER_METRICS + REGION_METRICS:
         values = [m[key] for m in per_category.values() if m.get(key) is not None]
         if key == "pixel_auroc_error_bound":
             mean[key] = max(values) if values else None
@@ -182,6 +203,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines.append("")
     if any(m.get(k) is not None for _, m in rows for k in ANSWER_METRICS):
         lines += _answer_table(rows)
+    if any(m.get("n_region_boxes") for _, m in rows):
+        lines += _region_table(rows)
     if result.get("decoder_only"):
         lines += _decoder_table(result["decoder_only"])
     if result["unreadable"]:
@@ -204,6 +227,21 @@ def _answer_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     for name, m in rows:
         figures = " | ".join(_pct(m.get(k)) for k in ANSWER_METRICS)
         lines.append(f"| {name} | {figures} | {m.get('n_position_answers', 0)} |")
+    return [*lines, ""]
+
+
+def _region_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """metrics.md's table of the region boxes against the ground truth (see the module docstring)."""
+    lines = [
+        "Region boxes of the detected defects (score above 0.5, with a mask): mean IoU of the best box "
+        "with the ground truth's box, and the share with an IoU of at least 0.5 (both in percent).",
+        "",
+        "| Category | Box IoU | IoU >= 0.5 | Detected defects |",
+        "|---|---|---|---|",
+    ]
+    for name, m in rows:
+        figures = " | ".join(_pct(m.get(k)) for k in REGION_METRICS)
+        lines.append(f"| {name} | {figures} | {m.get('n_region_boxes', 0)} |")
     return [*lines, ""]
 
 
@@ -233,6 +271,7 @@ def write_outputs(out: Path, result: dict[str, Any], rows: list[dict[str, Any]])
             line["gt_positions"] = row.get("gt_positions")
             answer = row["answer"]
             line["answer_positions"] = None if answer is None else parse_answer(answer).positions
+            line["regions"] = row.get("regions")
             fh.write(json.dumps(line) + "\n")
 
 

@@ -1,8 +1,8 @@
 """The evaluation actor: loads the model once, scores batches, keeps per-category pixel histograms.
 
 A plain class (``ray.remote`` wraps it in evaluate.job), so it can be used and tested without Ray.
-Results that travel back are small: per image a row (score, answer, overlay PNG bytes) and, once per
-category, the sparse pixel histogram; maps never leave the actor.
+Results that travel back are small: per image a row (score, answer, regions, overlay PNG bytes) and,
+once per category, the sparse pixel histogram; maps never leave the actor.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import dataclasses
 import logging
 from typing import Any
 
-from evaluate.data import EvalItem, gt_positions, load_ground_truth, load_image, map_position
+from evaluate.data import EvalItem, gt_positions, image_size, load_ground_truth, load_image, map_position
 from evaluate.overlay import encode_png, render_overlay
 from evaluate.pixel_state import PixelMetricState
+from evaluate.regions import THRESHOLD, best_box_iou, find_regions, region_dicts
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,10 @@ class EvalWorker:
         self, items: list[EvalItem], bank: Any, question: str, generate: bool
     ) -> list[dict[str, Any]]:
         """Rows for one batch of one category: image, label, score, answer, gt_positions (the grid
-        cells of the ground-truth regions of an anomalous image with a mask, else None) and
-        map_position (the cell of its map's peak, else None) (+ error, overlay)."""
+        cells of the ground-truth regions of an anomalous image with a mask, else None),
+        map_position (the cell of its map's peak, else None), regions (evaluate.regions, boxes in
+        the image file's own pixels) and region_box_iou (see :func:`region_box_iou`)
+        (+ error, overlay)."""
         rows, loaded, arrays = [], [], []
         for item in items:
             try:
@@ -79,6 +82,8 @@ class EvalWorker:
                 self._add_pixels((item.category, "decoder"), pred.decoder_map, gt, item)
             row = _row(item, score=pred.score, answer=pred.answer)
             row["decoder_score"] = pred.decoder_score
+            row["regions"] = region_dicts(pred.anomaly_map, image_size(item.path))
+            row["region_box_iou"] = region_box_iou(item, pred, gt)
             if item.label and item.mask_path:
                 row["gt_positions"] = gt_positions(gt)
                 if pred.anomaly_map is not None:
@@ -118,6 +123,16 @@ class EvalWorker:
         return self.states.pop((category, which), None)
 
 
+def region_box_iou(item: EvalItem, prediction: Any, gt: Any) -> float | None:
+    """For a detected defect (anomalous, score above the boundary, a non-empty ground-truth mask):
+    the IoU of its best region box with the box of the ground truth, both at the map's size; None
+    for any other image (a missed defect is the image metrics' business, not the boxes')."""
+    detected = item.label and prediction.score is not None and prediction.score > THRESHOLD
+    if not (detected and item.mask_path and gt.any()):
+        return None
+    return best_box_iou(find_regions(prediction.anomaly_map), gt)
+
+
 def _row(item: EvalItem, score: float | None = None, answer: str | None = None, error: str | None = None):
     return {
         "image": item.relpath,
@@ -129,4 +144,6 @@ def _row(item: EvalItem, score: float | None = None, answer: str | None = None, 
         "error": error,
         "gt_positions": None,
         "map_position": None,
+        "regions": None,
+        "region_box_iou": None,
     }

@@ -14,6 +14,7 @@ from evaluate.job import run_evaluation
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"image_auroc", "pixel_auroc", "accuracy", "aupro", "f1_max", "n_images"}
+REGION_KEYS = {"region_box_iou", "region_box_iou_share_050", "n_region_boxes"}
 
 pytestmark = pytest.mark.integration
 
@@ -33,6 +34,33 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 def _answers(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+
+
+def check_regions(result: dict, answers: list[dict], data_root: Path) -> None:
+    """answers.jsonl's regions lie in each image file's pixels, one at least above 0.5, none below;
+    the region figures count the detected defects (anomalous, above 0.5, with a mask) and lie in
+    [0, 1]."""
+    from PIL import Image
+
+    for a in answers:
+        with Image.open(Path(data_root) / a["image"]) as im:
+            width, height = im.size
+        assert isinstance(a["regions"], list), a["image"]
+        for r in a["regions"]:
+            x0, y0, x1, y1 = r["box"]
+            assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height, (a["image"], r)
+            assert 0.5 < r["mean"] <= r["peak"] <= a["score"] + 1e-6
+        assert bool(a["regions"]) == (a["score"] > 0.5), a["image"]
+    for category, m in result["per_category"].items():
+        assert set(m) >= REGION_KEYS
+        rows = [a for a in answers if a["category"] == category]
+        detected = [a for a in rows if a["label"] and a["score"] > 0.5 and a["gt_positions"]]
+        assert m["n_region_boxes"] == len(detected), category
+        for key in ("region_box_iou", "region_box_iou_share_050"):
+            assert (m[key] is None) == (not detected) and (m[key] is None or 0.0 <= m[key] <= 1.0)
+    mean = result["mean"]
+    assert mean["n_region_boxes"] == sum(m["n_region_boxes"] for m in result["per_category"].values())
+    assert mean["region_box_iou"] is None or 0.0 <= mean["region_box_iou"] <= 1.0
 
 
 @pytest.mark.slow  # ~30 s: two evaluations, three actors each loading the model
@@ -76,6 +104,7 @@ def test_one_and_two_workers_give_identical_metrics_and_follow_the_schema(
     maps = sorted((out / "maps").rglob("*.png"))
     assert len(maps) == len(answers)
     assert "| **mean** |" in (out / "metrics.md").read_text()
+    check_regions(written, answers, sample_data_root)
 
 
 def test_few_shot_records_references_and_without_llm_uses_the_threshold_rule(
@@ -106,3 +135,7 @@ def test_few_shot_records_references_and_without_llm_uses_the_threshold_rule(
         assert result["per_category"][category]["accuracy"] == metrics.threshold_accuracy(scores, labels)
         assert result["per_category"][category]["accuracy_substring"] is None
         assert result["per_category"][category]["pixel_auroc"] is not None
+    check_regions(result, answers, sample_data_root)
+    # two references leave this untrained model's brick anomalies above 0.5: box IoU is measured
+    assert result["per_category"]["brick"]["n_region_boxes"] > 0
+    assert result["per_category"]["brick"]["region_box_iou"] is not None

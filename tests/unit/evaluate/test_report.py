@@ -5,9 +5,19 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from evaluate.overlay import BAR_GAP, BAR_LABELS, BAR_WIDTH, encode_png, render_overlay
-from evaluate.report import log_to_mlflow, map_path, markdown_table, write_outputs
+from evaluate.report import (
+    REGION_METRICS,
+    category_metrics,
+    log_to_mlflow,
+    map_path,
+    markdown_table,
+    mean_metric_values,
+    mean_metrics,
+    write_outputs,
+)
 
 
 def _result():
@@ -47,12 +57,14 @@ def test_outputs_follow_the_schema_and_null_prints_as_a_dash(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "answers.jsonl").read_text().splitlines()]
     assert [x["image"] for x in lines] == sorted(r["image"] for r in _rows())
     assert set(lines[0]) == {
-        "image", "category", "label", "defect", "score", "answer", "error", "gt_positions", "answer_positions"
+        "image", "category", "label", "defect", "score", "answer", "error", "gt_positions",
+        "answer_positions", "regions",
     }  # fmt: skip
     assert lines[0]["gt_positions"] is None and lines[0]["answer_positions"] is None  # no answer
     table = (tmp_path / "metrics.md").read_text()
     assert "| brick | 90.0 | – | 75.0 | – | 80.0 | 4 |" in table
     assert "Answer-map agreement" not in table  # no answer figures: no second table
+    assert "Box IoU" not in table  # no detected defect: no region table
     assert "brick/test/good/9.png" in table
     assert map_path(tmp_path, _rows()[2]) == tmp_path / "maps" / "brick" / "hole_002.png"
     assert markdown_table(_result()) == table
@@ -86,6 +98,77 @@ def test_answer_figures_get_a_second_table_and_positions_go_to_answers_jsonl(tmp
     stain = next(x for x in lines if x["defect"] == "stain")
     assert stain["gt_positions"] == ["center", "bottom"]
     assert stain["answer_positions"] == ["top left", "center"]
+
+
+def _ious(values):
+    """Rows of one category whose worker set ``region_box_iou`` to ``values`` (None: not a
+    detected defect), scored and labelled so the other metrics are defined too."""
+    return [
+        {"image": f"{i}.png", "category": "c", "label": int(v is not None), "defect": "d", "score": 0.6,
+         "answer": None, "error": None, "region_box_iou": v}
+        for i, v in enumerate(values)
+    ]  # fmt: skip
+
+
+def test_region_box_iou_is_the_mean_and_share_over_the_detected_defects_of_a_category():
+    m = category_metrics(_ious([0.8, 0.5, 0.2, None, None]), None, False, 0.3)
+    assert m["region_box_iou"] == pytest.approx(0.5)  # (0.8 + 0.5 + 0.2) / 3
+    assert m["region_box_iou_share_050"] == pytest.approx(2 / 3)  # 0.5 counts as found
+    assert m["n_region_boxes"] == 3
+    none = category_metrics(_ious([None, None]), None, False, 0.3)
+    assert none["region_box_iou"] is None and none["region_box_iou_share_050"] is None
+    assert none["n_region_boxes"] == 0
+    unreadable = _ious([0.9, 0.1])
+    unreadable[0]["error"] = "unreadable image: x"  # an error row is no detection
+    assert category_metrics(unreadable, None, False, 0.3)["region_box_iou"] == pytest.approx(0.1)
+
+
+def test_the_mean_of_the_region_figures_is_over_categories_that_have_them_and_counts_add_up():
+    per_category = {
+        "a": category_metrics(_ious([0.8, 0.5, 0.2, None]), None, False, 0.3),  # 0.5, 2/3, 3
+        "b": category_metrics(_ious([0.1]), None, False, 0.3),  # 0.1, 0, 1
+        "c": category_metrics(_ious([None, None]), None, False, 0.3),  # none detected
+    }
+    mean = mean_metrics(per_category)
+    assert mean["region_box_iou"] == pytest.approx((0.5 + 0.1) / 2)
+    assert mean["region_box_iou_share_050"] == pytest.approx((2 / 3 + 0) / 2)
+    assert mean["n_region_boxes"] == 4
+    result = {"shots": "all", "mean": mean}
+    values = mean_metric_values(result)  # what the pipeline's parent run carries
+    assert values["eval/mean/region_box_iou"] == pytest.approx(0.3)
+    assert values["eval/mean/n_region_boxes"] == 4
+
+
+def _regioned():
+    """_result with region figures, and rows whose stain image has one region."""
+    result = _result()
+    m = {**result["per_category"]["brick"], "region_box_iou": 0.625, "region_box_iou_share_050": 1.0,
+         "n_region_boxes": 1}  # fmt: skip
+    result["per_category"] = {"brick": m}
+    result["mean"] = m
+    rows = _rows()
+    region = {"box": [40, 6, 56, 18], "area_px": 192, "area_share": 0.03125, "peak": 0.9, "mean": 0.8,
+              "position": "top right"}  # fmt: skip
+    rows[3]["regions"] = [region]
+    rows[0]["regions"] = []
+    return result, rows
+
+
+def test_region_figures_get_their_table_and_regions_go_to_answers_jsonl(tmp_path):
+    result, rows = _regioned()
+    write_outputs(tmp_path, result, rows)
+    table = (tmp_path / "metrics.md").read_text()
+    assert "| Category | Box IoU | IoU >= 0.5 | Detected defects |" in table
+    assert "| brick | 62.5 | 100.0 | 1 |" in table and "| **mean** | 62.5 | 100.0 | 1 |" in table
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert {k: written["mean"][k] for k in REGION_METRICS} == {
+        "region_box_iou": 0.625,
+        "region_box_iou_share_050": 1.0,
+    }
+    lines = {x["image"]: x for x in map(json.loads, (tmp_path / "answers.jsonl").read_text().splitlines())}
+    assert lines["brick/test/stain/003.png"]["regions"] == rows[3]["regions"]
+    assert lines["brick/test/good/000.png"]["regions"] == []
+    assert lines["brick/test/good/001.png"]["regions"] is None  # a row without the key
 
 
 def test_overlay_shows_image_heatmap_contour_and_text():
@@ -142,6 +225,12 @@ def _log_and_check(mlflow, tmp_path):
     assert answered["eval/mean/n_position_answers"] == 0
     assert "eval/brick/position_accuracy" not in answered
     assert "eval/brick/map_position_accuracy" not in answered
+    with mlflow.start_run() as run:
+        assert log_to_mlflow(out, *_regioned(), 2)
+    regioned = client.get_run(run.info.run_id).data.metrics
+    assert regioned["eval/brick/region_box_iou"] == 0.625
+    assert regioned["eval/mean/region_box_iou_share_050"] == 1.0
+    assert regioned["eval/mean/n_region_boxes"] == 1
     logged = [f.path for f in client.list_artifacts(run.info.run_id, "eval/maps/brick")]
     # the two most instructive: the lowest-scored anomaly and the highest-scored normal
     assert sorted(logged) == ["eval/maps/brick/good_001.png", "eval/maps/brick/hole_002.png"]
