@@ -13,6 +13,7 @@ from PIL import Image
 
 from pipeline.core.config import ConfigError, from_dict
 from pipeline.inference import SMALL_MAP
+from pipeline.references import ReferenceFolders
 from pipeline.serve.inspection import (
     MAX_HISTORY_TURNS,
     InspectJob,
@@ -28,7 +29,6 @@ from pipeline.serve.inspection import (
 )
 from pipeline.serve.options import ServeSettings
 from pipeline.serve.pictures import map_png, overlay_png
-from pipeline.references import ReferenceFolders
 from train.model.batch import Prediction
 
 # Ray Serve's own pydantic models (imported with pipeline.serve.app), not ours:
