@@ -15,6 +15,9 @@ from typing import Any
 
 from synth.datasets import image_files
 
+DEFAULT_CATEGORY = "object"
+"""The category of an image whose path names none (the prompt's generic description)."""
+
 
 def evenly_spaced(items: list, count: int) -> list:
     """``count`` of ``items`` spread over the whole list (first and last included), order kept."""
@@ -25,6 +28,32 @@ def evenly_spaced(items: list, count: int) -> list:
     if count == 1:
         return [items[0]]
     return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
+
+
+def category_folder(image: str | Path) -> Path | None:
+    """``<root>/<category>/(train|test)/<defect>/<file>`` -> ``<root>/<category>``; None elsewhere."""
+    parts = Path(image).resolve().parts
+    for i in range(len(parts) - 2, 0, -1):
+        if parts[i] in ("train", "test"):
+            return Path(*parts[:i])
+    return None
+
+
+def guess_category(image: str | Path) -> str:
+    """The category of an image in an MVTec-style tree; else ``object``."""
+    folder = category_folder(image)
+    return folder.name if folder is not None else DEFAULT_CATEGORY
+
+
+def normal_images_beside(image: str | Path) -> list[Path]:
+    """The normal training images of ``image``'s category in an MVTec-style tree
+    (``<root>/<category>/train/good``), sorted, without ``image`` itself (it would match itself
+    perfectly); [] elsewhere."""
+    folder = category_folder(image)
+    if folder is None:
+        return []
+    path = Path(image).resolve()
+    return [p for p in image_files(folder / "train" / "good") if p.resolve() != path]
 
 
 def category_images(root: Path, category: str) -> list[Path]:

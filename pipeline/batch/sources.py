@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import InputError
+from pipeline.references import guess_category
 from synth.datasets import IMAGE_EXTENSIONS
 
 GLOB_CHARACTERS = "*?["
-DEFAULT_CATEGORY = "object"
 
 
 @dataclass(frozen=True)
@@ -25,21 +25,6 @@ class Source:
     path: str
     """Absolute path of the image."""
     category: str
-
-
-def category_folder(image: str | Path) -> Path | None:
-    """``<root>/<category>/(train|test)/<defect>/<file>`` -> ``<root>/<category>``; None elsewhere."""
-    parts = Path(image).resolve().parts
-    for i in range(len(parts) - 2, 0, -1):
-        if parts[i] in ("train", "test"):
-            return Path(*parts[:i])
-    return None
-
-
-def guess_category(image: str | Path) -> str:
-    """The category of an image in an MVTec-style tree; else ``object``."""
-    folder = category_folder(image)
-    return folder.name if folder is not None else DEFAULT_CATEGORY
 
 
 def list_sources(spec: str, category: str | None = None) -> list[Source]:

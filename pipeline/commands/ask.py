@@ -86,45 +86,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _category_folder(image: str) -> Path | None:
-    """``<root>/<category>/(train|test)/<defect>/<file>`` -> ``<root>/<category>``; None elsewhere."""
-    parts = Path(image).resolve().parts
-    for i in range(len(parts) - 2, 0, -1):
-        if parts[i] in ("train", "test"):
-            return Path(*parts[:i])
-    return None
-
-
-def guess_category(image: str) -> str:
-    """The category of an image in an MVTec-style tree; else "object"."""
-    folder = _category_folder(image)
-    return folder.name if folder is not None else "object"
-
-
-def normal_images_beside(image: str) -> list[Path]:
-    """The normal training images of ``image``'s category in an MVTec-style tree
-    (``<root>/<category>/train/good``), sorted, without ``image`` itself (it would match itself
-    perfectly); [] elsewhere."""
-    from synth.datasets import image_files
-
-    folder = _category_folder(image)
-    if folder is None:
-        return []
-    path = Path(image).resolve()
-    return [p for p in image_files(folder / "train" / "good") if p.resolve() != path]
-
-
-def evenly_spaced(items: list, count: int) -> list:
-    """``count`` of ``items`` spread over the whole list (first and last included), order kept."""
-    if count <= 0:
-        raise ValueError(f"count must be at least 1, got {count}")
-    if len(items) <= count:
-        return list(items)
-    if count == 1:
-        return [items[0]]
-    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
-
-
 def overlay_path(image: str, out: str) -> Path:
     """``out/<stem>_<hash>_anomaly.png``: the hash of the image's resolved path keeps good/000.png
     and stain/000.png apart, and asking about the same image again replaces its own overlay."""
@@ -147,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from pipeline.references import evenly_spaced, guess_category, normal_images_beside
     from train.model.checkpoint import verify_checkpoint
 
     if args.max_references < 1:

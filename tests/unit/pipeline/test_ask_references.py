@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pipeline.commands.ask import evenly_spaced, normal_images_beside
+from pipeline.references import evenly_spaced, normal_images_beside
 
 
 def test_an_image_in_an_mvtec_tree_finds_its_categorys_normal_training_images(sample_data_root):

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from pipeline.batch.results import ResultsLog, summarise
-from pipeline.batch.sources import guess_category, list_sources
+from pipeline.batch.sources import list_sources
 from pipeline.core.errors import InputError
+from pipeline.references import guess_category
 
 
 def _png(path, value=0):
