@@ -1,7 +1,11 @@
 """Images per second of `python -m pipeline inspect`, 1 and 2 workers, map only and with answers,
 against the bare Predictor loop on the same images. Prints one JSON object.
 
-    python benchmarks/inspect_throughput.py [--model runs/demo/train] [--data runs/demo/data] [--limit 64]
+    python benchmarks/inspect_throughput.py [--model runs/demo/train] [--data runs/demo/data] [--images 96]
+
+The images are one product line's night: --images new test images of one category (half normal,
+half defective) from the sample-data generator with its own seed, inspected with the memory bank of
+that category's normal images in --data (at most 16, as `inspect` takes them by default).
 
 Each inspect run is the real command in a fresh process (its own local Ray, Ray Data, the actor
 pool). Its rate is read from the summary.json it writes: ``images_per_s`` over the whole run
@@ -9,8 +13,9 @@ pool). Its rate is read from the summary.json it writes: ``images_per_s`` over t
 to the last (what a long night of images sees). The bare loop is one process with two torch
 threads (the machine's cores), reading and scoring the same images in the same batches with the
 same memory banks, timed the same two ways. ``rss_mib_per_worker`` is the largest resident memory
-of one scoring actor while it ran. Defaults to the demo run (`make demo` first): the first
-``--limit`` of its test images, spread over its categories.
+of one scoring actor while it ran. The scaling figure compares 2 workers with 1 worker of one
+thread (on 2 cores, 1 worker by default already runs two threads). Defaults to the demo run
+(`make demo` first).
 """
 
 from __future__ import annotations
@@ -29,11 +34,31 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def pick_images(data: Path, limit: int) -> list:
-    from pipeline.batch.sources import list_sources
-    from pipeline.references import evenly_spaced
+LINE_SEED = 7
+"""Seed of the benchmark's images (the demo's data is seed 0)."""
+RUNS = (
+    ("inspect_1_worker", 1, None),  # the default: one actor with both cores' threads
+    ("inspect_1_worker_1_thread", 1, 1),  # one core's worth: the base of the scaling figure
+    ("inspect_2_workers", 2, None),  # one thread each
+)
+"""(name, --workers, --threads-per-worker) of the inspect runs of each setting."""
 
-    return evenly_spaced(list_sources(str(data)), limit)
+
+def line_images(folder: Path, category: str, count: int) -> list:
+    """A night of one product line: ``count`` new test images of ``category`` (half normal, half
+    with defects), made by the sample-data generator with a seed the demo does not use."""
+    from pipeline.batch.sources import list_sources
+    from synth.demo_dataset import write_sample_dataset
+
+    root = write_sample_dataset(
+        folder,
+        seed=LINE_SEED,
+        n_train=1,
+        n_test_good=count // 2,
+        n_per_defect=count // 8,
+        categories=[category],
+    )
+    return list_sources(str(root))
 
 
 def bare_loop(model: Path, data: Path, sources: list, batch_size: int, generate: bool) -> dict:
@@ -70,12 +95,23 @@ def bare_loop(model: Path, data: Path, sources: list, batch_size: int, generate:
     return {"images_per_s": round(len(sources) / took, 3), "steady_images_per_s": round(steady, 3)}
 
 
-def inspect_run(model: Path, listing: Path, out: Path, workers: int, batch_size: int, generate: bool) -> dict:
+def inspect_run(
+    model: Path,
+    listing: Path,
+    references: Path,
+    out: Path,
+    workers: int,
+    batch_size: int,
+    generate: bool,
+    threads: int | None,
+) -> dict:
     command = [
         sys.executable, "-m", "pipeline", "inspect", "--model", str(model), "--images", str(listing),
         "--out", str(out), "--workers", str(workers), "--batch-size", str(batch_size), "--overlays", "none",
-        "--no-progress", "--store", str(out),
+        "--no-progress", "--store", str(out), "--references-dir", str(references),
     ] + ([] if generate else ["--no-llm"])  # fmt: skip
+    if threads is not None:
+        command += ["--threads-per-worker", str(threads)]
     peak: dict[int, int] = {}
     done = threading.Event()
     watcher = threading.Thread(target=_watch_actors, args=(peak, done), daemon=True)
@@ -110,24 +146,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "runs" / "demo" / "train")
     parser.add_argument("--data", type=Path, default=ROOT / "runs" / "demo" / "data")
-    parser.add_argument("--limit", type=int, default=64, help="images scored per setting")
+    parser.add_argument("--category", default="brick", help="the line's category (default brick)")
+    parser.add_argument("--images", type=int, default=96, help="images scored per setting (default 96)")
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args()
-    sources = pick_images(args.data, args.limit)
-    result: dict = {"images": len(sources), "batch_size": args.batch_size, "load_average": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
+        sources = line_images(Path(tmp) / "line", args.category, args.images)
+        result: dict = {
+            "category": args.category,
+            "images": len(sources),
+            "references": str(args.data),
+            "batch_size": args.batch_size,
+            "load_average": round(os.getloadavg()[0], 2),
+        }
         listing = Path(tmp) / "images.txt"
         listing.write_text("".join(s.path + "\n" for s in sources))
         for generate, label in ((False, "no_llm"), (True, "with_answers")):
             setting = {
                 "bare_predictor_loop": bare_loop(args.model, args.data, sources, args.batch_size, generate)
             }
-            for workers in (1, 2):
-                out = Path(tmp) / f"{label}-{workers}"
-                setting[f"inspect_{workers}_workers"] = inspect_run(
-                    args.model, listing, out, workers, args.batch_size, generate
+            for name, workers, threads in RUNS:
+                out = Path(tmp) / f"{label}-{name}"
+                setting[name] = inspect_run(
+                    args.model, listing, args.data, out, workers, args.batch_size, generate, threads
                 )
-            one, two = setting["inspect_1_workers"], setting["inspect_2_workers"]
+            one, two = setting["inspect_1_worker_1_thread"], setting["inspect_2_workers"]
             setting["speedup_1_to_2_workers"] = round(
                 two["steady_images_per_s"] / one["steady_images_per_s"], 2
             )

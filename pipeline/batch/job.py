@@ -40,6 +40,8 @@ class InspectRequest:
     workers: int = 1
     gpus_per_worker: float = 0.0
     batch_size: int = 4
+    threads_per_worker: int | None = None
+    """Torch threads of each actor; None: its share of the cluster's CPUs (all of them for one)."""
     generate: bool = True
     overlays: str = "anomalous"
     progress: bool = True
@@ -70,7 +72,7 @@ def run_inspection(req: InspectRequest) -> dict[str, Any]:
     cpus = _actor_cpus(float(ray.cluster_resources().get("CPU", 1.0)), req.workers)
     options = {
         "device": "cuda" if req.gpus_per_worker else "cpu",
-        "threads": max(1, round(cpus)),
+        "threads": req.threads_per_worker or max(1, round(cpus)),
         "generate": req.generate,
         "reference_roots": [str(p) for p in req.reference_roots],
         "max_references": req.max_references,

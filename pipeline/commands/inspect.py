@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="GPUs per actor (0.25: four share one; default 0)",
     )
     parser.add_argument(
+        "--threads-per-worker",
+        type=int,
+        metavar="N",
+        help="torch threads of each actor (default: its share of the cluster's CPUs)",
+    )
+    parser.add_argument(
         "--batch-size", type=int, default=4, metavar="N", help="images per model call (default 4)"
     )
     parser.add_argument(
@@ -100,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         ("--workers", args.workers, 1),
         ("--batch-size", args.batch_size, 1),
         ("--max-references", args.max_references, 1),
+        ("--threads-per-worker", 1 if args.threads_per_worker is None else args.threads_per_worker, 1),
     ):
         if value < least:
             raise InputError(f"{name} must be at least {least}, got {value}")
@@ -129,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         gpus_per_worker=args.gpus_per_worker,
         batch_size=args.batch_size,
+        threads_per_worker=args.threads_per_worker,
         generate=not args.no_llm,
         overlays=args.overlays,
         progress=not args.no_progress,
