@@ -376,7 +376,9 @@ def promotion_lock(
             client.create_registered_model(lock, tags={"owner": owner}, description=_lock_description(name))
             break
         except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            # Not found: the holder deleted the lock while the server was creating ours (the model
+            # row, then its tags): nobody holds it now, so try again.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS" and exc.error_code not in NOT_FOUND_CODES:
                 raise _unavailable(f"taking the promotion lock {lock!r}", exc) from exc
         now, current = time.monotonic(), _lock_owner(client, lock)
         if current != holder:
