@@ -215,33 +215,38 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 def _answer_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """Second table of metrics.md: do the answers follow the map (see the module docstring)."""
-    lines = [
+    intro = (
         "Answers against the map: agreement with the map's F1-optimal decision, position accuracy of "
         "the anomalies answered yes and that of the map's hottest cell on the same images, and the best "
-        "accuracy a map threshold reaches.",
-        "",
-        "| Category | Answer-map agreement | Position accuracy | Map position accuracy | Map best accuracy "
-        "| Positioned |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, m in rows:
-        figures = " | ".join(_pct(m.get(k)) for k in ANSWER_METRICS)
-        lines.append(f"| {name} | {figures} | {m.get('n_position_answers', 0)} |")
-    return [*lines, ""]
+        "accuracy a map threshold reaches."
+    )
+    header = ("Answer-map agreement", "Position accuracy", "Map position accuracy", "Map best accuracy")
+    return _percent_table(rows, intro, header, ANSWER_METRICS, ("Positioned", "n_position_answers"))
 
 
 def _region_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """metrics.md's table of the region boxes against the ground truth (see the module docstring)."""
-    lines = [
+    intro = (
         "Region boxes of the detected defects (score above 0.5, with a mask): mean IoU of the best box "
-        "with the ground truth's box, and the share with an IoU of at least 0.5 (both in percent).",
-        "",
-        "| Category | Box IoU | IoU >= 0.5 | Detected defects |",
-        "|---|---|---|---|",
-    ]
+        "with the ground truth's box, and the share with an IoU of at least 0.5 (both in percent)."
+    )
+    header = ("Box IoU", "IoU >= 0.5")
+    return _percent_table(rows, intro, header, REGION_METRICS, ("Detected defects", "n_region_boxes"))
+
+
+def _percent_table(
+    rows: list[tuple[str, dict[str, Any]]],
+    intro: str,
+    header: tuple[str, ...],
+    keys: tuple[str, ...],
+    count: tuple[str, str],
+) -> list[str]:
+    """A metrics.md table: per category, ``keys`` in percent, then the count ``count`` = (title, key)."""
+    titles = ("Category", *header, count[0])
+    lines = [intro, "", "| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for name, m in rows:
-        figures = " | ".join(_pct(m.get(k)) for k in REGION_METRICS)
-        lines.append(f"| {name} | {figures} | {m.get('n_region_boxes', 0)} |")
+        figures = " | ".join(_pct(m.get(k)) for k in keys)
+        lines.append(f"| {name} | {figures} | {m.get(count[1], 0)} |")
     return [*lines, ""]
 
 
