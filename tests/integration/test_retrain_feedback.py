@@ -28,7 +28,24 @@ def _png(path: Path) -> bytes:
     return buffer.getvalue()
 
 
-def test_retrain_after_feedback_trains_exactly_once(ray_session, sample_data_root, tmp_path):
+def _register_trained_on(cfg, data: Path, out: Path, checkpoint: Path) -> None:
+    """Register ``checkpoint`` tagged as trained on ``data``'s normal images with ``cfg`` (what a
+    retrain registers) without training it: the retrain's up-to-date check reads those tags."""
+    import mlflow
+
+    from pipeline.core.mlflow_store import configure_mlflow
+    from pipeline.orchestrate import fingerprints
+    from pipeline.registry import register_and_promote
+
+    out.mkdir(parents=True)
+    fps = fingerprints(cfg, data, out)
+    configure_mlflow(out, cfg.name)
+    tags = {"normals_fingerprint": fps["normals"], "model_fingerprint": fps["model"]}
+    with mlflow.start_run():
+        register_and_promote(checkpoint, {"mean": {"image_auroc": 0.5}}, fps["eval"], cfg.registry, tags=tags)
+
+
+def test_retrain_after_feedback_trains_exactly_once(ray_session, sample_data_root, tiny_checkpoint, tmp_path):
     from mlflow import MlflowClient
 
     data = tmp_path / "data"
@@ -36,8 +53,9 @@ def test_retrain_after_feedback_trains_exactly_once(ray_session, sample_data_roo
     cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml", FAST)
     out, feedback = tmp_path / "run", tmp_path / "feedback"
 
-    first = run_pipeline(RunRequest(cfg, data, out), retrain=True)
-    assert "up_to_date" not in first
+    _register_trained_on(
+        cfg, data, out, tiny_checkpoint
+    )  # the champion of last night: these normals, this config
     assert "up to date" in run_pipeline(RunRequest(cfg, data, out), retrain=True)["up_to_date"]
 
     store = FeedbackStore(feedback)
