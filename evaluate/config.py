@@ -20,6 +20,7 @@ class EvaluateConfig:
         "threads_per_worker",
         "write_maps",
         "mlflow_overlays",
+        "baseline",
     )
     """Keys that change how fast or what else is written, never the figures: left out of
     :meth:`identity`, so figures of runs that differ only in them stay comparable."""
@@ -69,6 +70,10 @@ class EvaluateConfig:
     """Upper FPR limit of AUPRO (the MVTec AD convention)."""
     write_maps: bool = True
     """Write maps/<category>/<stem>.png overlays for every test image."""
+    baseline: bool = True
+    """With references (k-shot or all-shot), also score the plain nearest-neighbour memory of the
+    same encoder and references (``baseline`` in metrics.json): the floor the model must clear.
+    Costs about one more bank's distances per image; false skips it."""
     mlflow_overlays: int = 2
     """Overlays per category logged to an active MLflow run (the worst-scored anomalous and the
     highest-scored normal images first)."""

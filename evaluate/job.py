@@ -91,17 +91,19 @@ def run_evaluation(
     rows: list[dict[str, Any]] = []
     per_category: dict[str, dict[str, Any]] = {}
     decoder_only: dict[str, dict[str, Any]] = {}
+    baseline: dict[str, dict[str, Any]] = {}
     try:
         for category in eval_set.categories:
-            cat_rows, state, decoder_state = _score_category(category, actors, cfg, generate, out)
+            cat_rows, states = _score_category(category, actors, cfg, generate, out)
             rows += cat_rows
-            if decoder_state is not None or any(r.get("decoder_score") is not None for r in cat_rows):
-                decoder_only[category.category] = report.decoder_metrics(
-                    cat_rows, decoder_state, cfg.aupro_max_fpr
-                )
+            for part, table in (("decoder", decoder_only), ("baseline", baseline)):
+                if states[part] is not None or any(r.get(f"{part}_score") is not None for r in cat_rows):
+                    table[category.category] = report.part_metrics(
+                        cat_rows, f"{part}_score", states[part], cfg.aupro_max_fpr
+                    )
             per_category[category.category] = report.category_metrics(
                 cat_rows,
-                state,
+                states["main"],
                 generate,
                 cfg.aupro_max_fpr,
                 len(category.missing_masks),
@@ -131,6 +133,7 @@ def run_evaluation(
             if decoder_only
             else None
         ),
+        "baseline": report.baseline_section(per_category, baseline) if baseline else None,
         "references": {c.category: c.references for c in eval_set.categories if c.references},
         "without_mask": {c.category: c.missing_masks for c in eval_set.categories if c.missing_masks},
         "unreadable": unreadable,
@@ -141,6 +144,13 @@ def run_evaluation(
         "images_per_s": round(len(rows) / scoring_s, 3),
         "config": dataclasses.asdict(cfg),
     }
+    for category in (result["baseline"] or {}).get("below", []):
+        log.warning(
+            "evaluate: %s: the model's Image-AUROC %.4f is below the plain nearest-neighbour baseline's %.4f",
+            category,
+            per_category[category]["image_auroc"],
+            baseline[category]["image_auroc"],
+        )
     report.write_outputs(out, result, rows)
     report.log_to_mlflow(out, result, rows, cfg.mlflow_overlays)
     log.info("evaluate: wrote %s (%.1f s)", out / "metrics.json", result["wall_time_s"])
@@ -201,19 +211,23 @@ def _batches(items: list[EvalItem], size: int) -> list[list[EvalItem]]:
 
 def _score_category(
     category: CategoryTestSet, actors: list[tuple[Any, dict]], cfg: EvaluateConfig, generate: bool, out: Path
-) -> tuple[list[dict[str, Any]], Any, Any]:
-    """Rows of every test image of the category and its merged pixel histograms (or None): the
-    reported map's and, with a memory bank, the decoder map's."""
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of every test image of the category and its merged pixel histograms (or None) by map:
+    ``main`` (the reported map) and, with references, ``decoder`` and ``baseline``."""
     import ray
     from tqdm import tqdm
 
-    bank = None
-    if category.reference_paths:  # built once by one actor, shared through the object store
-        bank = ray.put(ray.get(actors[0][0].build_bank.remote(category.category, category.reference_paths)))
+    bank = baseline = None
+    if category.reference_paths:  # each built once by one actor, shared through the object store
+        name, paths = category.category, category.reference_paths
+        bank_ref = actors[0][0].build_bank.remote(name, paths)
+        if cfg.baseline:  # on the last actor, beside the bank
+            baseline = ray.put(ray.get(actors[-1][0].build_baseline.remote(name, paths)))
+        bank = ray.put(ray.get(bank_ref))
     question = question_for(category.category)
     batches = _batches(category.items, cfg.batch_size)
     pending = {
-        actors[i % len(actors)][0].predict.remote(batch, bank, question, generate): batch
+        actors[i % len(actors)][0].predict.remote(batch, bank, question, generate, baseline): batch
         for i, batch in enumerate(batches)
     }
     rows: list[dict[str, Any]] = []
@@ -229,11 +243,9 @@ def _score_category(
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(picture)
             rows += batch_rows
-    return (
-        rows,
-        _merged_state(actors, category.category, "main"),
-        _merged_state(actors, category.category, "decoder"),
-    )
+    return rows, {
+        which: _merged_state(actors, category.category, which) for which in ("main", "decoder", "baseline")
+    }
 
 
 def _merged_state(actors: list[tuple[Any, dict]], category: str, which: str) -> Any:

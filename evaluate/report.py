@@ -20,6 +20,8 @@ Whether the answers follow the map (``ANSWER_METRICS``, per category and their m
   in the grid cell of a region's centroid: the position accuracy of answers that named the map's
   hottest cell, so the gap between the two is the LLM's, not the map's. ``null`` where
   ``position_accuracy`` is.
+- ``position_follows_map``: on the same images, the share whose answer names the map's hottest cell
+  (the answer reads the map, whether or not the map is right). ``null`` where ``position_accuracy`` is.
 - ``map_best_accuracy``: the best accuracy any image-score threshold reaches, the ceiling for answers
   that follow the map; 1.0 with a single class (a threshold beyond all scores). ``null`` without scores.
 
@@ -49,7 +51,13 @@ log = logging.getLogger(__name__)
 # The paper's keys first, then what we report beside them.
 HEADLINE = ("image_auroc", "pixel_auroc", "accuracy", "aupro", "f1_max")
 EXTRA = ("pixel_f1_max", "accuracy_substring", "pixel_auroc_error_bound")
-ANSWER_METRICS = ("answer_map_agreement", "position_accuracy", "map_position_accuracy", "map_best_accuracy")
+ANSWER_METRICS = (
+    "answer_map_agreement",
+    "position_accuracy",
+    "map_position_accuracy",
+    "position_follows_map",
+    "map_best_accuracy",
+)
 REGION_METRICS = ("region_box_iou", "region_box_iou_share_050")
 COUNTS = ("n_images", "n_unreadable", "n_without_mask", "n_position_answers", "n_region_boxes")
 GOOD_BOX_IOU = 0.5
@@ -120,6 +128,7 @@ def answer_metrics(ok: list[dict[str, Any]], answers_used: bool, scored: bool) -
         out["position_accuracy"] = metrics.position_accuracy([named for named, _ in located], truth)
         hottest = [[r["map_position"]] if r.get("map_position") else [] for _, r in located]
         out["map_position_accuracy"] = metrics.position_accuracy(hottest, truth)
+        out["position_follows_map"] = metrics.position_accuracy([named for named, _ in located], hottest)
     out["n_position_answers"] = len(located)
     return out
 
@@ -176,12 +185,36 @@ def _pct(value: float | None) -> str:
 DECODER_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "map_best_accuracy")
 
 
-def decoder_metrics(rows: list[dict[str, Any]], state: PixelMetricState | None, max_fpr: float) -> dict:
-    """The map metrics of the decoder's own map (rows' ``decoder_score``), when a memory bank made
-    the reported map: what the trained decoder alone finds."""
-    as_decoder = [{**r, "score": r.get("decoder_score")} for r in rows]
-    full = category_metrics(as_decoder, state, False, max_fpr)
+def part_metrics(
+    rows: list[dict[str, Any]], score_key: str, state: PixelMetricState | None, max_fpr: float
+) -> dict:
+    """The map metrics of another map scored beside the reported one (rows' ``score_key``): the
+    decoder's own map (``decoder_score``) or the plain baseline's (``baseline_score``)."""
+    as_part = [{**r, "score": r.get(score_key)} for r in rows]
+    full = category_metrics(as_part, state, False, max_fpr)
     return {k: full[k] for k in (*DECODER_KEYS, "n_images")}
+
+
+BELOW_BASELINE_MARGIN = 0.0005
+"""A category is flagged when the model's Image-AUROC is below the baseline's by more than this
+(half of the last printed digit of a percentage with one decimal)."""
+
+
+def baseline_section(per_category: dict[str, dict], baseline: dict[str, dict]) -> dict[str, Any]:
+    """metrics.json's ``baseline``: the plain memory's figures per category and mean, the model's
+    Image-AUROC minus the baseline's, and the categories where the model falls below it."""
+    margin = {
+        c: per_category[c]["image_auroc"] - b["image_auroc"]
+        for c, b in baseline.items()
+        if per_category[c].get("image_auroc") is not None and b.get("image_auroc") is not None
+    }
+    return {
+        "what": "plain nearest-neighbour memory of the same encoder's bank layers and references",
+        "per_category": baseline,
+        "mean": mean_metrics(baseline),
+        "image_auroc_margin": margin,
+        "below": sorted(c for c, m in margin.items() if m < -BELOW_BASELINE_MARGIN),
+    }
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -207,6 +240,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         lines += _region_table(rows)
     if result.get("decoder_only"):
         lines += _decoder_table(result["decoder_only"])
+    if result.get("baseline"):
+        lines += _baseline_table(result)
     if result["unreadable"]:
         lines.append(f"Unreadable files (left out, counted): {len(result['unreadable'])}")
         lines += [f"- `{u['path']}`: {u['reason']}" for u in result["unreadable"]]
@@ -217,10 +252,16 @@ def _answer_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """Second table of metrics.md: do the answers follow the map (see the module docstring)."""
     intro = (
         "Answers against the map: agreement with the map's F1-optimal decision, position accuracy of "
-        "the anomalies answered yes and that of the map's hottest cell on the same images, and the best "
-        "accuracy a map threshold reaches."
+        "the anomalies answered yes and that of the map's hottest cell on the same images, how often "
+        "those answers name the map's hottest cell, and the best accuracy a map threshold reaches."
     )
-    header = ("Answer-map agreement", "Position accuracy", "Map position accuracy", "Map best accuracy")
+    header = (
+        "Answer-map agreement",
+        "Position accuracy",
+        "Map position accuracy",
+        "Position follows map",
+        "Map best accuracy",
+    )
     return _percent_table(rows, intro, header, ANSWER_METRICS, ("Positioned", "n_position_answers"))
 
 
@@ -264,6 +305,31 @@ def _decoder_table(decoder_only: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _baseline_table(result: dict[str, Any]) -> list[str]:
+    """The plain nearest-neighbour memory beside the model: the floor its map must clear."""
+    base = result["baseline"]
+    lines = [
+        "The model against a plain nearest-neighbour memory (same encoder layers, same references; "
+        "no rotations, coreset, weighting, calibration or decoder):",
+        "",
+        "| Category | Model Image-AUROC | Baseline Image-AUROC | Model - baseline | Baseline Pixel-AUROC |",
+        "|---|---|---|---|---|",
+    ]
+    rows = [*base["per_category"].items(), ("**mean**", base["mean"])]
+    for name, b in rows:
+        model = result["mean"] if name == "**mean**" else result["per_category"][name]
+        margin = None
+        if model.get("image_auroc") is not None and b.get("image_auroc") is not None:
+            margin = 100 * (model["image_auroc"] - b["image_auroc"])
+        flag = " **below the baseline**" if name in base["below"] else ""
+        shown = "n/a" if margin is None else f"{margin:+.1f}"
+        lines.append(
+            f"| {name} | {_pct(model.get('image_auroc'))} | {_pct(b.get('image_auroc'))} | "
+            f"{shown}{flag} | {_pct(b.get('pixel_auroc'))} |"
+        )
+    return [*lines, ""]
+
+
 def write_outputs(out: Path, result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """metrics.json, metrics.md and answers.jsonl (rows sorted by category and image)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -297,8 +363,9 @@ def log_to_mlflow(out: Path, result: dict[str, Any], rows: list[dict[str, Any]],
         return False
     prefix = mlflow_prefix(result["shots"])
     values = _metric_values(prefix, result)
-    if result.get("decoder_only"):
-        values.update(_metric_values(f"{prefix}_decoder_only", result["decoder_only"]))
+    for part in ("decoder_only", "baseline"):
+        if result.get(part):
+            values.update(_metric_values(f"{prefix}_{part}", result[part]))
     mlflow.log_metrics(values)
     for name in ("metrics.json", "metrics.md"):
         mlflow.log_artifact(str(out / name), artifact_path=prefix)

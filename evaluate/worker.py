@@ -37,7 +37,8 @@ class EvalWorker:
         self.write_maps = write_maps
         self.states: dict[tuple[str, str], PixelMetricState] = {}
         """Pixel histograms per (category, map): ``main`` (the reported map) and, with a memory
-        bank, ``decoder`` (the decoder's map alone, reported beside)."""
+        bank, ``decoder`` (the decoder's map alone) and ``baseline`` (the plain nearest-neighbour
+        memory), reported beside."""
 
     def info(self) -> dict[str, Any]:
         """What the driver needs to know about the model (also proves the actor is up)."""
@@ -55,8 +56,12 @@ class EvalWorker:
         # travels through the object store: a CPU copy, the predictor's cached bank stays as it is
         return dataclasses.replace(bank, features=[f.cpu() for f in bank.features])
 
+    def build_baseline(self, category: str, paths: list[str]) -> Any:
+        """The plain nearest-neighbour memory of the same references (the model's floor)."""
+        return self.predictor.baseline_bank(category, [load_image(p, self.size) for p in paths])
+
     def predict(
-        self, items: list[EvalItem], bank: Any, question: str, generate: bool
+        self, items: list[EvalItem], bank: Any, question: str, generate: bool, baseline: Any = None
     ) -> list[dict[str, Any]]:
         """Rows for one batch of one category: image, label, score, answer, gt_positions (the grid
         cells of the ground-truth regions of an anomalous image with a mask, else None),
@@ -73,15 +78,22 @@ class EvalWorker:
         if not loaded:
             return rows
         predictions = self.predictor.predict(
-            arrays, [i.category for i in loaded], memory_bank=bank, questions=question, generate=generate
+            arrays,
+            [i.category for i in loaded],
+            memory_bank=bank,
+            questions=question,
+            generate=generate,
+            baseline_bank=baseline,
         )
         for item, image, pred in zip(loaded, arrays, predictions, strict=True):
             gt = load_ground_truth(item.mask_path, self.size, self.pixel["threshold"])
             if item.in_pixel_metrics:
                 self._add_pixels((item.category, "main"), pred.anomaly_map, gt, item)
                 self._add_pixels((item.category, "decoder"), pred.decoder_map, gt, item)
+                self._add_pixels((item.category, "baseline"), pred.baseline_map, gt, item)
             row = _row(item, score=pred.score, answer=pred.answer)
             row["decoder_score"] = pred.decoder_score
+            row["baseline_score"] = pred.baseline_score
             row["regions"] = region_dicts(pred.anomaly_map, image_size(item.path))
             row["region_box_iou"] = region_box_iou(item, pred, gt)
             if item.label and item.mask_path:
@@ -119,7 +131,7 @@ class EvalWorker:
 
     def take_state(self, category: str, which: str = "main") -> PixelMetricState | None:
         """Hand over (and forget) this actor's pixel histogram of ``category`` for map ``which``
-        (``main`` or ``decoder``)."""
+        (``main``, ``decoder`` or ``baseline``)."""
         return self.states.pop((category, which), None)
 
 

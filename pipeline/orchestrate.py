@@ -86,9 +86,9 @@ def synth_settings(cfg: PipelineConfig) -> dict[str, Any]:
 
 def model_settings(cfg: PipelineConfig) -> dict[str, Any]:
     """The settings :func:`model_fingerprint` hashes, readable: callers record them to say what changed.
-    The model section counts whole; synth and train as their configs declare (``identity()``)."""
+    Each section as its config declares (``identity()``)."""
     train = cfg.train.identity()
-    return {"seed": cfg.seed, "synth": synth_settings(cfg), "model": to_dict(cfg.model), "train": train}
+    return {"seed": cfg.seed, "synth": synth_settings(cfg), "model": cfg.model.identity(), "train": train}
 
 
 def model_fingerprint(cfg: PipelineConfig) -> str:

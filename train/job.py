@@ -277,7 +277,9 @@ def latest_checkpoint(storage: str, name: str) -> tuple[dict[str, Any] | None, P
 def _fingerprint(cfg: TrainJobConfig, shards, instruct, workers: int, fraction: float) -> str:
     """What a checkpoint must match to be resumed: the run's config (its train section as
     ``TrainConfig.identity()``: less what may change on a resume), data, workers."""
-    config = {**run_record(cfg), "train": cfg.train.identity()}
+    config = {**run_record(cfg), "model": cfg.model.identity(), "train": cfg.train.identity()}
+    if isinstance(config.get("evaluate"), dict) and config["evaluate"].get("baseline") is True:
+        config["evaluate"] = {k: v for k, v in config["evaluate"].items() if k != "baseline"}  # added later
     identity = {
         "config": config,
         "workers": workers,

@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-maps", action="store_true", help="do not write the overlay PNGs")
     parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="do not score the plain nearest-neighbour memory beside the model (metrics.json "
+        "'baseline'; on by default with references: the floor the model's map must clear)",
+    )
+    parser.add_argument(
         "--mlflow-uri",
         metavar="URI",
         help="tracking URI to resolve a models:/ or runs:/ --model (default: $MLFLOW_TRACKING_URI)",
@@ -86,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("evaluate.allow_missing_masks=true")
     if args.no_maps:
         overrides.append("evaluate.write_maps=false")
+    if args.no_baseline:
+        overrides.append("evaluate.baseline=false")
     for flag in ("shots", "workers"):
         value = getattr(args, flag)
         if value is not None:

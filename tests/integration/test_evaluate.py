@@ -81,6 +81,14 @@ def test_one_and_two_workers_give_identical_metrics_and_follow_the_schema(
     decoder = written["decoder_only"]  # the decoder's own map, reported beside the fused one
     assert sorted(decoder["per_category"]) == sorted(written["per_category"])
     assert all(0.0 <= decoder["mean"][k] <= 1.0 for k in ("image_auroc", "pixel_auroc", "map_best_accuracy"))
+    base = written["baseline"]  # the plain nearest-neighbour memory, beside the model
+    assert sorted(base["per_category"]) == sorted(written["per_category"])
+    assert all(0.0 <= base["mean"][k] <= 1.0 for k in ("image_auroc", "pixel_auroc"))
+    for category, margin in base["image_auroc_margin"].items():
+        model, plain = written["per_category"][category]["image_auroc"], base["per_category"][category]
+        assert margin == pytest.approx(model - plain["image_auroc"])
+        assert (category in base["below"]) == (margin < -0.0005)
+    assert "plain nearest-neighbour memory" in (out / "metrics.md").read_text()
     assert written["accuracy_rule"] == "llm_answer_strict"
     categories = sorted(p.name for p in Path(sample_data_root).iterdir() if (p / "test").is_dir())
     assert sorted(written["per_category"]) == categories

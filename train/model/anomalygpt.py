@@ -194,13 +194,19 @@ class AnomalyGPT(nn.Module):
 
     def calibrate_distances(self, layer_maps: torch.Tensor) -> Calibration:
         """Where normal ends on a bank's distances, from its per-layer maps (N, L, H, W) of normal
-        images it does not hold; this also weighs the bank's layers."""
-        return Calibration.from_layer_maps(layer_maps, self.cfg.memory_bank.false_alarm_rate)
+        images it does not hold; this also weighs the bank's layers (``memory_bank.layer_weighting``)."""
+        mb = self.cfg.memory_bank
+        if mb.layer_weighting == "equal":
+            return Calibration.from_maps(combine_layers(layer_maps, None), mb.false_alarm_rate)
+        return Calibration.from_layer_maps(layer_maps, mb.false_alarm_rate)
 
     def fuse(self, bank_part: torch.Tensor, decoder_part: torch.Tensor) -> torch.Tensor:
-        """Calibrated fusion: the normalised bank and decoder maps averaged (``decoder_weight``)."""
-        w = self.cfg.memory_bank.decoder_weight
-        return (bank_part + w * decoder_part) / (1.0 + w)
+        """Calibrated fusion: the normalised bank and decoder maps averaged (``decoder_weight``), the
+        decoder's part bounded by ``decoder_cap``."""
+        mb = self.cfg.memory_bank
+        if mb.decoder_cap is not None:
+            decoder_part = decoder_part.clamp(max=mb.decoder_cap)
+        return (bank_part + mb.decoder_weight * decoder_part) / (1.0 + mb.decoder_weight)
 
     def calibrate_fused(
         self, nn: Calibration, decoder: Calibration, distances: torch.Tensor, decoder_maps: torch.Tensor
@@ -229,7 +235,8 @@ class AnomalyGPT(nn.Module):
         measured = self.one_shot_calibration(category) if shots == 1 else None
         held_out = None
         if measured is not None:
-            bank.nn_calibration = Calibration(*measured.nn, measured.layer_weights)
+            weights = measured.layer_weights if self.cfg.memory_bank.layer_weighting != "equal" else None
+            bank.nn_calibration = Calibration(*measured.nn, weights)
         elif bank.can_hold_out():
             held_out = bank.layer_distance_maps(self.bank_layers(upright), size, hold_out=list(range(shots)))
             bank.nn_calibration = self.calibrate_distances(held_out)
@@ -247,6 +254,14 @@ class AnomalyGPT(nn.Module):
                         bank.nn_calibration, bank.decoder_calibration, distances, decoder_maps
                     )
         return bank
+
+    @torch.no_grad()
+    def build_baseline_bank(self, reference_images: torch.Tensor, category: str | None = None) -> MemoryBank:
+        """The floor the model's map must clear: a plain nearest-neighbour memory of the same frozen
+        encoder's bank layers and the same references, and nothing else (no rotations, coreset,
+        smoothing, layer weights, calibration or decoder). Its map is :meth:`MemoryBank.plain_map`."""
+        maps = self.bank_layers(self.encode_all(reference_images))
+        return MemoryBank.from_patch_maps(maps, reference_images.shape[0], 1, category, smoothing=0.0)
 
     def one_shot_calibration(self, category: str | None) -> OneShotCalibration | None:
         """Where normal ends on a one-reference bank of ``category``, as training measured it; a
@@ -319,9 +334,12 @@ class AnomalyGPT(nn.Module):
         memory_bank: MemoryBank | None = None,
         question: str | list[str] | None = None,
         generate: bool = True,
+        baseline: MemoryBank | None = None,
     ) -> list[Prediction]:
         """Map, score (max of the map) and answer per image. ``question`` defaults to the plain
-        "Is there any anomaly in the image?"; callers pass the class description + question."""
+        "Is there any anomaly in the image?"; callers pass the class description + question.
+        ``baseline`` (from :meth:`build_baseline_bank`) adds its plain map to each prediction, from
+        the same encoder pass."""
         if len(categories) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(categories)} categories")
         if memory_bank is not None and memory_bank.category is not None:
@@ -336,6 +354,7 @@ class AnomalyGPT(nn.Module):
         amap = decoder_map
         if memory_bank is not None:
             amap = self.bank_map(memory_bank, enc.patch_maps, decoder_map, size)
+        plain = None if baseline is None else baseline.plain_map(self.bank_layers(enc.patch_maps), size)
         answers: list[str | None] = [None] * images.shape[0]
         if self.llm is not None and generate:
             answers = self._answers(enc.global_embed, amap, self._questions(question, len(categories)))
@@ -346,7 +365,8 @@ class AnomalyGPT(nn.Module):
             d = None
             if memory_bank is not None and decoder_map is not None:
                 d = decoder_map[i, 0].float().cpu().numpy()
-            out.append(Prediction(category, m, float(m.max()) if m is not None else None, answers[i], d))
+            b = None if plain is None else plain[i, 0].float().cpu().numpy()
+            out.append(Prediction(category, m, float(m.max()) if m is not None else None, answers[i], d, b))
         return out
 
     @torch.no_grad()

@@ -66,6 +66,14 @@ class Prediction:
     """With a memory bank: the decoder's own map (H, W) beside the fused one, for reporting the
     decoder alone; None otherwise (then ``anomaly_map`` is the decoder's map, if any)."""
 
+    baseline_map: np.ndarray | None = None
+    """With a plain baseline bank (:meth:`AnomalyGPT.build_baseline_bank`): its map (H, W), the
+    floor the reported map must clear; None otherwise."""
+
     @property
     def decoder_score(self) -> float | None:
         return None if self.decoder_map is None else float(self.decoder_map.max())
+
+    @property
+    def baseline_score(self) -> float | None:
+        return None if self.baseline_map is None else float(self.baseline_map.max())

@@ -10,7 +10,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 WHERE_WORDS = 2
 """Words of a 3x3 position name ("top left"), one map-summary where token each."""
@@ -166,9 +166,15 @@ class MemoryBankConfig:
     """Weight of the decoder map against the bank map (1) in calibrated fusion. Small by default:
     on real defects a plain nearest-neighbour memory is the stronger map (the decoder learns from
     synthetic anomalies only), so the decoder adds evidence without overruling the bank."""
+    decoder_cap: float | None = None
+    """Upper bound of the normalised decoder map in calibrated fusion (1 is where normal ends on it);
+    null: unbounded. Bounds how far a decoder that misreads a category can lift a normal image."""
     smoothing: float = 4.0
     """Sigma, in pixels of the model's input, of the Gaussian that smooths the bank's distance maps
     (PatchCore: 4 at 224). A lone noisy patch no longer sets an image's score; 0 turns it off."""
+    layer_weighting: Literal["normal_spread", "equal"] = "normal_spread"
+    """How the bank's layers are weighed in its map: ``normal_spread``, each by the inverse of how
+    far its normal distances spread (measured on the references); ``equal``, their plain mean."""
     false_alarm_rate: float = 0.05
     """Where normal ends: the share of normal images whose map would reach the decision point (0.5),
     from a normal law fitted to the references' held-out peaks (three or more references). 0 puts
@@ -188,8 +194,19 @@ class MemoryBankConfig:
             raise ValueError(f"memory_bank.decoder_weight must be >= 0, got {self.decoder_weight}")
         if self.smoothing < 0:
             raise ValueError(f"memory_bank.smoothing must be >= 0, got {self.smoothing}")
+        if self.decoder_cap is not None and self.decoder_cap <= 0:
+            raise ValueError(f"memory_bank.decoder_cap must be > 0 or null, got {self.decoder_cap}")
         if not 0.0 <= self.false_alarm_rate < 0.5:
             raise ValueError(f"memory_bank.false_alarm_rate must be in [0, 0.5), got {self.false_alarm_rate}")
+
+
+LATER_KEYS: dict[tuple[str, str], Any] = {
+    ("memory_bank", "layer_weighting"): "normal_spread",
+    ("memory_bank", "decoder_cap"): None,
+}
+"""Model keys added after run folders existed, with the default that behaves as before: part of a
+model's identity only when set away from it, so adding a knob neither retrains nor refuses to
+resume any existing run."""
 
 
 @dataclass
@@ -252,6 +269,17 @@ class ModelConfig:
     """Share of anomaly samples whose prompt map gets the random boundary gain."""
     few_shot_train_pool: int = 16
     """Normal training images per category kept encoded for few-shot training (memory bound)."""
+
+    def identity(self) -> dict[str, Any]:
+        """This config as plain data, less ``LATER_KEYS`` at their defaults: what a model's
+        fingerprint and a training run's resume check hash."""
+        from pipeline.core.config import to_dict
+
+        data = to_dict(self)
+        for (section, key), default in LATER_KEYS.items():
+            if data[section].get(key, default) == default:
+                data[section].pop(key, None)
+        return data
 
     @property
     def summary_tokens(self) -> int:

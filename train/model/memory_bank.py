@@ -217,6 +217,11 @@ class MemoryBank:
         layer_maps = self.layer_distance_maps(patch_maps, size, hold_out)
         return combine_layers(layer_maps, self.nn_calibration.layer_weights)
 
+    def plain_map(self, patch_maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """(B, 1, H, W) in [0, 1]: the layers' distances averaged, halved (cosine distance lies in
+        [0, 2]); no weights, no calibration. The map of a bank used as the plain baseline."""
+        return self.layer_distance_maps(patch_maps, size).mean(dim=1, keepdim=True).div(2.0).clamp(0.0, 1.0)
+
     def _allowed(self, layer: int, image: int) -> torch.Tensor:
         same = self.image_ids[layer] == image
         if self.shots == 1:

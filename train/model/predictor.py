@@ -114,6 +114,12 @@ class Predictor:
             self._banks.move_to_end(key)
             return bank
 
+    def baseline_bank(self, category: str, references: Sequence[np.ndarray]) -> MemoryBank:
+        """The plain nearest-neighbour memory of ``references`` (see
+        :meth:`AnomalyGPT.build_baseline_bank`); not cached: evaluation builds one per category."""
+        with torch.no_grad():
+            return self.model.build_baseline_bank(self.to_tensor(references), category)
+
     def predict(
         self,
         images: Sequence[np.ndarray],
@@ -122,16 +128,22 @@ class Predictor:
         memory_bank: MemoryBank | None = None,
         questions: str | Sequence[str | None] | None = None,
         generate: bool = True,
+        baseline_bank: MemoryBank | None = None,
     ) -> list[Prediction]:
         """Map, score and (with ``generate`` and an LLM) answer per image. ``questions``: one for all
         or one per image; None is the model's bare question, so pass the trained one
-        (``synth.text.question_for(category)``)."""
+        (``synth.text.question_for(category)``). ``baseline_bank`` adds the plain baseline's map."""
         question = questions if questions is None or isinstance(questions, str) else list(questions)
         tensor = self.to_tensor(images)
         self.model.eval()
         with torch.no_grad():
             return self.model.predict(
-                tensor, list(categories), memory_bank=memory_bank, question=question, generate=generate
+                tensor,
+                list(categories),
+                memory_bank=memory_bank,
+                question=question,
+                generate=generate,
+                baseline=baseline_bank,
             )
 
 

@@ -125,6 +125,7 @@ def test_category_figures_by_hand():
     assert m["answer_map_agreement"] == 5 / 7
     assert m["position_accuracy"] == 1 / 2
     assert m["map_position_accuracy"] == 1.0  # the map's hottest cell is right where the answer missed
+    assert m["position_follows_map"] == 0.0  # hottest top left: names none; center: names two others
     assert m["n_position_answers"] == 2
     # nothing 2/7, >=.9 3/7, >=.8 4/7, >=.5 5/7, >=.4 4/7, >=.35 5/7, >=.2 6/7, >=.1 5/7
     assert m["map_best_accuracy"] == 6 / 7
@@ -212,3 +213,14 @@ def test_map_position_is_the_cell_of_the_maps_peak():
     assert map_position(amap) == "top right"
     amap[30, 30] = 2.0
     assert map_position(amap) == "center"
+
+
+def test_positions_follow_the_map_when_the_answer_names_its_hottest_cell():
+    rows = [
+        _row(1, 0.9, YES_TOP, ["center"], hottest="top"),  # wrong place, but the map's: follows
+        _row(1, 0.8, YES_TWO, ["top left"], hottest="top left"),  # follows and right
+        _row(1, 0.7, YES_TOP, ["top"], hottest="bottom"),  # right place, not the map's: does not
+    ]
+    m = category_metrics(rows, None, answers_used=True, max_fpr=0.3)
+    assert m["position_follows_map"] == 2 / 3
+    assert m["position_accuracy"] == 2 / 3

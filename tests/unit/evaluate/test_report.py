@@ -74,7 +74,8 @@ def _answered():
     """_result and _rows with answers, ground-truth positions and the answer figures."""
     result = _result()
     m = {**result["per_category"]["brick"], "answer_map_agreement": 0.75, "position_accuracy": None,
-         "map_position_accuracy": None, "map_best_accuracy": 1.0, "n_position_answers": 0}  # fmt: skip
+         "map_position_accuracy": None, "position_follows_map": None, "map_best_accuracy": 1.0,
+         "n_position_answers": 0}  # fmt: skip
     result["per_category"] = {"brick": m}
     result["mean"] = m
     rows = _rows()
@@ -89,11 +90,12 @@ def test_answer_figures_get_a_second_table_and_positions_go_to_answers_jsonl(tmp
     table = (tmp_path / "metrics.md").read_text()
     assert "| brick | 90.0 | – | 75.0 | – | 80.0 | 4 |" in table  # the first table as before
     header = (
-        "| Category | Answer-map agreement | Position accuracy | Map position accuracy | Map best accuracy |"
+        "| Category | Answer-map agreement | Position accuracy | Map position accuracy |"
+        " Position follows map | Map best accuracy |"
     )
     assert header + " Positioned |" in table
-    assert "| brick | 75.0 | – | – | 100.0 | 0 |" in table
-    assert "| **mean** | 75.0 | – | – | 100.0 | 0 |" in table
+    assert "| brick | 75.0 | – | – | – | 100.0 | 0 |" in table
+    assert "| **mean** | 75.0 | – | – | – | 100.0 | 0 |" in table
     lines = [json.loads(x) for x in (tmp_path / "answers.jsonl").read_text().splitlines()]
     stain = next(x for x in lines if x["defect"] == "stain")
     assert stain["gt_positions"] == ["center", "bottom"]

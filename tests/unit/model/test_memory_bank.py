@@ -137,3 +137,27 @@ def test_an_unseen_category_takes_the_median_weights_summing_to_one():
     median = OneShotCalibration.median(known)
     assert median.layer_weights == pytest.approx((0.3 / 1.1, 0.8 / 1.1))
     assert OneShotCalibration.median([*known, OneShotCalibration((0.1, 0.3))]).layer_weights is None
+
+
+def test_the_plain_map_is_the_brute_force_nearest_neighbour_distance_averaged_over_layers():
+    torch.manual_seed(0)
+    refs = [torch.randn(2, 8, 5, 5), torch.randn(2, 6, 5, 5)]  # two layers, two references
+    bank = MemoryBank.from_patch_maps(refs, shots=2, smoothing=0.0)
+    query = [torch.randn(1, 8, 5, 5), torch.randn(1, 6, 5, 5)]
+    query[0][0, :, 2, 3] = refs[0][1, :, 4, 0] * 3.0  # one patch equal (in direction) to a reference's
+    expected = []
+    for q, r in zip(query, refs, strict=True):
+        qs = torch.nn.functional.normalize(q[0].flatten(1).T, dim=1)  # (25, C)
+        rs = torch.nn.functional.normalize(r.permute(0, 2, 3, 1).reshape(-1, r.shape[1]), dim=1)
+        expected.append((1.0 - (qs @ rs.T).max(dim=1).values).reshape(5, 5))
+    want = torch.stack(expected).mean(0) / 2.0
+    got = bank.plain_map(query, (5, 5))[0, 0]  # same size as the grid: no interpolation
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert float(got[2, 3]) < float(want.max())  # the equal patch is nearer than the rest
+
+
+def test_the_plain_map_of_a_reference_itself_is_zero():
+    torch.manual_seed(1)
+    refs = [torch.randn(3, 4, 6, 6)]
+    bank = MemoryBank.from_patch_maps(refs, shots=3, smoothing=0.0)
+    assert float(bank.plain_map([refs[0][1:2]], (12, 12)).abs().max()) < 1e-5
