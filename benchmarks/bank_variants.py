@@ -81,7 +81,7 @@ def category_aurocs(predictor: Any, data: Path, category: str, shots: int | str,
     try:
         for name in variants:
             model_cfg.memory_bank = dataclasses.replace(original, **VARIANTS[name])
-            predictor._banks.clear()  # a bank is cached by content: each variant builds its own
+            predictor.clear_banks()  # a bank is cached by content: each variant builds its own
             bank = predictor.memory_bank(category, ref_images)
             scores, plain = [], []
             for i in range(0, len(test_images), 8):
@@ -100,7 +100,7 @@ def category_aurocs(predictor: Any, data: Path, category: str, shots: int | str,
             out[name] = round(float(roc_auc_score(labels, scores)), 4)
     finally:
         model_cfg.memory_bank = original
-        predictor._banks.clear()
+        predictor.clear_banks()
     return out
 
 

@@ -208,11 +208,18 @@ def baseline_section(per_category: dict[str, dict], baseline: dict[str, dict]) -
         for c, b in baseline.items()
         if per_category[c].get("image_auroc") is not None and b.get("image_auroc") is not None
     }
+    mean = mean_metrics(baseline)
+    model_mean = mean_metrics(per_category).get("image_auroc")
     return {
         "what": "plain nearest-neighbour memory of the same encoder's bank layers and references",
         "per_category": baseline,
-        "mean": mean_metrics(baseline),
+        "mean": mean,
         "image_auroc_margin": margin,
+        "mean_image_auroc_margin": (
+            None
+            if model_mean is None or mean.get("image_auroc") is None
+            else model_mean - mean["image_auroc"]
+        ),
         "below": sorted(c for c, m in margin.items() if m < -BELOW_BASELINE_MARGIN),
     }
 
@@ -317,12 +324,11 @@ def _baseline_table(result: dict[str, Any]) -> list[str]:
     ]
     rows = [*base["per_category"].items(), ("**mean**", base["mean"])]
     for name, b in rows:
-        model = result["mean"] if name == "**mean**" else result["per_category"][name]
-        margin = None
-        if model.get("image_auroc") is not None and b.get("image_auroc") is not None:
-            margin = 100 * (model["image_auroc"] - b["image_auroc"])
+        is_mean = name == "**mean**"
+        model = result["mean"] if is_mean else result["per_category"][name]
+        margin = base["mean_image_auroc_margin"] if is_mean else base["image_auroc_margin"].get(name)
         flag = " **below the baseline**" if name in base["below"] else ""
-        shown = "n/a" if margin is None else f"{margin:+.1f}"
+        shown = "n/a" if margin is None else f"{100 * margin:+.1f}"
         lines.append(
             f"| {name} | {_pct(model.get('image_auroc'))} | {_pct(b.get('image_auroc'))} | "
             f"{shown}{flag} | {_pct(b.get('pixel_auroc'))} |"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import ConfigError, dump_yaml, to_dict
+from pipeline.core.config import ConfigError, dump_yaml, to_dict, without_later_defaults
 from pipeline.core.files import file_sha256, json_sha256
 from pipeline.core.runtime import configure_environment, init_ray, library_log_level, require_gpus, worker_env
 from train import ds_config, tracking
@@ -276,10 +276,9 @@ def latest_checkpoint(storage: str, name: str) -> tuple[dict[str, Any] | None, P
 
 def _fingerprint(cfg: TrainJobConfig, shards, instruct, workers: int, fraction: float) -> str:
     """What a checkpoint must match to be resumed: the run's config (its train section as
-    ``TrainConfig.identity()``: less what may change on a resume), data, workers."""
-    config = {**run_record(cfg), "model": cfg.model.identity(), "train": cfg.train.identity()}
-    if isinstance(config.get("evaluate"), dict) and config["evaluate"].get("baseline") is True:
-        config["evaluate"] = {k: v for k, v in config["evaluate"].items() if k != "baseline"}  # added later
+    ``TrainConfig.identity()``: less what may change on a resume; keys added later at their
+    defaults left out), data, workers."""
+    config = without_later_defaults({**run_record(cfg), "train": cfg.train.identity()})
     identity = {
         "config": config,
         "workers": workers,

@@ -8,6 +8,7 @@ is parsed as YAML (``--set train.lr=3e-4``, ``--set synth.categories=[brick,gras
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -164,6 +165,34 @@ def _merged_source(path: str | Path | None, overrides: Sequence[str]) -> str:
     if not path:
         return sets or "the defaults"
     return f"{path} (with {sets})" if sets else str(path)
+
+
+LATER_KEYS: dict[tuple[str, ...], Any] = {
+    ("model", "memory_bank", "layer_weighting"): "normal_spread",
+    ("model", "memory_bank", "decoder_cap"): None,
+    ("evaluate", "baseline"): True,
+}
+"""Run-config keys added after run folders existed, each with the default that behaves as before: a
+stage key or resume fingerprint hashes them only when set away from it, so adding one neither
+re-runs nor refuses to resume any existing run."""
+
+
+def without_later_defaults(data: dict[str, Any], section: str | None = None) -> dict[str, Any]:
+    """``data`` (plain, from :func:`to_dict`: a whole run config, or with ``section`` that section of
+    it) less the :data:`LATER_KEYS` that hold their default."""
+    out = copy.deepcopy(data)
+    for path, default in LATER_KEYS.items():
+        if section is not None:
+            if path[0] != section:
+                continue
+            path = path[1:]
+        *parents, key = path
+        node = out
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node and node[key] == default:
+            del node[key]
+    return out
 
 
 def to_dict(obj: Any) -> Any:

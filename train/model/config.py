@@ -200,15 +200,6 @@ class MemoryBankConfig:
             raise ValueError(f"memory_bank.false_alarm_rate must be in [0, 0.5), got {self.false_alarm_rate}")
 
 
-LATER_KEYS: dict[tuple[str, str], Any] = {
-    ("memory_bank", "layer_weighting"): "normal_spread",
-    ("memory_bank", "decoder_cap"): None,
-}
-"""Model keys added after run folders existed, with the default that behaves as before: part of a
-model's identity only when set away from it, so adding a knob neither retrains nor refuses to
-resume any existing run."""
-
-
 @dataclass
 class ModelConfig:
     """The AnomalyGPT model: encoder, decoder, memory bank, prompt learner, LLM, losses."""
@@ -271,15 +262,11 @@ class ModelConfig:
     """Normal training images per category kept encoded for few-shot training (memory bound)."""
 
     def identity(self) -> dict[str, Any]:
-        """This config as plain data, less ``LATER_KEYS`` at their defaults: what a model's
-        fingerprint and a training run's resume check hash."""
-        from pipeline.core.config import to_dict
+        """This config as plain data, less the keys added later that hold their defaults
+        (``pipeline.core.config.LATER_KEYS``): what a model's fingerprint hashes."""
+        from pipeline.core.config import to_dict, without_later_defaults
 
-        data = to_dict(self)
-        for (section, key), default in LATER_KEYS.items():
-            if data[section].get(key, default) == default:
-                data[section].pop(key, None)
-        return data
+        return without_later_defaults(to_dict(self), section="model")
 
     @property
     def summary_tokens(self) -> int:

@@ -114,6 +114,11 @@ class Predictor:
             self._banks.move_to_end(key)
             return bank
 
+    def clear_banks(self) -> None:
+        """Forget every cached bank (after the model's bank settings changed)."""
+        with self._bank_lock:
+            self._banks.clear()
+
     def baseline_bank(self, category: str, references: Sequence[np.ndarray]) -> MemoryBank:
         """The plain nearest-neighbour memory of ``references`` (see
         :meth:`AnomalyGPT.build_baseline_bank`); not cached: evaluation builds one per category."""
