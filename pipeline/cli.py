@@ -95,12 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
+    except Exception as raised:
+        exc = unwrap_ray_error(raised)
         code = exit_code(exc)
         if code is None:
             raise  # a bug: exit 1 with the traceback
         if args.debug:
-            traceback.print_exception(exc, file=sys.stderr)
+            traceback.print_exception(raised, file=sys.stderr)  # with the remote traceback, if any
         print(f"error: {error_message(exc)}", file=sys.stderr)
         return code
 
@@ -115,6 +116,24 @@ def run() -> NoReturn:
     code = main()
     gc.freeze()
     raise SystemExit(code)
+
+
+def unwrap_ray_error(exc: BaseException) -> BaseException:
+    """The error a Ray task, actor or library raised, out of the wrappers Ray puts around it.
+
+    ``ray.get`` re-raises a task's OSError as a ``RayTaskError(OSError)`` whose errno is lost, and
+    Ray Data and Ray Train chain the user's error under their own: an error whose class Ray defines
+    is looked into (its ``cause``, else its ``__cause__``) until one that is not Ray's is found, so
+    a full disk inside a shard-writing task exits 4 like one in the driver. Ray's own errors with
+    nothing inside (a dead node, an unreachable cluster) stay as they are."""
+    seen: set[int] = set()
+    while type(exc).__module__.startswith("ray.") and id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    return exc
 
 
 def exit_code(exc: BaseException) -> int | None:

@@ -24,6 +24,7 @@ a tracking server that cannot be reached or fails is :class:`RegistryError` (exi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import math
@@ -493,8 +494,9 @@ def resolve_model(ref: str | Path, dst: str | Path | None = None) -> Path:
     cached = _checkpoint_in(dst)
     if cached is not None:
         return cached
-    partial = dst.with_name(dst.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    # Each download its own folder: two processes (or threads) resolving the same URI at once
+    # must not empty each other's; the first to finish renames its folder into place.
+    partial = dst.with_name(f"{dst.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
     partial.mkdir(parents=True)
     try:
         _download(uri, text, partial)
@@ -509,9 +511,25 @@ def resolve_model(ref: str | Path, dst: str | Path | None = None) -> Path:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    shutil.rmtree(dst, ignore_errors=True)
-    partial.rename(dst)
-    return _checkpoint_in(dst) or dst
+    return _move_into_cache(partial, dst)
+
+
+def _move_into_cache(partial: Path, dst: Path) -> Path:
+    """``partial``'s checkpoint renamed to ``dst`` (atomic); where another download got there first,
+    its complete copy is kept and ours removed, so a reader of ``dst`` never sees it change."""
+    if dst.exists() and _checkpoint_in(dst) is None:
+        shutil.rmtree(dst, ignore_errors=True)  # a leftover without a checkpoint: not anybody's result
+    try:
+        partial.rename(dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+    found = _checkpoint_in(dst)
+    if found is None:
+        raise RegistryError(f"model cache {dst}: holds no checkpoint after the download; remove it and retry")
+    return found
 
 
 def _download(uri: str, ref: str, dst: Path) -> None:

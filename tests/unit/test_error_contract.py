@@ -197,3 +197,66 @@ def test_run_and_retrain_errors_have_their_exit_code(
     argv = [command, "--config", TINY, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]
     assert main(argv) == code
     assert capsys.readouterr().err == f"error: {name} at {tmp_path}: the reason\n"
+
+
+def _as_ray_get_raises(error: Exception, chained_by_ray_data: bool = False) -> Exception:
+    """``error`` as it reaches the driver from a Ray task: ``ray.get`` raises the task's error as a
+    ``RayTaskError(<its class>)`` (built by Ray's own code, as in a worker); Ray Data chains that
+    under its ``UserCodeException``."""
+    import ray.exceptions
+
+    wrapped = ray.exceptions.RayTaskError("write_shard", "Traceback (remote)", error).as_instanceof_cause()
+    if not chained_by_ray_data:
+        return wrapped
+    try:
+        raise ray.exceptions.UserCodeException("UDF failed") from wrapped
+    except ray.exceptions.UserCodeException as outer:
+        return outer
+
+
+@pytest.mark.parametrize("chained_by_ray_data", [False, True])
+@pytest.mark.parametrize(
+    ("error", "code", "message"),
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/data/shards/shard-000003.tar"),
+            4,
+            "cannot write /data/shards/shard-000003.tar: No space left on device",
+        ),
+        (
+            OSError(errno.EACCES, "Permission denied", "/data/x"),
+            4,
+            "cannot access /data/x: Permission denied",
+        ),
+        ("synth.datasets.DatasetError", 2, "DatasetError: the reason"),
+    ],
+)
+def test_errors_inside_ray_tasks_keep_their_exit_code(
+    tmp_path, monkeypatch, capsys, error, code, message, chained_by_ray_data
+):
+    if isinstance(error, str):
+        import importlib
+
+        module, _, name = error.rpartition(".")
+        error = getattr(importlib.import_module(module), name)(message)
+    _raise_from_run_pipeline(monkeypatch, _as_ray_get_raises(error, chained_by_ray_data))
+    (tmp_path / "data").mkdir()
+    argv = ["run", "--config", TINY, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]
+    assert main(argv) == code
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_other_errors_inside_ray_tasks_stay_bugs(tmp_path, monkeypatch):
+    """An unexpected error in a task is still a bug (exit 1, traceback), and so is Ray's own failure
+    with nothing inside it."""
+    import ray.exceptions
+
+    (tmp_path / "data").mkdir()
+    argv = ["run", "--config", TINY, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]
+    _raise_from_run_pipeline(monkeypatch, _as_ray_get_raises(OSError(errno.EIO, "Input/output error")))
+    with pytest.raises(ray.exceptions.RayTaskError) as raised:
+        main(argv)
+    assert raised.value.cause.errno == errno.EIO
+    _raise_from_run_pipeline(monkeypatch, ray.exceptions.RaySystemError("the raylet died"))
+    with pytest.raises(ray.exceptions.RaySystemError, match="the raylet died"):
+        main(argv)

@@ -192,3 +192,18 @@ def test_resolve_cache_keeps_stores_apart(reg):
     assert checkpoint_digest(first) == checkpoint_digest(reg.path / "ckpt1")
     assert checkpoint_digest(second) == checkpoint_digest(reg.path / "ckpt2")
     assert sorted(p.name for p in second.iterdir()) == ["config.yaml", "model.safetensors"]
+
+
+def test_concurrent_resolves_of_one_uri_share_one_complete_copy(reg, tmp_path):
+    """Four resolves of the same version into one cache folder at once (a service's replicas
+    starting together): each downloads into its own folder, one rename wins, and every caller
+    gets the complete checkpoint; no download folder is left behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reg.register(1, 0.7)
+    dst = tmp_path / "cache" / "champion"
+    with ThreadPoolExecutor(4) as pool:
+        resolved = list(pool.map(lambda _: resolve_model(reg.uri("@champion"), dst), range(4)))
+    assert len(set(resolved)) == 1
+    assert checkpoint_digest(resolved[0]) == checkpoint_digest(reg.path / "ckpt1")
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["champion"]
