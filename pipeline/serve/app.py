@@ -10,6 +10,7 @@ import functools
 import hashlib
 import importlib.resources
 import logging
+import uuid
 from collections import OrderedDict
 from typing import Any
 
@@ -46,6 +47,18 @@ MAX_TEXT_FIELD = 256 * 1024
 """Bytes in one text field of the form (the chat history is the longest)."""
 
 log = logging.getLogger(__name__)
+
+
+def server_fault(exc: BaseException) -> HTTPException:
+    """A 500 for a fault on the server's side: the client gets an id, the server log gets the id
+    with the message and traceback; server paths and internals stay out of the response."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("error %s: the service could not answer: %s", error_id, exc, exc_info=exc)
+    return HTTPException(
+        500, f"the service could not answer (error {error_id}; the server log has the details)"
+    )
+
+
 api = FastAPI(title="AnomalyGPT inspection", docs_url=None, redoc_url=None)
 
 
@@ -137,8 +150,7 @@ class InspectionService:
         except RequestError as exc:
             raise HTTPException(exc.status, str(exc)) from exc
         except PipelineError as exc:  # the server's side: e.g. a corrupt file in --references-dir
-            log.error("inspection failed: %s", exc)
-            raise HTTPException(500, f"the service could not answer: {exc}") from exc
+            raise server_fault(exc) from exc
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)  # replaced in __init__ from the options
     async def predict_batch(self, jobs: list[InspectJob]) -> list[Any]:

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,7 +30,18 @@ MAX_UPLOAD_MB = 1.0
 
 
 @pytest.fixture(scope="module")
-def service(ray_session, tiny_checkpoint):
+def references_dir(tmp_path_factory) -> Path:
+    """--references-dir with one category, `broken`, whose only normal image is not an image: a
+    fault on the server's side."""
+    root = tmp_path_factory.mktemp("server_references")
+    good = root / "broken" / "train" / "good"
+    good.mkdir(parents=True)
+    (good / "000.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, tiny_checkpoint, references_dir):
     """The application as `python -m pipeline serve` deploys it, on 127.0.0.1 at a free port."""
     from ray import serve
 
@@ -42,6 +54,7 @@ def service(ray_session, tiny_checkpoint):
         max_batch_size=4,
         batch_wait_ms=100,
         max_upload_mb=MAX_UPLOAD_MB,
+        references_dir=str(references_dir),
     )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -214,6 +227,16 @@ def test_bad_uploads_are_refused_with_a_message(service, images, tmp_path):
     assert bad_map.status_code == 400 and "map must be one of" in bad_map.json()["detail"]
     bad_history = post(service, images["good"], history=json.dumps([{"from": "gpt", "value": "hi"}]))
     assert bad_history.status_code == 400 and "history" in bad_history.json()["detail"]
+
+
+def test_a_server_side_fault_is_a_500_with_an_error_id_and_no_server_paths(service, images, references_dir):
+    answer = post(service, images["good"], category="broken")
+    assert answer.status_code == 500
+    detail = answer.json()["detail"]
+    assert re.fullmatch(
+        r"the service could not answer \(error [0-9a-f]{12}; the server log has the details\)", detail
+    )
+    assert str(references_dir) not in answer.text and "Traceback" not in answer.text
 
 
 def test_few_shot_references_give_the_few_shot_map(service, predictor, images):
