@@ -66,6 +66,10 @@ def category_images(root: Path, category: str) -> list[Path]:
     return []
 
 
+NO_IMAGES_DIGEST = hashlib.sha256().hexdigest()[:16]
+"""The digest of a category without references (the sha256 of no pixels)."""
+
+
 class ReferenceFolders:
     """The normal images of each category in one or more roots.
 
@@ -110,6 +114,9 @@ class ReferenceFolders:
         from pipeline.inference import read_image
 
         paths = self.paths(category)
+        if not paths:  # unknown to the folders (any name a client sends): nothing is kept for it
+            self._images.pop((category, size), None)
+            return [], NO_IMAGES_DIGEST
         listing = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
         cached = self._images.get((category, size))
         if cached is None or cached[0] != listing:

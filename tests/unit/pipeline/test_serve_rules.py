@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline.core.config import ConfigError, from_dict
 from pipeline.inference import SMALL_MAP
-from pipeline.references import ReferenceFolders
+from pipeline.references import NO_IMAGES_DIGEST, ReferenceFolders
 from pipeline.serve.inspection import (
     MAX_HISTORY_TURNS,
     InspectJob,
@@ -216,6 +216,10 @@ def test_reference_folders_read_mvtec_or_flat_layouts(tmp_path):
     first = refs.images("bottle", 16)
     assert len(first) == 2 and first[0].shape == (16, 16, 3)
     assert refs.images("bottle", 16) is first  # read once per replica
+    # names a client sends that the folders do not have are not remembered (no growth per name)
+    for name in ("missing", "empty", *(f"made-up {i}" for i in range(100))):
+        assert refs.images(name, 16) == [] and refs.digest(name, 16) == NO_IMAGES_DIGEST
+    assert sorted(key[0] for key in refs._images) == ["bottle"]
 
 
 def test_settings_are_checked_where_they_are_given():
