@@ -522,10 +522,9 @@ def _move_into_cache(partial: Path, dst: Path) -> Path:
     try:
         partial.rename(dst)
     except OSError as exc:
-        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
         shutil.rmtree(partial, ignore_errors=True)
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):  # else another download got there first
+            raise
     found = _checkpoint_in(dst)
     if found is None:
         raise RegistryError(f"model cache {dst}: holds no checkpoint after the download; remove it and retry")
