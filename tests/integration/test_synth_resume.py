@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from synth.config import SynthConfig
@@ -19,6 +21,24 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 PER_IMAGE, PER_SHARD = 3, 1  # 24 normals x 4 samples; a shard holds one whole image: 24 shards of 4
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver, its process group and every process it started, and wait until all are gone.
+
+    Ray's workers need not share the driver's process group; one still alive after the kill could finish a
+    shard after the test has counted the finished ones.
+    """
+    tree = [psutil.Process(proc.pid)]
+    with contextlib.suppress(psutil.NoSuchProcess):
+        tree += tree[0].children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for process in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    proc.wait()
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    assert not alive, f"processes outlived SIGKILL: {alive}"
 
 
 def test_killed_run_resumes_missing_shards_only(ray_session, sample_data_root, tmp_path):
@@ -36,8 +56,7 @@ def test_killed_run_resumes_missing_shards_only(ray_session, sample_data_root, t
             assert time.monotonic() < deadline, "no shard written within 120 s"
             time.sleep(0.02)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait()
+        _kill_tree(proc)
 
     written = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("shard-*.tar")}
     finished = {name for name in written if (out / "_parts" / f"{name}.json").is_file()}
