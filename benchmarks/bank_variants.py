@@ -31,6 +31,7 @@ from benchmarks.quality_cli import start  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "model": {},
+    "no_guard": {"fusion_guard": False},
     "no_decoder": {"decoder_weight": 0.0},
     "equal_layers": {"layer_weighting": "equal"},
     "no_smoothing": {"smoothing": 0.0},

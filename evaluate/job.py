@@ -94,7 +94,7 @@ def run_evaluation(
     baseline: dict[str, dict[str, Any]] = {}
     try:
         for category in eval_set.categories:
-            cat_rows, states = _score_category(category, actors, cfg, generate, out)
+            cat_rows, states, guard = _score_category(category, actors, cfg, generate, out)
             rows += cat_rows
             for part, table in (("decoder", decoder_only), ("baseline", baseline)):
                 if states[part] is not None or any(r.get(f"{part}_score") is not None for r in cat_rows):
@@ -110,6 +110,7 @@ def run_evaluation(
                 category.n_unreadable,
             )
             per_category[category.category]["seen_in_training"] = category.seen_in_training
+            per_category[category.category]["fusion_guard"] = guard
             _log_category(category.category, per_category[category.category])
         scoring_s = time.perf_counter() - scoring_started
     finally:
@@ -211,19 +212,22 @@ def _batches(items: list[EvalItem], size: int) -> list[list[EvalItem]]:
 
 def _score_category(
     category: CategoryTestSet, actors: list[tuple[Any, dict]], cfg: EvaluateConfig, generate: bool, out: Path
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows of every test image of the category and its merged pixel histograms (or None) by map:
-    ``main`` (the reported map) and, with references, ``decoder`` and ``baseline``."""
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]:
+    """Rows of every test image of the category, its merged pixel histograms (or None) by map:
+    ``main`` (the reported map) and, with references, ``decoder`` and ``baseline``; and what the
+    bank's fusion guard measured (None: no bank, or not guarded)."""
     import ray
     from tqdm import tqdm
 
-    bank = baseline = None
+    bank = baseline = guard = None
     if category.reference_paths:  # each built once by one actor, shared through the object store
         name, paths = category.category, category.reference_paths
         bank_ref = actors[0][0].build_bank.remote(name, paths)
         if cfg.baseline:  # on the last actor, beside the bank
             baseline = ray.put(ray.get(actors[-1][0].build_baseline.remote(name, paths)))
-        bank = ray.put(ray.get(bank_ref))
+        built = ray.get(bank_ref)
+        guard = _log_guard(name, built.guard)
+        bank = ray.put(built)
     question = question_for(category.category)
     batches = _batches(category.items, cfg.batch_size)
     pending = {
@@ -243,9 +247,25 @@ def _score_category(
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(picture)
             rows += batch_rows
-    return rows, {
-        which: _merged_state(actors, category.category, which) for which in ("main", "decoder", "baseline")
-    }
+    maps = ("main", "decoder", "baseline")
+    states = {which: _merged_state(actors, category.category, which) for which in maps}
+    return rows, states, guard
+
+
+def _log_guard(category: str, guard: Any) -> dict[str, Any] | None:
+    """The fusion guard's figures for metrics.json, said on the console where it dropped the decoder."""
+    if guard is None:
+        return None
+    if not guard.decoder_kept:
+        log.info(
+            "evaluate: %s: the decoder is left out of the map (on the references held out against %d "
+            "synthetic anomalies it lowers the bank's Image-AUROC from %.4f to %.4f)",
+            category,
+            guard.anomalies,
+            guard.bank_auroc,
+            guard.fused_auroc,
+        )
+    return guard.to_dict()
 
 
 def _merged_state(actors: list[tuple[Any, dict]], category: str, which: str) -> Any:

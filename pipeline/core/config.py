@@ -171,10 +171,13 @@ LATER_KEYS: dict[tuple[str, ...], Any] = {
     ("model", "memory_bank", "layer_weighting"): "normal_spread",
     ("model", "memory_bank", "decoder_cap"): None,
     ("evaluate", "baseline"): True,
+    ("model", "memory_bank", "fusion_guard"): True,
+    ("model", "memory_bank", "guard_probes"): 16,
 }
-"""Run-config keys added after run folders existed, each with the default that behaves as before: a
-stage key or resume fingerprint hashes them only when set away from it, so adding one neither
-re-runs nor refuses to resume any existing run."""
+"""Run-config keys added after run folders existed, each with a default that leaves training as it
+was (the fusion guard acts at bank build, after training): a stage key or resume fingerprint hashes
+them only when set away from it, so adding one neither re-runs nor refuses to resume any existing
+run."""
 
 
 def without_later_defaults(data: dict[str, Any], section: str | None = None) -> dict[str, Any]:

@@ -15,7 +15,17 @@ from train.model.decoder import AnomalyDecoder
 from train.model.encoder_base import ImageEncoder
 from train.model.losses import dice_loss, focal_loss
 from train.model.map_reading import agreeing_samples, boundary_gain
-from train.model.memory_bank import ROTATIONS, Calibration, MemoryBank, combine_layers, squash, with_rotations
+from train.model.memory_bank import (
+    MIN_IMAGES_FOR_FIT,
+    ROTATIONS,
+    Calibration,
+    FusionGuard,
+    MemoryBank,
+    combine_layers,
+    pairwise_auroc,
+    squash,
+    with_rotations,
+)
 from train.model.prompt_learner import PromptLearner, rms_scale
 from train.model.reference_pool import ReferencePool
 from train.model.text_features import PromptTextFeatures
@@ -218,11 +228,18 @@ class AnomalyGPT(nn.Module):
         return self.calibrate(self.fuse(nn.normalise(distances), decoder.normalise(decoder_maps)))
 
     @torch.no_grad()
-    def build_memory_bank(self, reference_images: torch.Tensor, category: str | None = None) -> MemoryBank:
+    def build_memory_bank(
+        self,
+        reference_images: torch.Tensor,
+        category: str | None = None,
+        probes: tuple[torch.Tensor, list[int]] | None = None,
+    ) -> MemoryBank:
         """The bank of k normal references of one category, built once and reused for every query:
         encoded (with rotations for few shots), reduced to the patch budget by greedy coreset, and
         calibrated on the references themselves (each scored against the others); one reference
-        takes the calibration training measured for its category (``memory_bank.one_shot``)."""
+        takes the calibration training measured for its category (``memory_bank.one_shot``).
+        ``probes``: anomalous images made from the references and, per image, the reference it was
+        made from; with them the fusion guard decides whether the decoder joins this bank's map."""
         shots = reference_images.shape[0]
         rotations = self.rotations_for(shots)
         images = with_rotations(reference_images) if rotations > 1 else reference_images
@@ -253,7 +270,41 @@ class AnomalyGPT(nn.Module):
                     bank.fused_calibration = self.calibrate_fused(
                         bank.nn_calibration, bank.decoder_calibration, distances, decoder_maps
                     )
+                    if probes is not None and shots >= MIN_IMAGES_FOR_FIT:
+                        bank.guard = self._fusion_guard(bank, distances, decoder_maps, probes, size)
+                        if not bank.guard.decoder_kept:
+                            bank.decoder_calibration = bank.fused_calibration = None
         return bank
+
+    def _fusion_guard(
+        self,
+        bank: MemoryBank,
+        normal_distances: torch.Tensor,
+        normal_decoder_maps: torch.Tensor,
+        probes: tuple[torch.Tensor, list[int]],
+        size: tuple[int, int],
+    ) -> FusionGuard:
+        """Image-AUROC of the bank's map alone and fused with the decoder's, on the references (each
+        held out, as calibration scored them) against ``probes`` (each scored with the reference it
+        was made from held out). The fused map's last calibration is monotone and left out."""
+        images, owners = probes
+        maps = self.encode_all(images)
+        probe_distances = bank.distance_map(self.bank_layers(maps), size, hold_out=owners)
+        probe_decoder_maps = self.text_map(maps, [bank.category] * len(owners), size)[1]
+
+        def peaks(distances: torch.Tensor, decoder_maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            bank_part = bank.nn_calibration.normalise(distances)
+            fused = self.fuse(bank_part, bank.decoder_calibration.normalise(decoder_maps))
+            return bank_part.flatten(1).amax(dim=1), fused.flatten(1).amax(dim=1)
+
+        normal_bank, normal_fused = peaks(normal_distances, normal_decoder_maps)
+        probe_bank, probe_fused = peaks(probe_distances, probe_decoder_maps)
+        return FusionGuard(
+            bank_auroc=pairwise_auroc(normal_bank, probe_bank),
+            fused_auroc=pairwise_auroc(normal_fused, probe_fused),
+            normals=len(normal_bank),
+            anomalies=len(probe_bank),
+        )
 
     @torch.no_grad()
     def build_baseline_bank(self, reference_images: torch.Tensor, category: str | None = None) -> MemoryBank:

@@ -169,6 +169,14 @@ class MemoryBankConfig:
     decoder_cap: float | None = None
     """Upper bound of the normalised decoder map in calibrated fusion (1 is where normal ends on it);
     null: unbounded. Bounds how far a decoder that misreads a category can lift a normal image."""
+    fusion_guard: bool = True
+    """Keep the decoder's part of a category's map only where it does not lower the bank's own
+    ranking: at bank build (three or more references), the Image-AUROC of the bank alone and of
+    the fused map are measured on the references, each held out of the bank, against synthetic
+    anomalies made from them (``guard_probes``); where the fused map ranks worse, that category's
+    map is the bank's alone. One reference cannot be held out and is not guarded."""
+    guard_probes: int = 16
+    """Synthetic anomalies the fusion guard makes from the references (NSA cut-paste)."""
     smoothing: float = 4.0
     """Sigma, in pixels of the model's input, of the Gaussian that smooths the bank's distance maps
     (PatchCore: 4 at 224). A lone noisy patch no longer sets an image's score; 0 turns it off."""
@@ -192,6 +200,8 @@ class MemoryBankConfig:
             raise ValueError(f"memory_bank.max_patches must be >= 1, got {self.max_patches}")
         if self.decoder_weight < 0:
             raise ValueError(f"memory_bank.decoder_weight must be >= 0, got {self.decoder_weight}")
+        if self.guard_probes < 1:
+            raise ValueError(f"memory_bank.guard_probes must be >= 1, got {self.guard_probes}")
         if self.smoothing < 0:
             raise ValueError(f"memory_bank.smoothing must be >= 0, got {self.smoothing}")
         if self.decoder_cap is not None and self.decoder_cap <= 0:

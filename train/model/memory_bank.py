@@ -10,6 +10,7 @@ bank map and the decoder map can be put on one scale and fused.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from statistics import NormalDist
 
@@ -130,6 +131,53 @@ def greedy_coreset(features: torch.Tensor, budget: int, seed: int = 0) -> torch.
     return chosen.sort().values
 
 
+def pairwise_auroc(normal_scores: torch.Tensor, anomaly_scores: torch.Tensor) -> float:
+    """Image-AUROC from its definition: the share of (anomaly, normal) pairs the anomaly outranks,
+    ties counting half."""
+    diff = anomaly_scores.double().view(-1, 1) - normal_scores.double().view(1, -1)
+    return float((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean())
+
+
+def auroc_standard_error(auroc: float, normals: int, anomalies: int) -> float:
+    """Standard error of an AUROC measured on ``normals`` x ``anomalies`` images (Hanley and McNeil,
+    1982): how far it moves by chance at that sample size."""
+    a = min(max(auroc, 1e-6), 1.0 - 1e-6)
+    q1, q2 = a / (2.0 - a), 2.0 * a * a / (1.0 + a)
+    variance = a * (1 - a) + (anomalies - 1) * (q1 - a * a) + (normals - 1) * (q2 - a * a)
+    return math.sqrt(max(variance, 0.0) / (normals * anomalies))
+
+
+@dataclass(frozen=True)
+class FusionGuard:
+    """What the fusion guard measured on one bank: the Image-AUROC of the bank's map alone and of
+    the map fused with the decoder's, on its references held out against synthetic anomalies."""
+
+    bank_auroc: float
+    fused_auroc: float
+    normals: int
+    anomalies: int
+
+    @property
+    def tolerance(self) -> float:
+        """One standard error of the bank's AUROC: a smaller drop on a few dozen images is chance."""
+        return auroc_standard_error(self.bank_auroc, self.normals, self.anomalies)
+
+    @property
+    def decoder_kept(self) -> bool:
+        """The decoder stays unless it lowers the bank's ranking by more than chance would."""
+        return self.fused_auroc >= self.bank_auroc - self.tolerance
+
+    def to_dict(self) -> dict[str, float | int | bool]:
+        return {
+            "bank_auroc": round(self.bank_auroc, 4),
+            "fused_auroc": round(self.fused_auroc, 4),
+            "tolerance": round(self.tolerance, 4),
+            "normals": self.normals,
+            "anomalies": self.anomalies,
+            "decoder_kept": self.decoder_kept,
+        }
+
+
 @dataclass
 class MemoryBank:
     """Per encoder layer, normal patches as unit vectors (N_l, C_l) and, per patch, which reference
@@ -147,6 +195,9 @@ class MemoryBank:
     decoder_calibration: Calibration | None = None
     fused_calibration: Calibration | None = None
     """Of the bank map fused with the decoder's (None: the fused map stays as it is)."""
+    guard: FusionGuard | None = None
+    """What the fusion guard measured (None: not guarded); where it dropped the decoder,
+    ``decoder_calibration`` is None and the map is the bank's alone."""
 
     @classmethod
     def from_patch_maps(

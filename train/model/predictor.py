@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from pipeline.core.config import ConfigError
+from synth.probes import probe_anomalies
 from train.model.batch import Prediction
 from train.model.checkpoint import load_checkpoint
 from train.model.config import ModelConfig
+from train.model.memory_bank import MIN_IMAGES_FOR_FIT
 
 if TYPE_CHECKING:
     from train.model.anomalygpt import AnomalyGPT
@@ -107,12 +109,24 @@ class Predictor:
             bank = self._banks.get(key)
             if bank is None:
                 with torch.no_grad():
-                    bank = self.model.build_memory_bank(self.to_tensor(references), category)
+                    probes = self._guard_probes(category, references)
+                    bank = self.model.build_memory_bank(self.to_tensor(references), category, probes)
                 self._banks[key] = bank
                 while len(self._banks) > self._bank_cache_size:
                     self._banks.popitem(last=False)
             self._banks.move_to_end(key)
             return bank
+
+    def _guard_probes(
+        self, category: str, references: Sequence[np.ndarray]
+    ) -> tuple[torch.Tensor, list[int]] | None:
+        """Synthetic anomalies of the references for the fusion guard (``memory_bank.fusion_guard``);
+        None where the guard does not run (off, no decoder, too few references to hold one out)."""
+        mb = self.config.memory_bank
+        if not mb.fusion_guard or self.model.decoder is None or len(references) < MIN_IMAGES_FOR_FIT:
+            return None
+        images, owners = probe_anomalies(references, category, mb.guard_probes)
+        return (self.to_tensor(images), owners) if images else None
 
     def clear_banks(self) -> None:
         """Forget every cached bank (after the model's bank settings changed)."""

@@ -7,7 +7,14 @@ import torch
 
 from pipeline.core.config import ConfigError, from_dict
 from train.model.config import EncoderConfig, MemoryBankConfig, OneShotCalibration
-from train.model.memory_bank import Calibration, MemoryBank, combine_layers, gaussian_smooth
+from train.model.memory_bank import (
+    Calibration,
+    MemoryBank,
+    auroc_standard_error,
+    combine_layers,
+    gaussian_smooth,
+    pairwise_auroc,
+)
 
 
 def _maps_with_peaks(peaks: list[float], size: int = 16) -> torch.Tensor:
@@ -161,3 +168,23 @@ def test_the_plain_map_of_a_reference_itself_is_zero():
     refs = [torch.randn(3, 4, 6, 6)]
     bank = MemoryBank.from_patch_maps(refs, shots=3, smoothing=0.0)
     assert float(bank.plain_map([refs[0][1:2]], (12, 12)).abs().max()) < 1e-5
+
+
+def test_pairwise_auroc_is_sklearns_image_auroc_ties_included():
+    from sklearn.metrics import roc_auc_score
+
+    rng = torch.Generator().manual_seed(3)
+    normal = torch.randint(0, 6, (9,), generator=rng).float()  # few values: many ties
+    anomalous = torch.randint(2, 8, (7,), generator=rng).float()
+    labels = [0] * 9 + [1] * 7
+    want = roc_auc_score(labels, torch.cat([normal, anomalous]).tolist())
+    assert pairwise_auroc(normal, anomalous) == pytest.approx(want, abs=1e-9)
+    assert pairwise_auroc(torch.zeros(3), torch.ones(2)) == 1.0
+    assert pairwise_auroc(torch.ones(3), torch.zeros(2)) == 0.0
+
+
+def test_the_auroc_standard_error_shrinks_with_more_images_and_vanishes_at_perfect_ranking():
+    # Hanley and McNeil's table: A = 0.8 on 50 + 50 images has a standard error of about 0.0447
+    assert auroc_standard_error(0.8, 50, 50) == pytest.approx(0.0447, abs=5e-4)
+    assert auroc_standard_error(0.8, 400, 64) < auroc_standard_error(0.8, 12, 16)
+    assert auroc_standard_error(1.0, 12, 16) < 1e-3

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from pipeline.core.config import ConfigError
+from synth.probes import probe_anomalies
 from train.model import build_model, save_checkpoint
 from train.model.predictor import Predictor, resolve_device
 
@@ -90,9 +93,9 @@ def test_memory_banks_are_built_once_per_category_and_content(checkpoint, monkey
     built = []
     build = predictor.model.build_memory_bank
 
-    def counting(refs, category=None):
+    def counting(refs, category=None, probes=None):
         built.append(category)
-        return build(refs, category)
+        return build(refs, category, probes)
 
     monkeypatch.setattr(predictor.model, "build_memory_bank", counting)
     refs = images(2, seed=3)
@@ -114,3 +117,52 @@ def test_devices_are_auto_cpu_or_a_visible_cuda():
         with pytest.raises(ConfigError, match="torch sees no CUDA GPU") as info:
             resolve_device("cuda")
         assert info.value.exit_code == 2
+
+
+def test_the_fusion_guard_measures_the_bank_with_and_without_the_decoder(predictor):
+    predictor.clear_banks()
+    refs = images(4, seed=5)
+    made, owners = probe_anomalies(refs, "grass", predictor.config.memory_bank.guard_probes)
+    assert 0 < len(made) <= predictor.config.memory_bank.guard_probes and set(owners) == {0, 1, 2, 3}
+    guard = predictor.memory_bank("grass", refs).guard
+    assert guard is not None and (guard.normals, guard.anomalies) == (4, len(made))
+    assert 0.0 <= guard.bank_auroc <= 1.0 and 0.0 <= guard.fused_auroc <= 1.0
+    bank = predictor.memory_bank("grass", refs)
+    assert (bank.decoder_calibration is not None) == (guard.fused_auroc >= guard.bank_auroc)
+    assert predictor.memory_bank("grass", images(2, seed=5)).guard is None  # two cannot be guarded
+
+
+def test_a_decoder_that_lifts_normals_above_anomalies_is_left_out_of_the_map(checkpoint, monkeypatch):
+    """A decoder made harmful (its map high on the held-out references, flat on the synthetic
+    anomalies) and weighed 20x the bank would rank normals first: the guard drops it, and the map is
+    then the bank's alone, bit for bit the map of the same bank built without fusion."""
+    loaded = Predictor.from_checkpoint(checkpoint, device="cpu")
+    model, shots = loaded.model, 4
+    model.cfg.memory_bank = dataclasses.replace(model.cfg.memory_bank, decoder_weight=20.0)
+    real_text_map = model.text_map
+
+    def harmful(patch_maps, categories, size):
+        logits, amap = real_text_map(patch_maps, categories, size)
+        if len(categories) == shots:  # the references (the probes are guard_probes images)
+            ramp = torch.linspace(1.0, 2.0, shots).view(-1, 1, 1, 1)
+            return logits, torch.zeros_like(amap) + ramp
+        return logits, torch.zeros_like(amap)
+
+    monkeypatch.setattr(model, "text_map", harmful)
+    refs, queries = images(shots, seed=6), images(3, seed=7)
+    bank = loaded.memory_bank("grass", refs)
+    assert bank.guard is not None and not bank.guard.decoder_kept
+    assert bank.guard.fused_auroc < bank.guard.bank_auroc
+    assert bank.decoder_calibration is None and bank.fused_calibration is None
+    guarded = [
+        p.anomaly_map for p in loaded.predict(queries, ["grass"] * 3, memory_bank=bank, generate=False)
+    ]
+
+    model.cfg.memory_bank = dataclasses.replace(model.cfg.memory_bank, fusion="replace")
+    loaded.clear_banks()
+    bank_alone = loaded.memory_bank("grass", refs)
+    plain = [
+        p.anomaly_map for p in loaded.predict(queries, ["grass"] * 3, memory_bank=bank_alone, generate=False)
+    ]
+    for a, b in zip(guarded, plain, strict=True):
+        np.testing.assert_array_equal(a, b)
