@@ -14,7 +14,7 @@ Ctrl-C, which removes the application.
 examples:
   python -m pipeline serve                                # the champion of runs/demo's registry
   python -m pipeline serve --model runs/demo/train --references-dir runs/demo/data
-  python -m pipeline serve --host 0.0.0.0 --port 8080 --replicas 2 --device cuda
+  python -m pipeline serve --host 0.0.0.0 --port 8080 --replicas 2 --device cuda --token-file ~/.token
 """
 
 import argparse
@@ -74,6 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest request (image and references together); larger ones get 413 (default 10)",
     )
     parser.add_argument(
+        "--max-queued",
+        type=int,
+        default=32,
+        metavar="N",
+        help="requests each HTTP proxy holds waiting for a replica; more get 503 with Retry-After at once "
+        "(default 32; keep it above replicas x 2 x --max-batch-size)",
+    )
+    parser.add_argument(
         "--references-dir",
         metavar="DIR",
         help="normal images per category (DIR/<category>/train/good/ or DIR/<category>/): a request "
@@ -84,6 +92,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="keep POST /v1/feedback verdicts here (the page's Mark normal / Mark defect); confirmed "
         "normals join their category's memory bank at the next request (same layout as `pipeline feedback`)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="require 'Authorization: Bearer <token>' on the API, the token being FILE's first line "
+        "(default: $ANOMALYGPT_TOKEN if set, else no token: anyone who reaches the port may use it)",
     )
 
 
@@ -104,8 +118,10 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         batch_wait_ms=args.batch_wait_ms,
         max_upload_mb=args.max_upload_mb,
+        max_queued_requests=args.max_queued,
         references_dir=args.references_dir,
         feedback_dir=args.feedback_dir,
+        token_file=args.token_file,
     )
     local = not os.environ.get("RAY_ADDRESS")
     if local:
@@ -121,6 +137,14 @@ def run(args: argparse.Namespace) -> int:
     serve.run(build_app(options), name=APP_NAME, route_prefix="/")
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"serving {args.model} on {options.device} at http://{shown}:{args.port}/", flush=True)
+    if options.token_sha256 is not None:
+        print("the API needs 'Authorization: Bearer <token>' (the page asks for it)", file=sys.stderr)
+    elif args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: no token and --host {args.host}: anyone who reaches port {args.port} can use the "
+            "API and add feedback (serve --token-file FILE; docs/serving.md 'Security')",
+            file=sys.stderr,
+        )
     print("Ctrl-C stops it", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # `ray job stop` and `kill` stop it as Ctrl-C does
     try:

@@ -8,6 +8,7 @@ requests that arrive together, and answer HTTP through FastAPI (``POST /v1/inspe
 import asyncio
 import functools
 import hashlib
+import hmac
 import importlib.resources
 import logging
 import uuid
@@ -15,10 +16,12 @@ from collections import OrderedDict
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve import Application
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.core.config import from_dict
 from pipeline.core.errors import PipelineError
@@ -49,6 +52,48 @@ MAX_TEXT_FIELD = 256 * 1024
 log = logging.getLogger(__name__)
 
 
+ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    411: "length_required",
+    413: "too_large",
+    422: "unprocessable",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+"""The ``code`` of each status the service answers: fixed here, so clients can match on it (the
+standard's phrases change: 413 was "Request Entity Too Large", now "Content Too Large")."""
+
+
+def error_code(status: int) -> str:
+    """The machine-readable ``code`` of an error response (``http_<status>`` for one not listed)."""
+    return ERROR_CODES.get(status, f"http_{status}")
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Every 4xx and 5xx of the service: ``{"error": {"code", "message"}}``, nothing else."""
+    body = {"error": {"code": error_code(status), "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def require_token(request: Request, digest: str | None) -> None:
+    """With a token set (serve --token-file), ``Authorization: Bearer <token>`` or a 401. The
+    replica holds the token's sha256, never the token; the comparison takes constant time."""
+    if digest is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = hashlib.sha256(token.strip().encode()).hexdigest()
+    if scheme.lower() != "bearer" or not token.strip() or not hmac.compare_digest(given, digest):
+        raise HTTPException(
+            401,
+            "this service needs its token: send the header 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 def server_fault(exc: BaseException) -> HTTPException:
     """A 500 for a fault on the server's side: the client gets an id, the server log gets the id
     with the message and traceback; server paths and internals stay out of the response."""
@@ -60,6 +105,17 @@ def server_fault(exc: BaseException) -> HTTPException:
 
 
 api = FastAPI(title="AnomalyGPT inspection", docs_url=None, redoc_url=None)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error_response(exc.status_code, str(exc.detail), exc.headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    fields = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()) or "the request"
+    return error_response(422, f"the request does not match the API at {fields} (docs/serving.md)")
 
 
 @functools.cache
@@ -138,6 +194,7 @@ class InspectionService:
 
     @api.post("/v1/inspect")
     async def inspect(self, request: Request) -> dict[str, Any]:
+        require_token(request, self.options.token_sha256)
         self._check_length(request)
         limits = {"max_files": MAX_REFERENCES + 1, "max_fields": 16, "max_part_size": MAX_TEXT_FIELD}
         try:
@@ -163,6 +220,7 @@ class InspectionService:
     async def feedback(self, request: Request) -> dict[str, Any]:
         """A person's verdict on an image: kept in the feedback folder; a confirmed normal joins
         its category's bank at the next request (docs/serving.md)."""
+        require_token(request, self.options.token_sha256)
         self._check_length(request)
         if self.feedback is None:
             raise HTTPException(404, "feedback is off: start the service with --feedback-dir DIR")
@@ -265,11 +323,16 @@ class InspectionService:
 
 def build_app(options: ServeOptions) -> Application:
     """The application for ``serve.run``: replicas and their resources from the options."""
+    from ray.serve.config import BackpressureConfig
+
     settings = options.settings
     return InspectionService.options(
         num_replicas=settings.replicas,
         # Room for one batch running and the next one filling.
         max_ongoing_requests=2 * settings.max_batch_size,
+        # Beyond that, a bounded queue at each proxy; past it an immediate 503 with Retry-After.
+        max_queued_requests=settings.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=settings.retry_after_s),
         ray_actor_options={"num_cpus": settings.cpus_per_replica, "num_gpus": options.gpus_per_replica},
     ).bind(options)
 

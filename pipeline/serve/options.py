@@ -7,6 +7,7 @@ config (a KubeRay RayService): see :func:`pipeline.serve.app.app_builder`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,20 +32,29 @@ class ServeSettings:
     max_batch_size: int = 4
     batch_wait_ms: float = 20.0
     max_upload_mb: float = 10.0
+    max_queued_requests: int = 32
+    """Requests each HTTP proxy holds waiting for a replica (a burst waits there before the replicas,
+    which run 2 x max_batch_size each, take it); one more is answered 503 with ``Retry-After`` at
+    once instead of queueing without bound. Keep it above replicas x 2 x max_batch_size."""
+    retry_after_s: float = 2.0
+    """The ``Retry-After`` of that 503, in seconds."""
     references_dir: str | None = None
     """Normal images per category (``DIR/<category>/train/good/`` or ``DIR/<category>/``): the
     few-shot bank of a request that names a category but uploads no references."""
     feedback_dir: str | None = None
     """Where ``POST /v1/feedback`` keeps confirmed normals and defects (pipeline.feedback); its
     normals join the category's bank at the next request. None: feedback is refused."""
+    token_file: str | None = None
+    """A file holding the bearer token the API requires (its first line); None: $ANOMALYGPT_TOKEN,
+    and without it the API is open to whoever reaches the port."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        for name, low in (("replicas", 1), ("max_batch_size", 1)):
+        for name, low in (("replicas", 1), ("max_batch_size", 1), ("max_queued_requests", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be at least {low}, got {getattr(self, name)}")
-        for name in ("cpus_per_replica", "batch_wait_ms"):
+        for name in ("cpus_per_replica", "batch_wait_ms", "retry_after_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.max_upload_mb <= 0:
@@ -61,6 +71,8 @@ class ServeOptions:
     device: str
     """cpu or cuda: where each replica runs the model."""
     gpus_per_replica: float
+    token_sha256: str | None = None
+    """sha256 of the bearer token the API requires (None: open); the token itself stays with the driver."""
 
     @property
     def max_upload_bytes(self) -> int:
@@ -87,6 +99,7 @@ def resolve_options(settings: ServeSettings, check_gpus: bool = True) -> ServeOp
         feedback = Path(settings.feedback_dir).expanduser().resolve()
         feedback.mkdir(parents=True, exist_ok=True)
         settings = dataclasses.replace(settings, feedback_dir=os.fspath(feedback))
+    token_sha256 = _token_sha256(settings.token_file)
     checkpoint = resolve_checkpoint(settings.model, settings.store)  # bad reference: exit 2; registry down: 3
     verify_checkpoint(checkpoint)
     init_ray()
@@ -100,7 +113,33 @@ def resolve_options(settings: ServeSettings, check_gpus: bool = True) -> ServeOp
         checkpoint=os.fspath(Path(checkpoint).resolve()),
         device=device,
         gpus_per_replica=1.0 if device == "cuda" else 0.0,
+        token_sha256=token_sha256,
     )
+
+
+TOKEN_ENV = "ANOMALYGPT_TOKEN"
+MIN_TOKEN_CHARS = 16
+
+
+def _token_sha256(token_file: str | None) -> str | None:
+    """sha256 of the API token from ``token_file`` (first line) or $ANOMALYGPT_TOKEN; None: no token.
+    A short token is refused: anyone who reaches the port could guess it."""
+    if token_file is not None:
+        path = Path(token_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"token file not found: {path}")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        token, source = (lines[0].strip() if lines else ""), f"token file {path}"
+    else:
+        token, source = os.environ.get(TOKEN_ENV, "").strip(), f"${TOKEN_ENV}"
+        if not token:
+            return None
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(
+            f"{source}: the token must be at least {MIN_TOKEN_CHARS} characters "
+            "(make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _cluster_gpus() -> float:

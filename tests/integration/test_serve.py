@@ -27,6 +27,8 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_UPLOAD_MB = 1.0
+MAX_QUEUED = 8
+TOKEN = "a-test-token-of-32-characters-xx"
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +43,25 @@ def references_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service(ray_session, tiny_checkpoint, references_dir):
-    """The application as `python -m pipeline serve` deploys it, on 127.0.0.1 at a free port."""
+def service(ray_session, tiny_checkpoint, references_dir, tmp_path_factory):
+    """The application as `python -m pipeline serve --token-file F` deploys it, on 127.0.0.1 at a
+    free port."""
     from ray import serve
 
     from pipeline.serve.app import APP_NAME, build_app
     from pipeline.serve.options import ServeSettings, resolve_options
 
+    token_file = tmp_path_factory.mktemp("token") / "token"
+    token_file.write_text(TOKEN + "\n")
     settings = ServeSettings(
+        token_file=str(token_file),
         model=str(tiny_checkpoint),
         device="cpu",
         max_batch_size=4,
         batch_wait_ms=100,
         max_upload_mb=MAX_UPLOAD_MB,
+        max_queued_requests=MAX_QUEUED,
+        retry_after_s=3.0,
         references_dir=str(references_dir),
     )
     port = free_port()
@@ -85,14 +93,31 @@ def images(sample_data_root):
     }
 
 
-def post(url: str, image: Path | bytes | None, timeout: float = 120, references=(), **fields):
+def post(
+    url: str,
+    image: Path | bytes | None,
+    timeout: float = 120,
+    references=(),
+    token: str | None = TOKEN,
+    **fields,
+):
     import requests
 
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     files = []
     if image is not None:
         files.append(("image", ("part.png", image if isinstance(image, bytes) else image.read_bytes())))
     files += [("reference", (p.name, p.read_bytes())) for p in references]
-    return requests.post(f"{url}/v1/inspect", files=files, data=fields, timeout=timeout)
+    return requests.post(f"{url}/v1/inspect", files=files, data=fields, timeout=timeout, headers=headers)
+
+
+def message(response, code: str | None = None) -> str:
+    """The message of an error response, after checking its shape: {"error": {"code", "message"}}."""
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]["message"]
 
 
 def direct(predictor, image: Path, category: str, question: str | None = None, references=(), generate=True):
@@ -146,7 +171,7 @@ def test_health_and_page(service, tiny_checkpoint):
     assert health["status"] == "ok" and health["model"] == str(tiny_checkpoint) and health["device"] == "cpu"
     page = requests.get(f"{service}/", timeout=30)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert 'id="inspect-button"' in page.text and 'fetch("v1/inspect"' in page.text
+    assert 'id="inspect-button"' in page.text and 'apiPost("v1/inspect"' in page.text
     assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from elsewhere
 
 
@@ -209,30 +234,51 @@ def test_regions_are_in_the_pixels_of_the_uploaded_image(service, predictor, ima
 
 def test_bad_uploads_are_refused_with_a_message(service, images, tmp_path):
     corrupt = post(service, b"\x89PNG\r\n\x1a\nnot really a png", category="coin")
-    assert (
-        corrupt.status_code == 400
-        and "not" in corrupt.json()["detail"]
-        and "image" in corrupt.json()["detail"]
-    )
+    assert corrupt.status_code == 400 and "not" in message(corrupt) and "image" in message(corrupt)
     truncated = images["good"].read_bytes()[:200]
     broken = post(service, truncated, category="coin")
-    assert broken.status_code == 400 and "image" in broken.json()["detail"]
+    assert broken.status_code == 400 and "image" in message(broken)
 
     oversized = post(service, b"\0" * int((MAX_UPLOAD_MB + 0.5) * 2**20), category="coin")
-    assert oversized.status_code == 413 and "--max-upload-mb" in oversized.json()["detail"]
+    assert oversized.status_code == 413 and "--max-upload-mb" in message(oversized)
 
     missing = post(service, None, category="coin")
-    assert missing.status_code == 422 and "image" in missing.json()["detail"]
+    assert missing.status_code == 422 and "image" in message(missing)
     bad_map = post(service, images["good"], map="huge")
-    assert bad_map.status_code == 400 and "map must be one of" in bad_map.json()["detail"]
+    assert bad_map.status_code == 400 and "map must be one of" in message(bad_map)
     bad_history = post(service, images["good"], history=json.dumps([{"from": "gpt", "value": "hi"}]))
-    assert bad_history.status_code == 400 and "history" in bad_history.json()["detail"]
+    assert bad_history.status_code == 400 and "history" in message(bad_history)
+    for hostile in ("5", '"a string"', '{"from": "human"}', "[1, 2]", "null"):  # JSON, but not turns
+        reply = post(service, images["good"], history=hostile, generate="false", map="none")
+        assert reply.status_code == 400 and "history" in message(reply, "bad_request"), hostile
+    assert post(service, images["good"], map="huge").json()["error"]["code"] == "bad_request"
+    assert "Traceback" not in oversized.text and message(oversized, "too_large")
+
+
+def test_the_api_needs_the_token_and_the_page_and_health_check_do_not(service, images):
+    import requests
+
+    for token in (None, "wrong-token-of-32-characters-xxxx", ""):
+        refused = post(service, images["good"], token=token, category="coin", generate="false")
+        assert refused.status_code == 401, (token, refused.text)
+        assert "Authorization: Bearer" in message(refused, "unauthorized")
+        assert refused.headers["WWW-Authenticate"] == "Bearer"
+    basic = requests.post(f"{service}/v1/inspect", headers={"Authorization": f"Basic {TOKEN}"}, timeout=30)
+    assert basic.status_code == 401
+    feedback = requests.post(f"{service}/v1/feedback", data={"label": "normal"}, timeout=30)
+    assert feedback.status_code == 401  # checked before anything else about the request
+    assert requests.get(f"{service}/healthz", timeout=30).status_code == 200
+    assert requests.get(f"{service}/", timeout=30).status_code == 200
+    unknown = requests.get(f"{service}/v2/nothing", timeout=30)
+    assert unknown.status_code == 404 and message(unknown, "not_found")
+    accepted = post(service, images["good"], category="coin", generate="false", map="none")
+    assert accepted.status_code == 200, accepted.text
 
 
 def test_a_server_side_fault_is_a_500_with_an_error_id_and_no_server_paths(service, images, references_dir):
     answer = post(service, images["good"], category="broken")
     assert answer.status_code == 500
-    detail = answer.json()["detail"]
+    detail = message(answer, "internal_error")
     assert re.fullmatch(
         r"the service could not answer \(error [0-9a-f]{12}; the server log has the details\)", detail
     )
@@ -290,3 +336,18 @@ def test_eight_concurrent_requests_are_all_answered_each_with_its_own_result(ser
         assert got["question"] == want["question"]
         assert got["score"] == pytest.approx(want["score"], abs=1e-4)
         assert got["answer"] == want["answer"]
+
+
+def test_a_full_queue_answers_503_with_retry_after_at_once(service, images):
+    """A burst of 32: the proxy holds at most MAX_QUEUED waiting for the replica (which runs
+    2 x max_batch_size at once); the rest are refused at once with 503 and Retry-After, and none
+    fails otherwise."""
+    fields = {"category": images["category"], "map": "none", "generate": "true"}
+    with ThreadPoolExecutor(max_workers=32) as threads:
+        replies = list(threads.map(lambda _: post(service, images["bad"][0], **fields), range(32)))
+    codes = [r.status_code for r in replies]
+    assert set(codes) <= {200, 503}, codes
+    refused = [r for r in replies if r.status_code == 503]
+    assert refused and codes.count(200) >= 8, codes
+    assert all(r.headers.get("Retry-After") == "3" for r in refused)
+    assert post(service, images["bad"][0], **fields).status_code == 200  # the queue drained

@@ -246,4 +246,50 @@ def test_the_page_is_one_self_contained_file():
     for element in ('id="file-input"', 'id="category"', 'id="overlay"', 'id="answer"', 'id="chat-input"'):
         assert element in page
     assert "http://" not in page and "https://" not in page and "<script src" not in page
-    assert 'fetch("v1/inspect"' in page and 'fetch("healthz")' in page  # relative: works under a prefix
+    # relative paths: the page works under a route prefix
+    assert 'apiPost("v1/inspect"' in page and 'apiPost("v1/feedback"' in page and 'fetch("healthz")' in page
+    assert "Authorization: `Bearer ${token}`" in page and "body.error?.message" in page
+
+
+def test_the_api_token_comes_from_the_file_or_the_environment_and_must_be_long(tmp_path, monkeypatch):
+    import hashlib
+
+    from pipeline.serve.options import TOKEN_ENV, _token_sha256
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert _token_sha256(None) is None  # no file, no variable: an open API
+    token = "x" * 20
+    (tmp_path / "token").write_text(f"  {token}\nsecond line ignored\n")
+    assert _token_sha256(str(tmp_path / "token")) == hashlib.sha256(token.encode()).hexdigest()
+    monkeypatch.setenv(TOKEN_ENV, "y" * 16)
+    assert _token_sha256(None) == hashlib.sha256(b"y" * 16).hexdigest()
+    assert _token_sha256(str(tmp_path / "token")) == hashlib.sha256(token.encode()).hexdigest()  # file wins
+    monkeypatch.setenv(TOKEN_ENV, "short")
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        _token_sha256(None)
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ConfigError, match="token file"):
+        _token_sha256(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="token file not found"):
+        _token_sha256(str(tmp_path / "missing"))
+
+
+def test_error_codes_are_the_status_names():
+    from pipeline.serve.app import error_code, error_response
+
+    codes = [error_code(s) for s in (400, 401, 404, 411, 413, 422, 429, 500, 503)]
+    assert codes == [
+        "bad_request",
+        "unauthorized",
+        "not_found",
+        "length_required",
+        "too_large",
+        "unprocessable",
+        "too_many_requests",
+        "internal_error",
+        "unavailable",
+    ]
+    assert error_code(418) == "http_418"
+    response = error_response(401, "needs a token", {"WWW-Authenticate": "Bearer"})
+    assert json.loads(response.body) == {"error": {"code": "unauthorized", "message": "needs a token"}}
+    assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
