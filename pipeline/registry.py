@@ -11,11 +11,9 @@ writes deletes the half-made version and puts the aliases back, so a run that di
 registry as it was. Registering the same checkpoint twice returns the existing version.
 
 Two pipelines may finish at the same time against one tracking server. The writes (the version and
-its aliases) happen under a promotion lock, and under it the champion is read again: when another
-run changed it since the comparison, the comparison is made again against the new champion
-(compare-and-set). The lock is the one atomic operation an MLflow store offers, creating a
-registered model (``<name>.promotion-lock``): the second creator is refused. A lock left by a killed
-run is broken once it has had the same holder for ``LOCK_STALE_S``.
+its aliases) happen under a promotion lock (:mod:`pipeline.promotion_lock`: numbered tickets with a
+renewed lease), and under it the champion is read again: when another run changed it since the
+comparison, the comparison is made again against the new champion (compare-and-set).
 
 Errors: a model reference that does not resolve (unknown name, alias or version, a malformed
 ``models:/`` URI, a folder without a checkpoint) is :class:`ModelReferenceError` (bad input, exit 2);
@@ -30,8 +28,6 @@ import logging
 import math
 import os
 import shutil
-import socket
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -42,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import InputError, UnavailableError
+from pipeline.promotion_lock import is_ticket, promotion_lock
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +64,6 @@ class RegistryConfig:
     challenger_alias: str = "challenger"
 
 
-LOCK_SUFFIX = ".promotion-lock"
-"""The promotion lock of model ``NAME`` is the registered model ``NAME.promotion-lock``."""
-LOCK_STALE_S = 120.0
-"""A lock whose holder did not change for this long is taken as left by a killed run and broken
-(the writes under it take seconds; a re-scoring never happens under it)."""
-LOCK_WAIT_S = 600.0
-"""How long a run waits for the lock before giving up (exit 3)."""
 PROMOTION_ATTEMPTS = 5
 """Comparisons made again because the champion changed meanwhile, before giving up (exit 3)."""
 DESCRIBED_METRICS = {"image_auroc": "Image-AUROC", "pixel_auroc": "Pixel-AUROC", "accuracy": "accuracy"}
@@ -264,7 +254,7 @@ def register_and_promote(
     with _store_errors(f"logging {checkpoint_dir} as a model"):
         info = log_pyfunc(checkpoint_dir)
     for _ in range(PROMOTION_ATTEMPTS):
-        with promotion_lock(client, name):
+        with _store_errors(f"taking the promotion lock of {name!r}"), promotion_lock(client, name) as held:
             existing = find_version(client, name, digest)  # a run of the same checkpoint came first
             if existing is not None:
                 return _summary(client, cfg, existing, already=True)
@@ -275,6 +265,7 @@ def register_and_promote(
                     **_decision_tags(cfg, digest, eval_fingerprint, value, decision),
                 }
                 description = describe_version(data or {}, metrics, decision, cfg)
+                held.check()  # still the newest ticket: no run took the lock over a stalled lease
                 version = _write_version(client, cfg, info.model_uri, version_tags, description, decision)
                 break
         log.info(
@@ -359,77 +350,6 @@ def _write_version(
                     client.set_registered_model_alias(name, cfg.challenger_alias, old_challenger.version)
             raise
     return version
-
-
-@contextmanager
-def promotion_lock(
-    client: Any, name: str, stale_after: float = LOCK_STALE_S, wait: float = LOCK_WAIT_S, poll: float = 0.2
-) -> Iterator[None]:
-    """Hold the promotion lock of model ``name`` (see the module docstring) within the block."""
-    from mlflow.exceptions import MlflowException
-
-    lock = name + LOCK_SUFFIX
-    owner = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
-    started = time.monotonic()
-    holder, held_since = None, started
-    while True:
-        try:
-            client.create_registered_model(lock, tags={"owner": owner}, description=_lock_description(name))
-            break
-        except MlflowException as exc:
-            # Not found: the holder deleted the lock while the server was creating ours (the model
-            # row, then its tags): nobody holds it now, so try again.
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS" and exc.error_code not in NOT_FOUND_CODES:
-                raise _unavailable(f"taking the promotion lock {lock!r}", exc) from exc
-        now, current = time.monotonic(), _lock_owner(client, lock)
-        if current != holder:
-            holder, held_since = current, now
-        elif current is not None and now - held_since > stale_after:
-            log.warning("breaking promotion lock %s: held by %s for over %.0f s", lock, current, stale_after)
-            _delete_lock(client, lock)
-            continue
-        if now - started > wait:
-            raise RegistryError(
-                f"registered model {name!r}: another run ({current}) has held the promotion lock {lock!r} "
-                f"for over {wait:.0f} s; run again later, or delete that registered model if no run holds it"
-            )
-        time.sleep(poll)
-    try:
-        yield
-    finally:
-        try:
-            if _lock_owner(client, lock) == owner:
-                _delete_lock(client, lock)
-        except MlflowException as exc:  # never hide the block's own error; a waiter breaks it later
-            log.warning("could not release promotion lock %s: %s", lock, _message(exc))
-
-
-def _lock_description(name: str) -> str:
-    return (
-        f"Promotion lock of {name}: a pipeline run holds it while it writes a version and its aliases, "
-        f"and deletes it when done. One older than {LOCK_STALE_S:.0f} s was left by a killed run."
-    )
-
-
-def _lock_owner(client: Any, lock: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_registered_model(lock).tags.get("owner", "")
-    except MlflowException as exc:
-        if exc.error_code in NOT_FOUND_CODES:
-            return None
-        raise _unavailable(f"reading the promotion lock {lock!r}", exc) from exc
-
-
-def _delete_lock(client: Any, lock: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.delete_registered_model(lock)
-    except MlflowException as exc:
-        if exc.error_code not in NOT_FOUND_CODES:
-            raise
 
 
 def _compare_with_champion(
@@ -595,7 +515,7 @@ def _not_found(client: Any, ref: str, name: str, problem: str) -> str:
             if exc.error_code not in NOT_FOUND_CODES:
                 raise
             found = client.search_registered_models(max_results=20)
-            names = ", ".join(m.name for m in found if not m.name.endswith(LOCK_SUFFIX)) or "none"
+            names = ", ".join(m.name for m in found if not is_ticket(m.name)) or "none"
             return (
                 f"model {ref}: no registered model {name!r} in {store} (registered: {names}); check the "
                 "name, or point the command's store option or MLFLOW_TRACKING_URI at the store that has it"

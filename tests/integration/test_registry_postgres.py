@@ -7,6 +7,7 @@ the project's own functions, and race two pipelines that finish at the same time
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from pipeline.registry import RegistryConfig, checkpoint_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 RACE_WORKER = Path(__file__).with_name("registry_race_worker.py")
+LOCK_WORKER = Path(__file__).with_name("lock_race_worker.py")
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -138,7 +140,8 @@ def test_register_promote_and_resolve_through_the_server(server_store, tmp_path)
     import mlflow
     from mlflow import MlflowClient
 
-    from pipeline.registry import LOCK_SUFFIX, ModelReferenceError, register_and_promote, resolve_model
+    from pipeline.promotion_lock import tickets
+    from pipeline.registry import ModelReferenceError, register_and_promote, resolve_model
 
     cfg = RegistryConfig(model_name="pg-sequence")
     data = {"dataset root": "/data/mvtec", "categories": ["brick"]}
@@ -155,7 +158,7 @@ def test_register_promote_and_resolve_through_the_server(server_store, tmp_path)
     description = client.get_model_version(cfg.model_name, "3").description
     assert "- dataset root: /data/mvtec" in description
     assert "not promoted, v2 stays champion: 0.7500 does not beat 0.8000" in description
-    assert client.search_registered_models(f"name = '{cfg.model_name}{LOCK_SUFFIX}'") == []
+    assert [t.released for t in tickets(client, cfg.model_name)] == [True]  # one ticket kept, released
 
     local = resolve_model(f"models:/{cfg.model_name}@champion")
     assert checkpoint_digest(local) == checkpoint_digest(tmp_path / "ckpt2")
@@ -163,20 +166,20 @@ def test_register_promote_and_resolve_through_the_server(server_store, tmp_path)
         resolve_model("models:/nope@champion")
 
 
-def test_two_pipelines_finishing_together_leave_the_better_champion(server_store, tmp_path):
-    """Two processes register at the same moment, round after round (the better one alternates):
-    each round ends with both versions registered and the champion alias on the better one."""
+def test_four_pipelines_finishing_together_leave_the_best_champion(server_store, tmp_path):
+    """Four processes register at the same moment, round after round (the best one rotates): each
+    round ends with all four versions registered and the champion alias on the best one."""
     from mlflow import MlflowClient
 
-    rounds, plans, procs = 3, [], []
-    for worker in range(2):
+    workers, rounds, plans, procs = 4, 5, [], []
+    for worker in range(workers):
         steps = []
         for r in range(rounds):
-            better = worker == r % 2
+            better = worker == r % workers
             steps.append({
                 "model_name": f"race-{r}",
                 "checkpoint": str(fake_checkpoint(tmp_path / f"ckpt-{worker}-{r}", seed=10 * r + worker)),
-                "value": 0.9 if better else 0.6,
+                "value": 0.9 if better else 0.6 + 0.01 * worker,
                 "ready": str(tmp_path / f"ready-{worker}-{r}"),
                 "gate": str(tmp_path / f"gate-{r}"),
             })  # fmt: skip
@@ -209,7 +212,7 @@ def test_two_pipelines_finishing_together_leave_the_better_champion(server_store
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert [p.returncode for p in procs] == [0] * workers, "\n".join(o[-3000:] for o in outputs)
 
     client = MlflowClient()
     for r in range(rounds):
@@ -225,3 +228,44 @@ def test_two_pipelines_finishing_together_leave_the_better_champion(server_store
             f"round {r}: the worse checkpoint is champion ({champion.tags['promotion_reason']})"
         )
         assert champion.tags["promotion_decision"] == "promoted"
+
+
+def test_the_lock_is_never_held_twice_and_a_killed_holder_blocks_no_longer_than_its_lease(
+    server_store, tmp_path
+):
+    """Four processes take the lock of one model again and again (lease 2 s) while a fifth, holding it,
+    is killed: no two holds overlap, and the lock moves on within the lease (plus the clock skew
+    allowed) of the kill."""
+    from pipeline.promotion_lock import CLOCK_SKEW_S
+
+    journal, lease, env = tmp_path / "journal.txt", 2.0, {**os.environ, "MLFLOW_TRACKING_URI": server_store}
+
+    def worker(*args: str) -> subprocess.Popen:
+        cmd = [sys.executable, str(LOCK_WORKER), "pg-lock", str(journal), str(lease), *args]
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    holder = worker("hold")
+    deadline = time.monotonic() + 120
+    while "hold" not in (journal.read_text() if journal.exists() else ""):
+        assert holder.poll() is None and time.monotonic() < deadline, holder.communicate()[0][-3000:]
+        time.sleep(0.05)
+    racers = [worker("rounds", "5") for _ in range(4)]
+    time.sleep(1.0)  # the racers wait on the held lock
+    holder.kill()
+    killed_at = time.time()
+    holder.wait()
+    outputs = [r.communicate(timeout=300)[0] for r in racers]
+    assert [r.returncode for r in racers] == [0] * 4, "\n".join(o[-3000:] for o in outputs)
+
+    rounds = []
+    for line in journal.read_text().splitlines():
+        kind, who, start, end = line.split()
+        if kind == "round":
+            rounds.append((float(start), float(end), who))
+    rounds.sort()
+    assert len(rounds) == 20
+    for (_, end, who), (start, _, nxt) in itertools.pairwise(rounds):
+        assert end <= start, f"{who} and {nxt} held the lock at once"
+    assert killed_at < rounds[0][0] < killed_at + lease + CLOCK_SKEW_S + 3.0  # the killed hold ended it

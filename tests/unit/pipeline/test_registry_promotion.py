@@ -13,13 +13,20 @@ from support import fake_checkpoint
 import pipeline.registry as registry
 from pipeline.cli import main
 from pipeline.core.errors import BAD_INPUT, UNAVAILABLE
+from pipeline.promotion_lock import (
+    CLOCK_SKEW_S,
+    HeldLock,
+    LockLostError,
+    LockTimeoutError,
+    promotion_lock,
+    ticket_name,
+    tickets,
+)
 from pipeline.registry import (
-    LOCK_SUFFIX,
     ModelReferenceError,
     RegistryConfig,
     RegistryError,
     alias_version,
-    promotion_lock,
     register_and_promote,
     resolve_model,
 )
@@ -107,32 +114,76 @@ def test_registration_describes_data_metrics_and_decision(store, tmp_path, name)
     assert "**Promotion**: promoted to champion: no champion yet" in first
     second = client.get_model_version(name, "2").description
     assert "not promoted, v1 stays champion: 0.6000 does not beat 0.9000" in second
-    # The lock is gone once the writes are done.
-    assert client.search_registered_models(f"name = '{name}{LOCK_SUFFIX}'") == []
+    # The lock is released once the writes are done, and the run's ticket is the newest.
+    assert [t.released for t in tickets(client, name)] == [True]
 
 
-def test_a_lock_left_by_a_killed_run_is_broken(store, name):
+def _newest(client, name):
+    return tickets(client, name)[-1]
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_when_its_lease_runs_out(store, name):
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    client.create_registered_model(name + LOCK_SUFFIX, tags={"owner": "host pid 1 (killed)"})
+    expired = f"{time.time() - CLOCK_SKEW_S - 1:.3f}"
+    client.create_registered_model(
+        ticket_name(name, 1), tags={"owner": "host pid 1 (killed)", "expires": expired}
+    )
     start = time.monotonic()
-    with promotion_lock(client, name, stale_after=0.5, poll=0.05):
-        owner = client.get_registered_model(name + LOCK_SUFFIX).tags["owner"]
-        assert owner != "host pid 1 (killed)"
-    assert time.monotonic() - start < 20
-    assert client.search_registered_models(f"name = '{name}{LOCK_SUFFIX}'") == []
+    with promotion_lock(client, name, lease=5, poll=0.05) as held:
+        assert held.number == 2 and _newest(client, name).owner == held.owner
+        held.check()
+    assert time.monotonic() - start < 5
+    after = tickets(client, name)
+    assert [t.number for t in after] == [2] and after[0].released  # older tickets deleted, newest kept
+
+
+def test_a_live_holder_keeps_the_lock_past_its_lease_by_renewing_it(store, name):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    with promotion_lock(client, name, lease=1.5, poll=0.05) as held:
+        time.sleep(4.0)  # more than two leases: renewed every 0.5 s
+        assert _newest(client, name).expires > time.time()
+        busy = r"another run \(.*\) has held the promotion lock"
+        with (
+            pytest.raises(LockTimeoutError, match=busy),
+            promotion_lock(client, name, lease=1.5, wait=1.0 + CLOCK_SKEW_S, poll=0.1),
+        ):
+            pass
+        held.check()  # nobody took it over
+    assert _newest(client, name).released
+
+
+def test_a_holder_that_stalled_past_its_lease_is_fenced_off(store, name, monkeypatch):
+    """A holder whose lease ran out (renewal stopped: a frozen process) is taken over; it finds the
+    newer ticket at check() and writes nothing, and its release leaves the new holder's ticket alone."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    monkeypatch.setattr(HeldLock, "_renew_until_released", lambda self: None)  # the stalled holder
+    monkeypatch.setattr("pipeline.promotion_lock.CLOCK_SKEW_S", 0.0)
+    with promotion_lock(client, name, lease=0.5, poll=0.05) as stalled:
+        time.sleep(0.7)
+        with promotion_lock(client, name, lease=0.5, poll=0.05) as taker:
+            assert taker.number == stalled.number + 1
+            with pytest.raises(LockLostError, match="lost the promotion lock"):
+                stalled.check()
+    assert _newest(client, name).number == taker.number and _newest(client, name).released
 
 
 def test_a_lock_held_too_long_is_unavailable_naming_the_holder(store, name):
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    client.create_registered_model(name + LOCK_SUFFIX, tags={"owner": "host pid 7"})
+    far = f"{time.time() + 3600:.3f}"
+    client.create_registered_model(ticket_name(name, 1), tags={"owner": "host pid 7", "expires": far})
     held = r"another run \(host pid 7\) has held the promotion lock"
-    with pytest.raises(RegistryError, match=held), promotion_lock(client, name, 60, wait=0.3, poll=0.05):
+    with pytest.raises(LockTimeoutError, match=held), promotion_lock(client, name, wait=0.3, poll=0.05):
         pass
-    assert client.get_registered_model(name + LOCK_SUFFIX).tags["owner"] == "host pid 7"  # not ours
+    assert _newest(client, name).owner == "host pid 7" and not _newest(client, name).released  # not ours
+    assert LockTimeoutError("x").exit_code == UNAVAILABLE
 
 
 @pytest.mark.parametrize("ref", ["models:/", "models:/anomalygpt", "models:/anomalygpt@", "models:/x/abc",
