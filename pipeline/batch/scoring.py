@@ -147,7 +147,7 @@ class BatchScorer:
         return (
             len(images),
             self.references.digest(category, size),
-            self.predictor.memory_bank(category, images),
+            self.predictor.memory_bank(category, images, pinned=True),
         )
 
     def _overlay(

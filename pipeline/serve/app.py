@@ -31,6 +31,7 @@ from pipeline.serve.inspection import (
     MAX_REFERENCES,
     InspectJob,
     RequestError,
+    check_pixel_budget,
     decode_image,
     inspection_result,
     new_job,
@@ -171,6 +172,8 @@ class InspectionService:
         self.references = ReferenceFolders(roots) if roots else None
         self.feedback = FeedbackStore(settings.feedback_dir) if settings.feedback_dir else None
         self.recent: RecentUploads = RecentUploads()
+        tokenizer = getattr(self.predictor.model, "tokenizer", None)
+        self._count_tokens = None if tokenizer is None else (lambda text: len(tokenizer(text)["input_ids"]))
         self.served = {"images": 0, "batches": 0}
         """What this replica has inspected, and in how many model batches (batching at work)."""
         self.predict_batch.set_max_batch_size(options.settings.max_batch_size)
@@ -301,12 +304,15 @@ class InspectionService:
         generate = parse_flag(texts["generate"], "generate", default=True)
         question = parse_question(texts["question"])
         history = parse_history(texts["history"])
-        image = decode_image(data, size, f"the image {name or ''}".rstrip())
-        references = [
-            decode_image(payload, size, f"reference {i + 1} {filename or ''}".rstrip())
+        labelled = [
+            (f"reference {i + 1} {filename or ''}".rstrip(), payload)
             for i, (filename, payload) in enumerate(uploads)
         ]
-        if not references and self.references is not None:
+        check_pixel_budget([(f"the image {name or ''}".rstrip(), data), *labelled])
+        image = decode_image(data, size, f"the image {name or ''}".rstrip())
+        references = [decode_image(payload, size, label) for label, payload in labelled]
+        pinned = not references and self.references is not None
+        if pinned:
             references = self.references.images(category, size)
         job = new_job(
             image,
@@ -317,6 +323,8 @@ class InspectionService:
             references,
             original_size=upload_size(data),
             sha256=hashlib.sha256(data).hexdigest(),
+            references_pinned=pinned,
+            count_tokens=self._count_tokens,
         )
         return job, map_mode
 

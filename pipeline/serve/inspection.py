@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,12 @@ MAX_TEXT = 2000
 """Characters in a question or in one turn of the history."""
 MAX_PIXELS = 40_000_000
 """An upload decoding to more pixels than this is refused before decoding (a decompression bomb)."""
+MAX_REQUEST_PIXELS = 120_000_000
+"""Pixels of a request's image and references together, checked from their headers before any is
+decoded: one request cannot hold a replica for minutes of decoding."""
+MAX_PROMPT_TOKENS = 1024
+"""Tokens of a request's prompt (the chat history and the question): a longer history is trimmed from
+its oldest turns, so one request cannot hold a replica for a long prefill while the others wait."""
 CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_ -]{0,63}")
 """Letters, digits, ``_``, ``-`` and spaces: it goes into the prompt and names a references folder."""
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -59,6 +65,10 @@ class InspectJob:
     generate: bool = True
     references: list[Any] = field(default_factory=list)
     """uint8 normals of ``category`` for the few-shot bank; empty: the zero-shot map."""
+    references_pinned: bool = False
+    """The references are the server's own folder's (one bank per category, kept), not uploads."""
+    history_dropped: int = 0
+    """Oldest turns of the sent history left out to keep the prompt within ``MAX_PROMPT_TOKENS``."""
     original_size: tuple[int, int] | None = None
     """The uploaded image's own (width, height), the pixels region boxes are given in; None: the
     map's size."""
@@ -97,6 +107,45 @@ def decode_image(data: bytes, size: int, label: str) -> Any:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise RequestError(f"{label} is not a readable image ({exc}); check or replace the file") from exc
+
+
+def check_pixel_budget(uploads: Sequence[tuple[str, bytes]]) -> None:
+    """Refuse (413) a request whose images (label, bytes) hold more than ``MAX_REQUEST_PIXELS`` in
+    all, from their headers alone; an unreadable one is left for its own decode to name."""
+    total = 0
+    for _, data in uploads:
+        try:
+            width, height = upload_size(data)
+        except Exception:  # not an image: decode_image says so, naming which
+            continue
+        total += width * height
+    if total > MAX_REQUEST_PIXELS:
+        raise RequestError(
+            f"the request's {len(uploads)} images hold {total:,} pixels, more than {MAX_REQUEST_PIXELS:,} "
+            "in all: send fewer or smaller references",
+            413,
+        )
+
+
+def fit_history(
+    history: Sequence[dict[str, str]],
+    question: str,
+    count_tokens: Callable[[str], int] | None,
+    max_tokens: int = MAX_PROMPT_TOKENS,
+) -> tuple[list[dict[str, str]], int]:
+    """The newest turns of ``history`` whose prompt with ``question`` holds at most ``max_tokens``
+    tokens (``count_tokens``: the model's tokenizer; None: no LLM, nothing to cap), and how many
+    turns were left out, oldest first, a question and its answer together."""
+    from pipeline.inference import chat_question
+
+    kept = list(history)
+    if count_tokens is None:
+        return kept, 0
+    while kept and count_tokens(chat_question(kept, question)) > max_tokens:
+        kept = kept[2:]
+    if count_tokens(chat_question(kept, question)) > max_tokens:
+        raise RequestError(f"the question alone is more than {max_tokens} tokens: ask a shorter one")
+    return kept, len(history) - len(kept)
 
 
 def upload_size(data: bytes) -> tuple[int, int]:
@@ -177,18 +226,24 @@ def new_job(
     references: Sequence[Any] = (),
     original_size: tuple[int, int] | None = None,
     sha256: str | None = None,
+    references_pinned: bool = False,
+    count_tokens: Callable[[str], int] | None = None,
 ) -> InspectJob:
-    """A job from parsed values; without a question, the class's default question (as in training)."""
+    """A job from parsed values; without a question, the class's default question (as in training).
+    With ``count_tokens`` the history is trimmed to fit ``MAX_PROMPT_TOKENS`` (:func:`fit_history`)."""
     from pipeline.inference import chat_question, default_question
 
     asked = question or default_question(category)
+    kept, dropped = fit_history(history, asked, count_tokens)
     return InspectJob(
         image=image,
         category=category,
         question=asked,
-        prompt=chat_question(history, asked),
+        prompt=chat_question(kept, asked),
         generate=generate,
         references=list(references),
+        references_pinned=references_pinned,
+        history_dropped=dropped,
         original_size=original_size,
         sha256=sha256,
     )
@@ -218,7 +273,9 @@ def run_batch(predictor: Predictor, jobs: Sequence[InspectJob]) -> list[Predicti
 
 def _predict(predictor: Predictor, jobs: Sequence[InspectJob]) -> list[Prediction]:
     first = jobs[0]
-    bank = predictor.memory_bank(first.category, first.references) if first.references else None
+    bank = None
+    if first.references:
+        bank = predictor.memory_bank(first.category, first.references, pinned=first.references_pinned)
     return predictor.predict(
         [job.image for job in jobs],
         [job.category for job in jobs],
@@ -254,6 +311,7 @@ def inspection_result(job: InspectJob, prediction: Prediction, map_mode: str) ->
         "image_size": list(size),
         "sha256": job.sha256,
         "shots": len(job.references),
+        "history_dropped": job.history_dropped,
     }
     sent = map_for_mode(prediction.anomaly_map, map_mode)
     if sent is not None:

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MAX_UPLOAD_MB = 1.0
 MAX_QUEUED = 8
 TOKEN = "a-test-token-of-32-characters-xx"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +195,7 @@ def test_good_and_anomalous_images_answer_as_the_model_does(service, predictor, 
             "image_size",
             "sha256",
             "shots",
+            "history_dropped",
             "map_png",
         }
         assert 0.0 <= result["score"] <= 1.0
@@ -201,7 +203,7 @@ def test_good_and_anomalous_images_answer_as_the_model_does(service, predictor, 
         assert result["answer"] == want.answer and isinstance(result["answer"], str)
         assert result["threshold"] == 0.5 and result["anomalous"] == (result["score"] > 0.5)
         assert isinstance(result["positions"], list) and result["category"] == category
-        assert result["shots"] == 0
+        assert result["shots"] == 0 and result["history_dropped"] == 0
         small = png_array(result["map_png"])
         assert small.shape == (64, 64) and small.dtype == np.uint8
         check_regions(result, image, want.anomaly_map)
@@ -351,3 +353,30 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(service, images):
     assert refused and codes.count(200) >= 8, codes
     assert all(r.headers.get("Retry-After") == "3" for r in refused)
     assert post(service, images["bad"][0], **fields).status_code == 200  # the queue drained
+
+
+def test_a_long_chat_is_trimmed_to_the_token_cap_and_many_pixels_are_refused(service, images):
+    from PIL import Image
+
+    from pipeline.serve.inspection import MAX_REQUEST_PIXELS
+
+    history = []
+    for i in range(16):
+        history += [{"from": "human", "value": f"Look again, part {i}: " + "is it scratched? " * 100},
+                    {"from": "gpt", "value": "No, there is no anomaly in the image."}]  # fmt: skip
+    reply = post(service, images["good"], category="coin", map="none", history=json.dumps(history))
+    assert reply.status_code == 200, reply.text
+    dropped = reply.json()["history_dropped"]
+    assert 0 < dropped <= len(history) and dropped % 2 == 0
+
+    big = io.BytesIO()
+    Image.new("1", (6000, 6000)).save(big, format="PNG")  # 36 Mpx in a few kB
+    files = [("image", ("part.png", big.getvalue()))] + [
+        ("reference", (f"r{i}.png", big.getvalue())) for i in range(3)
+    ]
+    import requests
+
+    refused = requests.post(
+        f"{service}/v1/inspect", files=files, data={"category": "coin"}, headers=AUTH, timeout=60
+    )
+    assert refused.status_code == 413 and f"{MAX_REQUEST_PIXELS:,}" in message(refused, "too_large")

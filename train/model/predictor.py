@@ -29,9 +29,10 @@ if TYPE_CHECKING:
     from train.model.memory_bank import MemoryBank
 
 DEVICES = ("auto", "cpu", "cuda")
-BANK_CACHE_SIZE = 8
-"""Memory banks kept per predictor (least recently used dropped first): an all-shot bank of a large
-preset holds tens of MiB."""
+BANK_CACHE_BYTES = 512 * 2**20
+"""Bytes of memory banks built from references a caller sent (least recently used dropped first): an
+all-shot bank of a large preset holds tens of MiB. Pinned banks (a server's own reference folders)
+are kept apart and do not count."""
 
 
 def resolve_device(device: str) -> str:
@@ -61,17 +62,19 @@ class Predictor:
         model: AnomalyGPT,
         config: ModelConfig,
         device: str | torch.device,
-        bank_cache_size: int = BANK_CACHE_SIZE,
+        bank_cache_bytes: int = BANK_CACHE_BYTES,
     ) -> None:
         """Wrap a model already on ``device`` (``from_checkpoint`` is the usual way in)."""
-        if bank_cache_size < 1:
-            raise ValueError(f"bank_cache_size must be >= 1, got {bank_cache_size}")
+        if bank_cache_bytes < 1:
+            raise ValueError(f"bank_cache_bytes must be >= 1, got {bank_cache_bytes}")
         self.model = model.eval()
         self.config = config
         self.device = torch.device(device)
         self.image_size = int(config.image_size)
         self._banks: OrderedDict[tuple[str, str], MemoryBank] = OrderedDict()
-        self._bank_cache_size = bank_cache_size
+        self._bank_cache_bytes = bank_cache_bytes
+        self._pinned: dict[str, tuple[str, MemoryBank]] = {}
+        """Per category, the content digest and bank of its pinned references (one bank each)."""
         self._bank_lock = threading.Lock()  # a server may ask from several threads: build each bank once
 
     @classmethod
@@ -101,21 +104,39 @@ class Predictor:
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
         return batch.to(self.device)
 
-    def memory_bank(self, category: str, references: Sequence[np.ndarray]) -> MemoryBank:
+    def memory_bank(
+        self, category: str, references: Sequence[np.ndarray], pinned: bool = False
+    ) -> MemoryBank:
         """The few-shot bank of ``references`` (normal images of ``category``), built once per
-        category and reference content, then served from a bounded cache."""
-        key = (category, _content_digest(references))
+        category and reference content. ``pinned``: the caller's own references (a server's
+        reference folder), one bank per category kept for good and replaced when they change;
+        otherwise the bank joins a cache bounded in bytes (``bank_cache_bytes``, least recently
+        used dropped first), so what clients send cannot grow the memory without bound."""
+        digest = _content_digest(references)
         with self._bank_lock:
+            if pinned:
+                held = self._pinned.get(category)
+                if held is None or held[0] != digest:
+                    self._pinned[category] = held = (digest, self._build_bank(category, references))
+                return held[1]
+            key = (category, digest)
             bank = self._banks.get(key)
             if bank is None:
-                with torch.no_grad():
-                    probes = self._guard_probes(category, references)
-                    bank = self.model.build_memory_bank(self.to_tensor(references), category, probes)
-                self._banks[key] = bank
-                while len(self._banks) > self._bank_cache_size:
-                    self._banks.popitem(last=False)
+                bank = self._banks[key] = self._build_bank(category, references)
             self._banks.move_to_end(key)
+            while len(self._banks) > 1 and self.cached_bank_bytes > self._bank_cache_bytes:
+                self._banks.popitem(last=False)
             return bank
+
+    @property
+    def cached_bank_bytes(self) -> int:
+        """Bytes held by the banks of references callers sent (pinned banks not counted)."""
+        return sum(bank.nbytes for bank in self._banks.values())
+
+    def _build_bank(self, category: str, references: Sequence[np.ndarray]) -> MemoryBank:
+        with torch.no_grad():
+            probes = self._guard_probes(category, references)
+            return self.model.build_memory_bank(self.to_tensor(references), category, probes)
 
     def _guard_probes(
         self, category: str, references: Sequence[np.ndarray]
@@ -132,6 +153,7 @@ class Predictor:
         """Forget every cached bank (after the model's bank settings changed)."""
         with self._bank_lock:
             self._banks.clear()
+            self._pinned.clear()
 
     def baseline_bank(self, category: str, references: Sequence[np.ndarray]) -> MemoryBank:
         """The plain nearest-neighbour memory of ``references`` (see

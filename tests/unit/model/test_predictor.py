@@ -89,7 +89,8 @@ def test_predict_runs_without_gradients_in_eval_mode(predictor, monkeypatch):
 
 def test_memory_banks_are_built_once_per_category_and_content(checkpoint, monkeypatch):
     loaded = Predictor.from_checkpoint(checkpoint, device="cpu")
-    predictor = Predictor(loaded.model, loaded.config, "cpu", bank_cache_size=2)
+    one_bank = loaded.memory_bank("grass", images(2, seed=3)).nbytes  # equal sizes: 2 references each
+    predictor = Predictor(loaded.model, loaded.config, "cpu", bank_cache_bytes=int(2.5 * one_bank))
     built = []
     build = predictor.model.build_memory_bank
 
@@ -104,8 +105,25 @@ def test_memory_banks_are_built_once_per_category_and_content(checkpoint, monkey
     assert predictor.memory_bank("coin", refs) is not first  # another category
     assert predictor.memory_bank("grass", images(2, seed=4)) is not first  # other references
     assert built == ["grass", "coin", "grass"]
+    assert predictor.cached_bank_bytes <= 2.5 * one_bank  # the bytes hold two banks, not three
     predictor.memory_bank("grass", refs)  # evicted: the cache holds the two most recent
     assert built == ["grass", "coin", "grass", "grass"]
+
+
+def test_pinned_banks_stay_apart_from_the_cache_and_follow_their_references(checkpoint, monkeypatch):
+    """A server's own reference folder: one bank per category, never evicted by what clients send,
+    rebuilt when the folder's images change (a confirmed normal joined)."""
+    loaded = Predictor.from_checkpoint(checkpoint, device="cpu")
+    predictor = Predictor(loaded.model, loaded.config, "cpu", bank_cache_bytes=1)  # one unpinned bank
+    folder = images(2, seed=8)
+    pinned = predictor.memory_bank("grass", folder, pinned=True)
+    for seed in range(3):  # clients' banks come and go
+        predictor.memory_bank("grass", images(2, seed=20 + seed))
+    assert len(predictor._banks) == 1 and predictor.memory_bank("grass", folder, pinned=True) is pinned
+    assert predictor.cached_bank_bytes == predictor._banks[next(iter(predictor._banks))].nbytes
+    grown = predictor.memory_bank("grass", [*folder, images(1, seed=9)[0]], pinned=True)
+    assert grown is not pinned and grown.shots == 3
+    assert predictor.memory_bank("grass", [*folder, images(1, seed=9)[0]], pinned=True) is grown
 
 
 def test_devices_are_auto_cpu_or_a_visible_cuda():

@@ -116,7 +116,7 @@ class RecordingPredictor:
         self.calls: list[tuple[int, str | None, bool, list[str]]] = []
         self.banks: list[tuple[str, int]] = []
 
-    def memory_bank(self, category, references):
+    def memory_bank(self, category, references, pinned=False):
         self.banks.append((category, len(references)))
         return f"bank:{category}:{len(references)}"
 
@@ -293,3 +293,45 @@ def test_error_codes_are_the_status_names():
     response = error_response(401, "needs a token", {"WWW-Authenticate": "Bearer"})
     assert json.loads(response.body) == {"error": {"code": "unauthorized", "message": "needs a token"}}
     assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+
+
+def _png_of_size(width: int, height: int) -> bytes:
+    """A PNG whose header says width x height; one bit per pixel, all black: a few kB on disk."""
+    out = io.BytesIO()
+    Image.new("1", (width, height)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_request_is_refused_when_its_images_hold_too_many_pixels_in_all():
+    from pipeline.serve.inspection import MAX_REQUEST_PIXELS, check_pixel_budget
+
+    big = _png_of_size(6000, 6000)  # 36 Mpx: under the per-image limit
+    check_pixel_budget([("the image", big), ("reference 1", big), ("reference 2", big)])  # 108 Mpx
+    with pytest.raises(RequestError, match=f"more than {MAX_REQUEST_PIXELS:,}") as refused:
+        check_pixel_budget([("the image", big)] + [(f"reference {i}", big) for i in range(3)])
+    assert refused.value.status == 413
+    check_pixel_budget([("the image", b"not an image"), ("reference 1", big)])  # left for decode to name
+
+
+def test_a_long_history_is_trimmed_from_its_oldest_turns_to_fit_the_token_cap():
+    from pipeline.inference import chat_question
+    from pipeline.serve.inspection import fit_history, new_job
+
+    def count(text: str) -> int:  # one token per word: enough to test the rule
+        return len(text.split())
+
+    turns = []
+    for i in range(6):
+        turns += [
+            {"from": "human", "value": f"question {i} " + "word " * 50},
+            {"from": "gpt", "value": f"answer {i}"},
+        ]
+    kept, dropped = fit_history(turns, "Where?", count, max_tokens=130)
+    assert dropped % 2 == 0 and dropped > 0 and kept == turns[dropped:]  # whole pairs, oldest first
+    assert count(chat_question(kept, "Where?")) <= 130 < count(chat_question(turns[dropped - 2 :], "Where?"))
+    assert fit_history(turns, "Where?", None) == (turns, 0)  # no LLM: nothing to cap
+    with pytest.raises(RequestError, match="question alone"):
+        fit_history([], "word " * 200, count, max_tokens=100)
+    image = np.zeros((8, 8, 3), np.uint8)
+    job = new_job(image, "coin", "Where?", turns, True, count_tokens=lambda t: count(t) * 30)
+    assert job.history_dropped == len(turns) and job.prompt == "Where?"
