@@ -50,7 +50,8 @@ def main() -> None:
 
     from pipeline.core.mlflow_store import configure_mlflow
     from pipeline.fingerprint import dataset_fingerprint
-    from pipeline.registry import RegistryConfig, register_and_promote, resolve_model
+    from pipeline.model_download import resolve_model
+    from pipeline.registry import RegistryConfig, register_and_promote
     from synth.demo_dataset import write_sample_dataset
     from synth.fingerprint import HashCache
 

@@ -53,7 +53,7 @@ def run_evaluation(
     """Evaluate a local checkpoint folder (``model.safetensors`` + ``config.yaml``) on a dataset.
 
     A registered model (``models:/...``, ``runs:/...``) is the caller's to download first
-    (``pipeline.registry.resolve_model``); ``model_ref`` is then what the user named, recorded as
+    (``pipeline.model_download.resolve_model``); ``model_ref`` is then what the user named, recorded as
     metrics.json's ``model`` (default: the checkpoint folder). Arguments left ``None`` come from
     ``config`` (default ``EvaluateConfig()``). Writes metrics.json, metrics.md, answers.jsonl and
     maps/ under ``out`` and returns the metrics.json content.

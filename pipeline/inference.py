@@ -152,7 +152,7 @@ def load_model(checkpoint: str | Path, device: str = "auto") -> Any:
         f"this MLflow model was logged by an older anomalygpt-pipeline: the pyfunc code stored in it "
         f"calls pipeline.inference.load_model, which no longer exists. Re-register its checkpoint "
         f"({checkpoint}) with this version: inside an MLflow run, "
-        f"mlflow.register_model(pipeline.registry.log_pyfunc(CHECKPOINT).model_uri, NAME). "
+        f"mlflow.register_model(pipeline.pyfunc_logging.log_pyfunc(CHECKPOINT).model_uri, NAME). "
         f"`python -m pipeline ask --model <this model's URI>` reads the checkpoint as it is"
     )
 

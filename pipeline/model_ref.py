@@ -36,7 +36,8 @@ def resolve_checkpoint(model: str, store: str) -> Path:
     """A local checkpoint folder for ``model``. A reference that does not resolve (or a store that
     does not exist) is a ModelReferenceError (exit 2); an unreachable server a RegistryError (3)."""
     # Deferred: mlflow costs a second of start-up, and a checkpoint folder needs none of it.
-    from pipeline.registry import ModelReferenceError, ensure_reachable, resolve_model
+    from pipeline.model_download import resolve_model
+    from pipeline.registry_errors import ModelReferenceError, ensure_reachable
 
     if model.startswith(("models:/", "runs:/")):
         import mlflow

@@ -43,14 +43,10 @@ from pipeline.fingerprint import (
 )
 from pipeline.fingerprint import write_stage as _write_stage
 from pipeline.lock import workspace_lock
+from pipeline.model_download import resolve_model
 from pipeline.pipeline_config import PipelineConfig
-from pipeline.registry import (
-    alias_version,
-    checkpoint_digest,
-    ensure_reachable,
-    register_and_promote,
-    resolve_model,
-)
+from pipeline.registry import alias_version, checkpoint_digest, register_and_promote
+from pipeline.registry_errors import ensure_reachable
 from synth.fingerprint import HashCache
 from synth.job import run_synth
 from train.instruct import resolve

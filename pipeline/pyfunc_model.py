@@ -32,7 +32,7 @@ class AnomalyGPTPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from pipeline.pyfunc_io import DEFAULT_MAP, map_mode
-        from pipeline.registry import CHECKPOINT_ARTIFACT
+        from pipeline.pyfunc_logging import CHECKPOINT_ARTIFACT
         from train.model.predictor import Predictor
 
         config = getattr(context, "model_config", None) or {}

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     from evaluate.job import run_evaluation
     from evaluate.report import markdown_table
-    from pipeline.registry import resolve_model
+    from pipeline.model_download import resolve_model
 
     # A reference that does not resolve is a ModelReferenceError (exit 2); an unreachable or
     # failing tracking server a RegistryError (exit 3): pipeline/cli.py reports both.

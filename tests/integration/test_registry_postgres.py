@@ -140,8 +140,10 @@ def test_register_promote_and_resolve_through_the_server(server_store, tmp_path)
     import mlflow
     from mlflow import MlflowClient
 
+    from pipeline.model_download import resolve_model
     from pipeline.promotion_lock import tickets
-    from pipeline.registry import ModelReferenceError, register_and_promote, resolve_model
+    from pipeline.registry import register_and_promote
+    from pipeline.registry_errors import ModelReferenceError
 
     cfg = RegistryConfig(model_name="pg-sequence")
     data = {"dataset root": "/data/mvtec", "categories": ["brick"]}

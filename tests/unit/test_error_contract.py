@@ -182,7 +182,7 @@ def _raise_from_run_pipeline(monkeypatch, error: Exception) -> None:
         ("synth.shard_format.ShardError", 2),
         ("train.shard_reader.DataError", 2),
         ("pipeline.lock.LockBusy", 3),
-        ("pipeline.registry.RegistryError", 3),
+        ("pipeline.registry_errors.RegistryError", 3),
     ],
 )
 def test_run_and_retrain_errors_have_their_exit_code(

@@ -55,7 +55,7 @@ def test_a_registered_model_is_resolved_by_the_command_and_named_in_the_metrics(
     what the user typed on, for metrics.json's ``model``."""
     import evaluate.job
     import evaluate.report
-    import pipeline.registry
+    import pipeline.model_download
 
     ckpt, calls = _fake_checkpoint(tmp_path), {}
 
@@ -68,7 +68,7 @@ def test_a_registered_model_is_resolved_by_the_command_and_named_in_the_metrics(
         return {}
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setattr(pipeline.registry, "resolve_model", resolve)
+    monkeypatch.setattr(pipeline.model_download, "resolve_model", resolve)
     monkeypatch.setattr(evaluate.job, "run_evaluation", evaluate_)
     monkeypatch.setattr(evaluate.report, "markdown_table", lambda result: "")
     uri = "models:/anomalygpt@champion"
@@ -77,26 +77,30 @@ def test_a_registered_model_is_resolved_by_the_command_and_named_in_the_metrics(
 
 
 def test_a_model_uri_that_does_not_resolve_is_bad_input(tmp_path, monkeypatch, capsys):
-    import pipeline.registry
+    import pipeline.model_download
+    import pipeline.registry_errors
 
     def resolve(ref):
-        raise pipeline.registry.ModelReferenceError(f"model {ref}: no such version")
+        raise pipeline.registry_errors.ModelReferenceError(f"model {ref}: no such version")
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setattr(pipeline.registry, "resolve_model", resolve)
+    monkeypatch.setattr(pipeline.model_download, "resolve_model", resolve)
     args = ["--model", "models:/nope/9", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
     assert main(["evaluate", *args]) == 2
     assert "models:/nope/9: no such version" in capsys.readouterr().err
 
 
 def test_an_unreachable_registry_is_unavailable_not_bad_input(tmp_path, monkeypatch, capsys):
-    import pipeline.registry
+    import pipeline.model_download
+    import pipeline.registry_errors
 
     def resolve(ref):
-        raise pipeline.registry.RegistryError("MLflow tracking server http://127.0.0.1:9 is unreachable")
+        raise pipeline.registry_errors.RegistryError(
+            "MLflow tracking server http://127.0.0.1:9 is unreachable"
+        )
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setattr(pipeline.registry, "resolve_model", resolve)
+    monkeypatch.setattr(pipeline.model_download, "resolve_model", resolve)
     args = ["--model", "models:/anomalygpt@champion", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
     assert main(["evaluate", *args]) == 3
     assert "unreachable" in capsys.readouterr().err

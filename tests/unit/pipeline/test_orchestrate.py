@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.orchestrate import RunRequest, eval_identity, model_fingerprint, run_pipeline, up_to_date
 from pipeline.pipeline_config import load_pipeline_config
-from pipeline.registry import RegistryError
+from pipeline.registry_errors import RegistryError
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -104,7 +104,7 @@ def test_signature_names_columns_so_the_server_takes_dataframe_records():
 
 
 def test_requirements_pin_this_package_and_list_the_weight_packages():
-    from pipeline.registry import pip_requirements
+    from pipeline.pyfunc_logging import pip_requirements
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = pip_requirements()

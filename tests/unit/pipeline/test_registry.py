@@ -10,16 +10,9 @@ from pathlib import Path
 import pytest
 from support import fake_checkpoint
 
-from pipeline.registry import (
-    ModelReferenceError,
-    RegistryConfig,
-    RegistryError,
-    checkpoint_digest,
-    decide,
-    ensure_reachable,
-    register_and_promote,
-    resolve_model,
-)
+from pipeline.model_download import resolve_model
+from pipeline.registry import RegistryConfig, checkpoint_digest, decide, register_and_promote
+from pipeline.registry_errors import ModelReferenceError, RegistryError, ensure_reachable
 
 
 def _metrics(value: float | None) -> dict:

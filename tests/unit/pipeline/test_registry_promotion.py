@@ -13,6 +13,7 @@ from support import fake_checkpoint
 import pipeline.registry as registry
 from pipeline.cli import main
 from pipeline.core.errors import BAD_INPUT, UNAVAILABLE
+from pipeline.model_download import resolve_model
 from pipeline.promotion_lock import (
     CLOCK_SKEW_S,
     HeldLock,
@@ -22,14 +23,8 @@ from pipeline.promotion_lock import (
     ticket_name,
     tickets,
 )
-from pipeline.registry import (
-    ModelReferenceError,
-    RegistryConfig,
-    RegistryError,
-    alias_version,
-    register_and_promote,
-    resolve_model,
-)
+from pipeline.registry import RegistryConfig, alias_version, register_and_promote
+from pipeline.registry_errors import ModelReferenceError, RegistryError
 
 
 def _metrics(image_auroc: float) -> dict:
