@@ -145,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
             "API and add feedback (serve --token-file FILE; docs/serving.md 'Security')",
             file=sys.stderr,
         )
+    from pipeline.serve.metrics import metrics_address
+
+    metrics = metrics_address()
+    print(f"Prometheus metrics ({metrics['prefix']}*): {metrics['url']} (each node's; /healthz names it)")
     print("Ctrl-C stops it", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # `ray job stop` and `kill` stop it as Ctrl-C does
     try:

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import importlib.resources
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -29,6 +30,7 @@ from pipeline.feedback import FeedbackStore
 from pipeline.references import ReferenceFolders
 from pipeline.serve.inspection import (
     MAX_REFERENCES,
+    THRESHOLD,
     InspectJob,
     RequestError,
     check_pixel_budget,
@@ -43,6 +45,7 @@ from pipeline.serve.inspection import (
     run_batch,
     upload_size,
 )
+from pipeline.serve.metrics import metrics_address, service_metrics
 from pipeline.serve.options import ServeOptions, ServeSettings, resolve_options
 from train.model.predictor import Predictor
 
@@ -106,6 +109,18 @@ def server_fault(exc: BaseException) -> HTTPException:
 
 
 api = FastAPI(title="AnomalyGPT inspection", docs_url=None, redoc_url=None)
+
+
+@api.middleware("http")
+async def _measure(request: Request, call_next):
+    """Every request's route, status and latency into the replica's Prometheus metrics."""
+    started, code = time.perf_counter(), 500
+    try:
+        response = await call_next(request)
+        code = response.status_code
+        return response
+    finally:
+        service_metrics().request(request.url.path, code, time.perf_counter() - started)
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -176,6 +191,7 @@ class InspectionService:
         self._count_tokens = None if tokenizer is None else (lambda text: len(tokenizer(text)["input_ids"]))
         self.served = {"images": 0, "batches": 0}
         """What this replica has inspected, and in how many model batches (batching at work)."""
+        self.metrics_address = metrics_address()
         self.predict_batch.set_max_batch_size(options.settings.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(options.settings.batch_wait_ms / 1000.0)
         log.info("replica ready: %s on %s", options.checkpoint, self.predictor.device)
@@ -193,6 +209,7 @@ class InspectionService:
             "reference_categories": self.references.categories() if self.references else [],
             "feedback": self.feedback is not None,
             "served": dict(self.served),
+            "metrics": self.metrics_address,
         }
 
     @api.post("/v1/inspect")
@@ -217,7 +234,14 @@ class InspectionService:
         """The requests that arrived together, through the model in as few calls as possible."""
         self.served["images"] += len(jobs)
         self.served["batches"] += 1
-        return await asyncio.to_thread(run_batch, self.predictor, jobs)
+        hits, misses = self.predictor.bank_hits, self.predictor.bank_misses
+        results = await asyncio.to_thread(run_batch, self.predictor, jobs)
+        metrics = service_metrics()
+        metrics.batch(len(jobs), self.predictor.bank_hits - hits, self.predictor.bank_misses - misses)
+        for job, result in zip(jobs, results, strict=True):
+            if not isinstance(result, BaseException):
+                metrics.scored(job.category, None if result.score is None else result.score > THRESHOLD)
+        return results
 
     @api.post("/v1/feedback")
     async def feedback(self, request: Request) -> dict[str, Any]:
@@ -338,6 +362,8 @@ def build_app(options: ServeOptions) -> Application:
         num_replicas=settings.replicas,
         # Room for one batch running and the next one filling.
         max_ongoing_requests=2 * settings.max_batch_size,
+        # One JSON object per line in the replica logs, access lines with their request id.
+        logging_config={"encoding": "JSON", "enable_access_log": True},
         # Beyond that, a bounded queue at each proxy; past it an immediate 503 with Retry-After.
         max_queued_requests=settings.max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=settings.retry_after_s),

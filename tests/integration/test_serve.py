@@ -380,3 +380,47 @@ def test_a_long_chat_is_trimmed_to_the_token_cap_and_many_pixels_are_refused(ser
         f"{service}/v1/inspect", files=files, data={"category": "coin"}, headers=AUTH, timeout=60
     )
     assert refused.status_code == 413 and f"{MAX_REQUEST_PIXELS:,}" in message(refused, "too_large")
+
+
+def test_prometheus_metrics_and_json_access_logs_with_the_request_id(service, images):
+    import time
+    import urllib.request
+
+    import ray
+    import requests
+
+    reply = post(
+        service, images["bad"][0], category=images["category"], references=images["references"], map="none"
+    )
+    assert reply.status_code == 200, reply.text
+    request_id = reply.headers["X-Request-ID"]
+    metrics = requests.get(f"{service}/healthz", timeout=30).json()["metrics"]
+    assert metrics["url"].startswith("http://") and metrics["url"].endswith("/metrics")
+
+    wanted = [
+        'ray_anomalygpt_serve_requests_total{', 'route="/v1/inspect"', 'code="200"', 'code="401"',
+        "ray_anomalygpt_serve_request_seconds_bucket", "ray_anomalygpt_serve_batch_size_bucket",
+        'ray_anomalygpt_serve_bank_cache_total{', 'result="hit"',
+        'ray_anomalygpt_serve_images_total{', f'category="{images["category"]}"', 'verdict="anomalous"',
+    ]  # fmt: skip
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:  # the metrics agent exports every few seconds
+        with urllib.request.urlopen(metrics["url"], timeout=10) as scraped:
+            text = scraped.read().decode()
+        if all(w in text for w in wanted):
+            break
+        time.sleep(2)
+    assert all(w in text for w in wanted), [w for w in wanted if w not in text]
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    deadline, found = time.monotonic() + 30, []
+    while not found and time.monotonic() < deadline:
+        for path in logs.glob("replica_*AnomalyGPT*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if request_id in line:
+                    found.append(json.loads(line))  # every line is one JSON object
+        time.sleep(0.5)
+    assert found and all(entry.get("request_id") == request_id for entry in found)
+    assert any("/v1/inspect" in entry.get("message", "") and "200" in entry["message"] for entry in found), (
+        found
+    )

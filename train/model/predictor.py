@@ -75,6 +75,8 @@ class Predictor:
         self._bank_cache_bytes = bank_cache_bytes
         self._pinned: dict[str, tuple[str, MemoryBank]] = {}
         """Per category, the content digest and bank of its pinned references (one bank each)."""
+        self.bank_hits = self.bank_misses = 0
+        """Banks served from the caches and banks built (a server's metrics read them)."""
         self._bank_lock = threading.Lock()  # a server may ask from several threads: build each bank once
 
     @classmethod
@@ -118,11 +120,15 @@ class Predictor:
                 held = self._pinned.get(category)
                 if held is None or held[0] != digest:
                     self._pinned[category] = held = (digest, self._build_bank(category, references))
+                else:
+                    self.bank_hits += 1
                 return held[1]
             key = (category, digest)
             bank = self._banks.get(key)
             if bank is None:
                 bank = self._banks[key] = self._build_bank(category, references)
+            else:
+                self.bank_hits += 1
             self._banks.move_to_end(key)
             while len(self._banks) > 1 and self.cached_bank_bytes > self._bank_cache_bytes:
                 self._banks.popitem(last=False)
@@ -134,6 +140,7 @@ class Predictor:
         return sum(bank.nbytes for bank in self._banks.values())
 
     def _build_bank(self, category: str, references: Sequence[np.ndarray]) -> MemoryBank:
+        self.bank_misses += 1
         with torch.no_grad():
             probes = self._guard_probes(category, references)
             return self.model.build_memory_bank(self.to_tensor(references), category, probes)
