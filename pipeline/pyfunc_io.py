@@ -4,9 +4,10 @@ Kept apart from ``pipeline.pyfunc_model`` because the registry logs the signatur
 import the pyfunc (importing it registers the model with MLflow's ``set_model``).
 
 Rows come as a list of dicts (``inputs``) or a pandas DataFrame (``dataframe_records`` /
-``dataframe_split``); both are read the same way. Columns: ``image`` (a file path, a
-``data:image/...;base64,`` URI or a bare base64 string), optional ``category``, ``question``,
-``references`` (a list of normal images), ``generate`` and ``map``. ``map`` says how much of the
+``dataframe_split``); both are read the same way. Columns: ``image`` (a ``data:image/...;base64,``
+URI, a bare base64 string, or a file path under the server's files root when it has one:
+:func:`image_source`), optional ``category``, ``question``, ``references`` (a list of up to 32
+normal images), ``generate`` and ``map``. ``map`` says how much of the
 anomaly map comes back, as in ``pipeline serve``'s API: ``none``, ``small`` (64 x 64, the default:
 a full 224 x 224 map is about 1 MB of JSON) or ``full`` (the model's input size). A row's own
 ``map`` wins over the request's ``params`` ``map``, which wins over the loader's ``model_config``.
@@ -16,13 +17,16 @@ Every result carries ``regions``, whatever ``map`` says: the map's defect region
 
 from __future__ import annotations
 
+import base64
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import InputError
-from pipeline.inference import MAP_MODES
+from pipeline.inference import MAP_MODES, MIN_BASE64_CHARS
 
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature
@@ -32,6 +36,12 @@ if TYPE_CHECKING:
 
 DEFAULT_MAP = "small"
 COLUMNS = ("image", "category", "question", "references", "generate", "map")
+MAX_REFERENCES = 32
+"""Normal images one row may send for its memory bank."""
+FILES_ROOT_ENV = "ANOMALYGPT_PYFUNC_FILES_ROOT"
+"""A folder on the serving machine under which rows may name image files by path (also
+``model_config={"files_root": ...}``). Unset: rows send image bytes (base64 or data: URIs) only, so
+a client can neither read the server's files nor learn which exist."""
 
 
 @dataclass
@@ -136,6 +146,41 @@ def result(prediction: Prediction, mode: str, image_size: tuple[int, int] | None
     return out
 
 
+def files_root(configured: str | None) -> Path | None:
+    """The allowed folder for image paths: ``configured`` (model_config) or $ANOMALYGPT_PYFUNC_FILES_ROOT,
+    resolved; None: paths are refused. A root that is not a folder fails the model's load."""
+    value = configured or os.environ.get(FILES_ROOT_ENV)
+    if not value:
+        return None
+    root = Path(value).expanduser().resolve()
+    if not root.is_dir():
+        raise InputError(f"files_root / ${FILES_ROOT_ENV} {value!r} is not a folder on this machine")
+    return root
+
+
+def image_source(text: str, root: Path | None, what: str) -> str:
+    """What the model may open for an image a row names: a data: URI as is, bare base64 as a data:
+    URI, a path only inside ``root`` (symlinks and ``..`` resolved first). The file system is not
+    touched for a path outside the root, so a refusal says nothing about what exists there."""
+    if text.startswith("data:"):
+        return text
+    if len(text) >= MIN_BASE64_CHARS:
+        try:
+            base64.b64decode(text, validate=True)
+            return "data:application/octet-stream;base64," + text
+        except ValueError:
+            pass  # not base64: a path
+    if root is None:
+        raise InputError(
+            f"{what}: send the image itself (base64 or a data: URI); this server takes no file paths "
+            f"(an operator may allow paths under one folder with ${FILES_ROOT_ENV})"
+        )
+    path = Path(os.path.abspath(os.path.join(root, os.path.expanduser(text))))
+    if not path.is_relative_to(root) or not path.resolve().is_relative_to(root):
+        raise InputError(f"{what}: paths must lie under this server's files root; send the image itself")
+    return str(path.resolve())
+
+
 def _row(index: int, record: Any) -> Row:
     if not isinstance(record, Mapping):
         raise InputError(f"row {index}: expected an object with an image, got {type(record).__name__}")
@@ -152,6 +197,8 @@ def _row(index: int, record: Any) -> Row:
     references = values.get("references", [])
     if not isinstance(references, (list, tuple)) or not all(isinstance(r, str) for r in references):
         raise InputError(f"row {index}: references must be a list of images (paths, data: URIs or base64)")
+    if len(references) > MAX_REFERENCES:
+        raise InputError(f"row {index}: {len(references)} references; send at most {MAX_REFERENCES}")
     generate = values.get("generate", True)
     if not isinstance(generate, bool):
         raise InputError(f"row {index}: generate must be true or false, got {generate!r}")

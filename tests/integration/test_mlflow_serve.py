@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from support import free_port
 
+from pipeline.pyfunc_io import FILES_ROOT_ENV
+
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,6 +105,7 @@ def test_mlflow_models_serve_answers_inputs_and_dataframe_records(registered, sa
         # mlflow starts its server as `uvicorn ...` by name: the venv's bin must be on PATH
         # (an activated venv has it; a bare `.venv/bin/mlflow` call does not).
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        FILES_ROOT_ENV: str(sample_data_root),  # rows may name the sample images by path
     }
     command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve"]
     command += ["-m", "models:/anomalygpt/1", "--env-manager", "local", "-p", str(port)]
@@ -136,6 +139,8 @@ def test_mlflow_models_serve_answers_inputs_and_dataframe_records(registered, sa
                 "params": {"map": "full"},
             },
         )
+        with pytest.raises(AssertionError, match="paths must lie under this server's files root"):
+            _post(url, {"inputs": [{"image": "/etc/hostname", "category": category}]})
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         _, stderr = server.communicate(timeout=60)
@@ -191,6 +196,7 @@ def test_the_logged_model_loads_where_the_project_is_not_installed(registered, s
     proc = subprocess.run(
         [sys.executable, "-c", LOAD_WITHOUT_THE_PROJECT, str(model_dir), str(image), category],
         cwd=tmp_path,
+        env={**os.environ, FILES_ROOT_ENV: str(sample_data_root)},
         capture_output=True,
         text=True,
         timeout=600,

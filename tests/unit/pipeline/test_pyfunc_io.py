@@ -182,3 +182,49 @@ def test_a_model_logged_by_older_code_fails_to_load_saying_re_register(tmp_path)
     )
     with pytest.raises(InputError, match=r"older anomalygpt-pipeline.*Re-register its checkpoint"):
         mlflow.pyfunc.load_model(str(model))
+
+
+def test_rows_send_images_and_name_files_only_under_the_servers_files_root(
+    sample_data_root, tmp_path, monkeypatch
+):
+    from pipeline.inference import read_image
+    from pipeline.pyfunc_io import FILES_ROOT_ENV, files_root, image_source
+
+    png = sorted(sample_data_root.glob("*/test/*/*.png"))[0]
+    text = base64.b64encode(png.read_bytes()).decode()
+    monkeypatch.delenv(FILES_ROOT_ENV, raising=False)
+    assert files_root(None) is None
+    for sent in (text, "data:image/png;base64," + text):  # bytes: always taken, never looked up
+        assert np.array_equal(read_image(image_source(sent, None, "row 0: image"), 32), read_image(png, 32))
+    with pytest.raises(InputError, match=f"takes no file paths.*{FILES_ROOT_ENV}"):
+        image_source(str(png), None, "row 0: image")
+
+    root = tmp_path / "shared"
+    (root / "lot7").mkdir(parents=True)
+    inside = root / "lot7" / "part.png"
+    inside.write_bytes(png.read_bytes())
+    (root / "escape.png").symlink_to(png)  # a link out of the root
+    monkeypatch.setenv(FILES_ROOT_ENV, str(root))
+    allowed = files_root(None)
+    assert allowed == root.resolve() and files_root(str(tmp_path)) == tmp_path.resolve()  # config wins
+    assert image_source(str(inside), allowed, "row 0: image") == str(inside.resolve())
+    assert image_source("lot7/part.png", allowed, "row 0: image") == str(inside.resolve())  # relative
+    outside = [
+        str(png),
+        "/etc/passwd",
+        "/no/such/file.png",
+        "../outside.png",
+        "lot7/../../x.png",
+        "escape.png",
+    ]
+    for path in outside:  # existing or not: the same refusal, saying nothing of what is there
+        with pytest.raises(InputError, match="paths must lie under this server's files root"):
+            image_source(path, allowed, "row 0: image")
+    with pytest.raises(InputError, match="is not a folder"):
+        files_root(str(tmp_path / "missing"))
+
+
+def test_a_row_sends_at_most_32_references():
+    refs = ["data:image/png;base64,AAAA"] * 33
+    with pytest.raises(InputError, match="row 0: 33 references; send at most 32"):
+        read_rows([{"image": "data:image/png;base64,AAAA", "references": refs}])
