@@ -183,7 +183,13 @@ def quiet_train_worker() -> None:
 
 
 def quiet_ray_worker() -> None:
-    """Runs in every local Ray worker process at start-up."""
+    """Runs in every local Ray worker process at start-up. Names this Ray for the components that
+    find their cluster on their own (Ray Train's placement-group cleaner asks the state API with no
+    address): with another local Ray on the machine (a service beside a retrain) they would fail
+    with "Found multiple active Ray instances"."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
         logging.ERROR
     )
