@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ CACHE_ENV = "ANOMALYGPT_CACHE"
 """Environment variable naming the download cache folder."""
 DEFAULT_CACHE = "~/.cache/anomalygpt"
 """The download cache folder when ``$ANOMALYGPT_CACHE`` is unset."""
+ABANDONED_AFTER_S = 6 * 3600.0
+"""A ``.partial`` download folder none of whose files changed for this long was left by a killed
+process and is removed by the next download into the same cache. Judged by age, not by process id:
+the cache may be a volume that several machines share."""
 
 
 def resolve_model(ref: str | Path, dst: str | Path | None = None) -> Path:
@@ -69,6 +74,7 @@ def resolve_model(ref: str | Path, dst: str | Path | None = None) -> Path:
     cached = _checkpoint_in(dst)
     if cached is not None:
         return cached
+    remove_abandoned_downloads(dst.parent)
     # Each download its own folder: two processes (or threads) resolving the same URI at once
     # must not empty each other's; the first to finish renames its folder into place.
     partial = dst.with_name(f"{dst.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
@@ -87,6 +93,22 @@ def resolve_model(ref: str | Path, dst: str | Path | None = None) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return _move_into_cache(partial, dst)
+
+
+def remove_abandoned_downloads(cache: Path, older_than_s: float = ABANDONED_AFTER_S) -> list[Path]:
+    """Remove the ``*.partial`` folders in ``cache`` whose newest file is older than ``older_than_s``
+    (downloads of killed processes); a download still writing keeps its folder. Returns them."""
+    removed = []
+    now = time.time()
+    for partial in cache.glob("*.partial") if cache.is_dir() else ():
+        try:
+            newest = max((p.stat().st_mtime for p in [partial, *partial.rglob("*")]), default=0.0)
+        except OSError:  # its owner renamed or removed it meanwhile
+            continue
+        if now - newest > older_than_s:
+            shutil.rmtree(partial, ignore_errors=True)
+            removed.append(partial)
+    return removed
 
 
 def _move_into_cache(partial: Path, dst: Path) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support import fake_checkpoint
 
-from pipeline.model_download import resolve_model
+from pipeline.model_download import ABANDONED_AFTER_S, resolve_model
 from pipeline.registry import RegistryConfig, checkpoint_digest, decide, register_and_promote
 from pipeline.registry_errors import ModelReferenceError, RegistryError, ensure_reachable
 
@@ -200,3 +200,25 @@ def test_concurrent_resolves_of_one_uri_share_one_complete_copy(reg, tmp_path):
     assert len(set(resolved)) == 1
     assert checkpoint_digest(resolved[0]) == checkpoint_digest(reg.path / "ckpt1")
     assert sorted(p.name for p in dst.parent.iterdir()) == ["champion"]
+
+
+def test_a_download_left_by_a_killed_process_is_removed_by_the_next_one(reg, tmp_path):
+    """A .partial folder whose files stopped changing hours ago (its process was killed) goes at the
+    next download into the cache; one still being written stays."""
+    import os
+    import time
+
+    reg.register(1, 0.7)
+    cache = tmp_path / "cache"
+    abandoned = cache / "champion.4242-deadbeef.partial" / "checkpoint"
+    live = cache / "other.4343-cafecafe.partial" / "checkpoint"
+    for folder in (abandoned, live):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"half a download")
+    hours_ago = time.time() - ABANDONED_AFTER_S - 60
+    for path in [abandoned.parent, abandoned, abandoned / "model.safetensors"]:
+        os.utime(path, (hours_ago, hours_ago))
+    resolved = resolve_model(reg.uri("@champion"), cache / "champion")
+    assert checkpoint_digest(resolved) == checkpoint_digest(reg.path / "ckpt1")
+    assert not abandoned.parent.exists() and live.parent.exists()
+    assert sorted(p.name for p in cache.iterdir()) == ["champion", live.parent.name]
