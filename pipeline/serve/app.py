@@ -28,6 +28,7 @@ from pipeline.core.config import from_dict
 from pipeline.core.errors import PipelineError
 from pipeline.feedback import FeedbackStore
 from pipeline.references import ReferenceFolders
+from pipeline.serve.error_shape import error_body
 from pipeline.serve.inspection import (
     MAX_REFERENCES,
     THRESHOLD,
@@ -56,31 +57,9 @@ MAX_TEXT_FIELD = 256 * 1024
 log = logging.getLogger(__name__)
 
 
-ERROR_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    411: "length_required",
-    413: "too_large",
-    422: "unprocessable",
-    429: "too_many_requests",
-    500: "internal_error",
-    503: "unavailable",
-}
-"""The ``code`` of each status the service answers: fixed here, so clients can match on it (the
-standard's phrases change: 413 was "Request Entity Too Large", now "Content Too Large")."""
-
-
-def error_code(status: int) -> str:
-    """The machine-readable ``code`` of an error response (``http_<status>`` for one not listed)."""
-    return ERROR_CODES.get(status, f"http_{status}")
-
-
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """Every 4xx and 5xx of the service: ``{"error": {"code", "message"}}``, nothing else."""
-    body = {"error": {"code": error_code(status), "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(status, message), status_code=status, headers=headers)
 
 
 def require_token(request: Request, digest: str | None) -> None:
@@ -181,7 +160,9 @@ class InspectionService:
         configure_environment()
         self.options = options
         # Loaded once per replica; few-shot banks are cached per category and reference content.
-        self.predictor = Predictor.from_checkpoint(options.checkpoint, device=options.device)
+        self.predictor = Predictor.from_checkpoint(
+            options.checkpoint, device=options.device, bank_budget=options.settings.bank_budget
+        )
         settings = options.settings
         roots = [root for root in (settings.references_dir, settings.feedback_dir) if root]
         self.references = ReferenceFolders(roots) if roots else None

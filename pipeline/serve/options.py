@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.config import ConfigError
+from pipeline.serve.proxy_errors import CALLBACK, CALLBACK_ENV
 
 DEFAULT_MODEL = "models:/anomalygpt@champion"
 DEVICES = ("auto", "cpu", "cuda")
@@ -44,6 +45,8 @@ class ServeSettings:
     feedback_dir: str | None = None
     """Where ``POST /v1/feedback`` keeps confirmed normals and defects (pipeline.feedback); its
     normals join the category's bank at the next request. None: feedback is refused."""
+    bank_budget: int | None = None
+    """Patches per layer of each memory bank; None: the checkpoint's ``memory_bank.max_patches``."""
     token_file: str | None = None
     """A file holding the bearer token the API requires (its first line); None: $ANOMALYGPT_TOKEN,
     and without it the API is open to whoever reaches the port."""
@@ -57,6 +60,8 @@ class ServeSettings:
         for name in ("cpus_per_replica", "batch_wait_ms", "retry_after_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.bank_budget is not None and self.bank_budget < 1:
+            raise ConfigError(f"bank_budget must be at least 1, got {self.bank_budget}")
         if self.max_upload_mb <= 0:
             raise ConfigError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
 
@@ -100,6 +105,9 @@ def resolve_options(settings: ServeSettings, check_gpus: bool = True) -> ServeOp
         feedback.mkdir(parents=True, exist_ok=True)
         settings = dataclasses.replace(settings, feedback_dir=os.fspath(feedback))
     token_sha256 = _token_sha256(settings.token_file)
+    # Read by every HTTP proxy Ray Serve starts on a Ray this process starts (on a cluster, set it in
+    # the nodes' environment): the proxy's own errors in the service's error shape.
+    os.environ.setdefault(CALLBACK_ENV, CALLBACK)
     checkpoint = resolve_checkpoint(settings.model, settings.store)  # bad reference: exit 2; registry down: 3
     verify_checkpoint(checkpoint)
     init_ray()

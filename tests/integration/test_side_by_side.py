@@ -66,6 +66,7 @@ def test_a_service_and_a_run_side_by_side_both_finish(
             f"{url}/v1/inspect", files={"image": image.read_bytes()}, data=fields, timeout=120
         )
         assert answer.status_code == 200, answer.text  # the service lived through the run's own Ray
+        _kill_the_replica_under_load(url, service.pid, image.read_bytes())
     finally:
         os.killpg(service.pid, signal.SIGINT)  # as Ctrl-C: the service removes its app, stops its Ray
         code = service.wait(120)
@@ -75,3 +76,49 @@ def test_a_service_and_a_run_side_by_side_both_finish(
     import ray
 
     assert ray.is_initialized() and ray.get(ray.put("still here")) == "still here"  # ours untouched
+
+
+def _kill_the_replica_under_load(url: str, service_pid: int, image: bytes) -> None:
+    """Four clients keep asking while the replica is killed: every answer is a 200 or a JSON 503
+    with Retry-After (none a 500, none hangs), and the new replica answers again."""
+    import threading
+
+    import psutil
+    import requests
+
+    replica = next(
+        p
+        for p in psutil.Process(service_pid).children(recursive=True)
+        if "ServeReplica" in " ".join(p.cmdline())
+    )
+    replies: list[requests.Response] = []
+    stop = time.monotonic() + 20
+
+    def client() -> None:
+        while time.monotonic() < stop:
+            fields = {"category": "coin", "generate": "true"}
+            replies.append(
+                requests.post(f"{url}/v1/inspect", files={"image": image}, data=fields, timeout=120)
+            )
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    replica.kill()
+    killed_at = time.monotonic()
+    for thread in threads:
+        thread.join()
+    codes = [r.status_code for r in replies]
+    assert set(codes) <= {200, 503}, [(r.status_code, r.headers, r.text[:300]) for r in replies if r.status_code != 200]
+    for refused in (r for r in replies if r.status_code == 503):
+        assert refused.json()["error"]["code"] == "unavailable" and refused.headers["Retry-After"]
+    deadline = killed_at + 120
+    while True:  # Serve starts another replica
+        again = requests.post(
+            f"{url}/v1/inspect", files={"image": image}, data={"category": "coin"}, timeout=120
+        )
+        if again.status_code == 200:
+            break
+        assert again.status_code == 503 and time.monotonic() < deadline, again.text
+        time.sleep(1)

@@ -275,7 +275,8 @@ def test_the_api_token_comes_from_the_file_or_the_environment_and_must_be_long(t
 
 
 def test_error_codes_are_the_status_names():
-    from pipeline.serve.app import error_code, error_response
+    from pipeline.serve.app import error_response
+    from pipeline.serve.error_shape import error_code
 
     codes = [error_code(s) for s in (400, 401, 404, 411, 413, 422, 429, 500, 503)]
     assert codes == [
@@ -335,3 +336,49 @@ def test_a_long_history_is_trimmed_from_its_oldest_turns_to_fit_the_token_cap():
     image = np.zeros((8, 8, 3), np.uint8)
     job = new_job(image, "coin", "Where?", turns, True, count_tokens=lambda t: count(t) * 30)
     assert job.history_dropped == len(turns) and job.prompt == "Where?"
+
+
+def test_the_proxys_own_plain_text_errors_leave_it_as_json():
+    """Ray Serve's proxy answers some requests itself, in plain text: a full queue (503), a replica
+    that died while answering (500). Wrapped in ProxyErrorShape they come out in the error shape,
+    the death as 503 with Retry-After; JSON answers and successes pass through untouched."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from pipeline.serve.proxy_errors import ProxyErrorShape
+
+    def route(path, response):
+        return Route(path, lambda request: response, methods=["GET"])
+
+    def dies(request):
+        raise RuntimeError("The actor died unexpectedly before finishing this task")
+
+    async def silent(scope, receive, send):  # what the proxy does when a replica dies under a request
+        return None
+
+    app = Starlette(routes=[
+        route("/busy", PlainTextResponse("Request dropped due to backpressure", 503, {"Retry-After": "2"})),
+        route("/died", PlainTextResponse("ActorDiedError: The actor died unexpectedly", 500)),
+        route("/replica-json", JSONResponse({"error": {"code": "bad_request", "message": "x"}}, 400)),
+        route("/ok", PlainTextResponse("fine")),
+        Route("/raises", dies, methods=["GET"]),
+        Route("/silent", silent, methods=["GET"]),
+    ])  # fmt: skip
+    client = TestClient(ProxyErrorShape(app), raise_server_exceptions=False)
+    busy = client.get("/busy")
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "2"
+    assert busy.json()["error"]["code"] == "unavailable" and "Retry-After" in busy.json()["error"]["message"]
+    died = client.get("/died")
+    assert died.status_code == 503 and died.headers["retry-after"] == "2"
+    assert set(died.json()) == {"error"} and "ActorDiedError" not in died.text
+    assert int(died.headers["content-length"]) == len(died.content)
+    assert client.get("/replica-json").json() == {"error": {"code": "bad_request", "message": "x"}}
+    assert client.get("/ok").text == "fine"
+    assert client.get("/nowhere").json()["error"]["code"] == "not_found"
+    raised = client.get("/raises")  # the proxy raises a replica's death rather than answering it
+    assert raised.status_code == 503 and raised.json()["error"]["code"] == "unavailable"
+    assert "The actor died" not in raised.text and raised.headers["retry-after"] == "2"
+    unanswered = client.get("/silent")
+    assert unanswered.status_code == 503 and unanswered.json()["error"]["code"] == "unavailable"
