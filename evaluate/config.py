@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pipeline.core.config import to_dict
+from pipeline.core.config import to_dict, without_later_defaults
 
 
 @dataclass
@@ -74,6 +74,10 @@ class EvaluateConfig:
     """With references (k-shot or all-shot), also score the plain nearest-neighbour memory of the
     same encoder and references (``baseline`` in metrics.json): the floor the model must clear.
     Costs about one more bank's distances per image; false skips it."""
+    bank_budget: int | None = None
+    """Patches per layer of each memory bank (greedy coreset above it); null: the checkpoint's
+    ``memory_bank.max_patches``. Lower it for large categories on CPUs: build and search time grow
+    with it."""
     mlflow_overlays: int = 2
     """Overlays per category logged to an active MLflow run (the worst-scored anomalous and the
     highest-scored normal images first)."""
@@ -97,13 +101,17 @@ class EvaluateConfig:
             raise ValueError(f"score_range must be [lo, hi] with hi > lo, got {self.score_range}")
         if not 0.0 < self.aupro_max_fpr <= 1.0:
             raise ValueError(f"aupro_max_fpr must be in (0, 1], got {self.aupro_max_fpr}")
+        if self.bank_budget is not None and self.bank_budget < 1:
+            raise ValueError(f"bank_budget must be >= 1 or null, got {self.bank_budget}")
         if self.pixel_bins < 2:
             raise ValueError("pixel_bins must be >= 2")
 
     def identity(self) -> dict[str, Any]:
-        """This section as plain data less ``OUTPUT_NEUTRAL_KEYS``: what the evaluation identity and
-        the evaluate stage key hash."""
-        return {k: v for k, v in to_dict(self).items() if k not in self.OUTPUT_NEUTRAL_KEYS}
+        """This section as plain data less ``OUTPUT_NEUTRAL_KEYS`` and the keys added later that hold
+        their defaults (``pipeline.core.config.LATER_KEYS``): what the evaluation identity and the
+        evaluate stage key hash."""
+        plain = without_later_defaults(to_dict(self), section="evaluate")
+        return {k: v for k, v in plain.items() if k not in self.OUTPUT_NEUTRAL_KEYS}
 
     def resolved_score_range(self) -> tuple[float, float]:
         if self.score_range is not None:

@@ -175,7 +175,7 @@ def _start_actors(checkpoint: Path, cfg: EvaluateConfig, pixel: dict[str, Any]) 
     pixel = {**pixel, "threshold": cfg.mask_threshold}
     device = "cuda" if cfg.use_gpu else "cpu"
     actors = [
-        remote.remote(str(checkpoint), cfg.threads_per_worker, pixel, cfg.write_maps, device)
+        remote.remote(str(checkpoint), cfg.threads_per_worker, pixel, cfg.write_maps, device, cfg.bank_budget)
         for _ in range(cfg.workers)
     ]
     refs = [a.info.remote() for a in actors]

@@ -24,14 +24,20 @@ class EvalWorker:
     whichever actor runs it."""
 
     def __init__(
-        self, checkpoint: str, threads: int, pixel: dict[str, Any], write_maps: bool, device: str = "cpu"
+        self,
+        checkpoint: str,
+        threads: int,
+        pixel: dict[str, Any],
+        write_maps: bool,
+        device: str = "cpu",
+        bank_budget: int | None = None,
     ) -> None:
         import torch
 
         from train.model.predictor import Predictor  # torch: in the actor, not in the driver's import
 
         torch.set_num_threads(threads)
-        self.predictor = Predictor.from_checkpoint(checkpoint, device=device)
+        self.predictor = Predictor.from_checkpoint(checkpoint, device=device, bank_budget=bank_budget)
         self.size = self.predictor.image_size
         self.pixel = pixel  # PixelMetricState arguments: bins, lo, hi
         self.write_maps = write_maps

@@ -45,6 +45,8 @@ class InspectRequest:
     generate: bool = True
     overlays: str = "anomalous"
     progress: bool = True
+    bank_budget: int | None = None
+    """Patches per layer of each memory bank; None: the checkpoint's ``memory_bank.max_patches``."""
 
 
 def run_inspection(req: InspectRequest) -> dict[str, Any]:
@@ -77,6 +79,7 @@ def run_inspection(req: InspectRequest) -> dict[str, Any]:
         "reference_roots": [str(p) for p in req.reference_roots],
         "max_references": req.max_references,
         "overlays": req.overlays,
+        "bank_budget": req.bank_budget,
         "out": str(req.out),
         "model": req.model,
         "model_version": req.model_version,

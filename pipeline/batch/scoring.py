@@ -70,7 +70,9 @@ class BatchScorer:
 
         torch.set_num_threads(int(options["threads"]))
         self.options = options
-        self.predictor = Predictor.from_checkpoint(checkpoint, device=options["device"])
+        self.predictor = Predictor.from_checkpoint(
+            checkpoint, device=options["device"], bank_budget=options["bank_budget"]
+        )
         roots = options["reference_roots"]
         self.references = ReferenceFolders(roots, options["max_references"]) if roots else None
         self.generate = bool(options["generate"]) and self.predictor.model.llm is not None

@@ -68,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "'baseline'; on by default with references: the floor the model's map must clear)",
     )
     parser.add_argument(
+        "--bank-budget",
+        type=int,
+        metavar="N",
+        help="patches per layer of each memory bank (default: the checkpoint's memory_bank.max_patches); "
+        "lower it for categories of hundreds of images on CPUs",
+    )
+    parser.add_argument(
         "--mlflow-uri",
         metavar="URI",
         help="tracking URI to resolve a models:/ or runs:/ --model (default: $MLFLOW_TRACKING_URI)",
@@ -94,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("evaluate.write_maps=false")
     if args.no_baseline:
         overrides.append("evaluate.baseline=false")
-    for flag in ("shots", "workers"):
+    for flag in ("shots", "workers", "bank_budget"):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"evaluate.{flag}={value}")

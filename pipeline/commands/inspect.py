@@ -88,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="anomalous",
         help="which images get an overlay PNG (default: the anomalous ones)",
     )
+    parser.add_argument(
+        "--bank-budget",
+        type=int,
+        metavar="N",
+        help="patches per layer of each memory bank (default: the checkpoint's memory_bank.max_patches)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs, cron)")
 
 
@@ -107,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         ("--batch-size", args.batch_size, 1),
         ("--max-references", args.max_references, 1),
         ("--threads-per-worker", 1 if args.threads_per_worker is None else args.threads_per_worker, 1),
+        ("--bank-budget", 1 if args.bank_budget is None else args.bank_budget, 1),
     ):
         if value < least:
             raise InputError(f"{name} must be at least {least}, got {value}")
@@ -140,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         generate=not args.no_llm,
         overlays=args.overlays,
         progress=not args.no_progress,
+        bank_budget=args.bank_budget,
     )
     try:
         summary = run_inspection(request)

@@ -94,6 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "normals join their category's memory bank at the next request (same layout as `pipeline feedback`)",
     )
     parser.add_argument(
+        "--bank-budget",
+        type=int,
+        metavar="N",
+        help="patches per layer of each memory bank (default: the checkpoint's memory_bank.max_patches)",
+    )
+    parser.add_argument(
         "--token-file",
         metavar="FILE",
         help="require 'Authorization: Bearer <token>' on the API, the token being FILE's first line "
@@ -122,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         references_dir=args.references_dir,
         feedback_dir=args.feedback_dir,
         token_file=args.token_file,
+        bank_budget=args.bank_budget,
     )
     local = not os.environ.get("RAY_ADDRESS")
     if local:

@@ -173,6 +173,7 @@ LATER_KEYS: dict[tuple[str, ...], Any] = {
     ("evaluate", "baseline"): True,
     ("model", "memory_bank", "fusion_guard"): True,
     ("model", "memory_bank", "guard_probes"): 16,
+    ("evaluate", "bank_budget"): None,
 }
 """Run-config keys added after run folders existed, each with a default that leaves training as it
 was (the fusion guard acts at bank build, after training): a stage key or resume fingerprint hashes

@@ -7,6 +7,7 @@ stays with the callers (``evaluate.data.load_image``, ``pipeline.inference.read_
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections import OrderedDict
@@ -80,11 +81,20 @@ class Predictor:
         self._bank_lock = threading.Lock()  # a server may ask from several threads: build each bank once
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto") -> Predictor:
+    def from_checkpoint(
+        cls, checkpoint: str | Path, device: str = "auto", bank_budget: int | None = None
+    ) -> Predictor:
         """Load ``checkpoint`` (``model.safetensors`` + ``config.yaml``) on ``device``: auto, cpu or
-        cuda. A broken or mismatched checkpoint is a CheckpointError (exit 2)."""
+        cuda. A broken or mismatched checkpoint is a CheckpointError (exit 2). ``bank_budget``
+        replaces the checkpoint's ``memory_bank.max_patches`` (patches per bank layer) for this
+        predictor's banks: smaller builds faster and searches faster on large categories."""
         where = resolve_device(device)
         model, config = load_checkpoint(checkpoint, device=where)
+        if bank_budget is not None:
+            if bank_budget < 1:
+                raise ConfigError(f"bank budget must be at least 1 patch per layer, got {bank_budget}")
+            config.memory_bank = dataclasses.replace(config.memory_bank, max_patches=bank_budget)
+            model.cfg.memory_bank = config.memory_bank
         return cls(model, config, where)
 
     def to_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:

@@ -184,3 +184,14 @@ def test_a_decoder_that_lifts_normals_above_anomalies_is_left_out_of_the_map(che
     ]
     for a, b in zip(guarded, plain, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_bank_budget_given_at_load_time_caps_every_bank_layer(checkpoint):
+    budgeted = Predictor.from_checkpoint(checkpoint, device="cpu", bank_budget=7)
+    assert budgeted.config.memory_bank.max_patches == 7
+    bank = budgeted.memory_bank("grass", images(3, seed=11))
+    assert max(bank.n_patches) == 7
+    full = Predictor.from_checkpoint(checkpoint, device="cpu").memory_bank("grass", images(3, seed=11))
+    assert min(full.n_patches) > 7  # the checkpoint's own budget keeps more
+    with pytest.raises(ConfigError, match="bank budget"):
+        Predictor.from_checkpoint(checkpoint, device="cpu", bank_budget=0)
