@@ -110,7 +110,9 @@ def _kill_the_replica_under_load(url: str, service_pid: int, image: bytes) -> No
     for thread in threads:
         thread.join()
     codes = [r.status_code for r in replies]
-    assert set(codes) <= {200, 503}, [(r.status_code, r.headers, r.text[:300]) for r in replies if r.status_code != 200]
+    assert set(codes) <= {200, 503}, [
+        (r.status_code, r.headers, r.text[:300]) for r in replies if r.status_code != 200
+    ]
     for refused in (r for r in replies if r.status_code == 503):
         assert refused.json()["error"]["code"] == "unavailable" and refused.headers["Retry-After"]
     deadline = killed_at + 120
