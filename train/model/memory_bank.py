@@ -10,12 +10,16 @@ bank map and the decoder map can be put on one scale and fused.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass, replace
 from statistics import NormalDist
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 ROTATIONS = 4  # 0/90/180/270 degrees
 PROJECTION_DIM = 128  # coreset distances on a random projection, as PatchCore
@@ -111,9 +115,33 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return smoothed.reshape(b, c, h, w)
 
 
-def greedy_coreset(features: torch.Tensor, budget: int, seed: int = 0) -> torch.Tensor:
+EXACT_CORESET_COST = 100_000_000
+"""Rows x budget up to which the coreset is exact greedy k-centre (about 10 s on 2 cores); above it,
+and with more than ``OVERSAMPLING`` x 2 rows per kept row, chunked (benchmarks/coreset_scale.py)."""
+CHUNK_ROWS = 16_384
+"""Rows per chunk of the chunked coreset: its cost is budget x CHUNK_ROWS, whatever the rows."""
+OVERSAMPLING = 4
+"""Each chunk proposes this many times its share of the budget for the final greedy pick."""
+PROGRESS_EVERY_S = 10.0
+
+
+def greedy_coreset(
+    features: torch.Tensor,
+    budget: int,
+    seed: int = 0,
+    exact_cost: int = EXACT_CORESET_COST,
+    chunk_rows: int = CHUNK_ROWS,
+    label: str = "memory bank",
+) -> torch.Tensor:
     """Indices of ``budget`` rows chosen by greedy k-centre (PatchCore's coreset): each pick is the
-    row farthest from everything picked so far, so the subset covers the whole feature space."""
+    row farthest from everything picked so far, so the subset covers the whole feature space.
+
+    Exact greedy costs rows x budget distance rows, which at an MVTec category's all-shot bank
+    (hundreds of images x thousands of patches) runs for hours. Above ``exact_cost`` the rows are
+    split, in a seeded random order, into chunks of ``chunk_rows`` and each chunk gives its share of
+    the budget by greedy k-centre of its own: the cost is then budget x chunk_rows, linear in the
+    budget and flat in the rows (tests/unit/model/test_memory_bank.py bounds its covering radius
+    against the exact one's)."""
     n = features.shape[0]
     if budget >= n:
         return torch.arange(n)
@@ -121,6 +149,23 @@ def greedy_coreset(features: torch.Tensor, budget: int, seed: int = 0) -> torch.
     dim = min(PROJECTION_DIM, features.shape[1])
     projection = torch.randn(features.shape[1], dim, generator=generator) / dim**0.5
     points = features.float().cpu() @ projection
+    progress = _Progress(label, n, budget)
+    if n * budget <= exact_cost or n <= 2 * OVERSAMPLING * budget:
+        return _greedy(points, budget, progress).sort().values
+    # Each chunk proposes OVERSAMPLING times its share; greedy k-centre over the proposals then
+    # picks the budget, so the picks of one chunk do not duplicate what another's cover.
+    order = torch.randperm(n, generator=generator)
+    chunks = list(order.split(chunk_rows))
+    shares = _shares(min(n, OVERSAMPLING * budget), [len(c) for c in chunks])
+    progress.budget = sum(shares) + budget
+    proposed = torch.cat(
+        [chunk[_greedy(points[chunk], share, progress)] for chunk, share in zip(chunks, shares, strict=True)]
+    )
+    return proposed[_greedy(points[proposed], budget, progress)].sort().values
+
+
+def _greedy(points: torch.Tensor, budget: int, progress: _Progress) -> torch.Tensor:
+    """Greedy k-centre of ``points``' rows, starting from row 0: ``budget`` row indices."""
     chosen = torch.empty(budget, dtype=torch.long)
     chosen[0] = 0
     nearest = torch.linalg.vector_norm(points - points[0], dim=1)
@@ -128,7 +173,42 @@ def greedy_coreset(features: torch.Tensor, budget: int, seed: int = 0) -> torch.
         pick = int(nearest.argmax())
         chosen[i] = pick
         nearest = torch.minimum(nearest, torch.linalg.vector_norm(points - points[pick], dim=1))
-    return chosen.sort().values
+        progress.step()
+    progress.step()
+    return chosen
+
+
+def _shares(budget: int, sizes: list[int]) -> list[int]:
+    """``budget`` split over chunks in proportion to their sizes (largest remainders), each >= 1."""
+    total = sum(sizes)
+    raw = [budget * size / total for size in sizes]
+    shares = [max(1, min(size, int(r))) for r, size in zip(raw, sizes, strict=True)]
+    for i in sorted(range(len(sizes)), key=lambda i: raw[i] - int(raw[i]), reverse=True):
+        if sum(shares) >= budget:
+            break
+        if shares[i] < sizes[i]:
+            shares[i] += 1
+    return shares
+
+
+class _Progress:
+    """A log line every ``PROGRESS_EVERY_S`` of a long coreset: picks made, budget, time left."""
+
+    def __init__(self, label: str, rows: int, budget: int) -> None:
+        self.label, self.rows, self.budget = label, rows, budget
+        self.done = 0
+        self.started = self.last = time.monotonic()
+
+    def step(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            left = (now - self.started) / self.done * (self.budget - self.done)
+            log.info(
+                "%s: coreset of %d patches to %d: %d picked (%.0f%%), about %.0f s left",
+                *(self.label, self.rows, self.budget, self.done, 100 * self.done / self.budget, left),
+            )
 
 
 def pairwise_auroc(normal_scores: torch.Tensor, anomaly_scores: torch.Tensor) -> float:
@@ -231,7 +311,11 @@ class MemoryBank:
 
     def subsample(self, max_patches: int, seed: int = 0) -> MemoryBank:
         """At most ``max_patches`` per layer, by greedy coreset (layers under the budget stay whole)."""
-        keep = [greedy_coreset(f, max_patches, seed) for f in self.features]
+        name = f"memory bank {self.category or ''}".rstrip()
+        keep = [
+            greedy_coreset(f, max_patches, seed, label=f"{name}, layer {i + 1}/{len(self.features)}")
+            for i, f in enumerate(self.features)
+        ]
         return replace(  # the rest (category, shots, smoothing, calibrations) carries over
             self,
             features=[f[k.to(f.device)] for f, k in zip(self.features, keep, strict=True)],

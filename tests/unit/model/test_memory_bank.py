@@ -188,3 +188,39 @@ def test_the_auroc_standard_error_shrinks_with_more_images_and_vanishes_at_perfe
     assert auroc_standard_error(0.8, 50, 50) == pytest.approx(0.0447, abs=5e-4)
     assert auroc_standard_error(0.8, 400, 64) < auroc_standard_error(0.8, 12, 16)
     assert auroc_standard_error(1.0, 12, 16) < 1e-3
+
+
+def _clustered(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(40, 32, generator=g) * 3
+    return centres[torch.randint(0, 40, (n,), generator=g)] + 0.5 * torch.randn(n, 32, generator=g)
+
+
+def _covering_radius(x: torch.Tensor, chosen: torch.Tensor) -> float:
+    """How far the farthest row lies from its nearest chosen row: what a coreset keeps small."""
+    return float(torch.cdist(x, x[chosen]).min(dim=1).values.max())
+
+
+@pytest.mark.parametrize("budget", [100, 300])
+def test_the_chunked_coreset_covers_the_rows_within_15_percent_of_exact_greedy(budget):
+    from train.model.memory_bank import greedy_coreset
+
+    x = _clustered(12_000)
+    exact = greedy_coreset(x, budget)
+    chunked = greedy_coreset(x, budget, exact_cost=0, chunk_rows=1000)  # 12 chunks
+    assert len(chunked) == budget == len(set(chunked.tolist())) and bool((chunked.diff() > 0).all())
+    assert _covering_radius(x, chunked) <= 1.15 * _covering_radius(x, exact)
+    assert torch.equal(chunked, greedy_coreset(x, budget, exact_cost=0, chunk_rows=1000))  # seeded
+
+
+def test_the_exact_coreset_is_greedy_k_centre_from_the_first_row():
+    from train.model.memory_bank import PROJECTION_DIM, greedy_coreset
+
+    x = _clustered(500, seed=1)
+    g = torch.Generator().manual_seed(0)
+    dim = min(PROJECTION_DIM, x.shape[1])
+    points = x @ (torch.randn(x.shape[1], dim, generator=g) / dim**0.5)
+    chosen = [0]
+    for _ in range(29):  # the farthest row from everything chosen so far, each time
+        chosen.append(int(torch.cdist(points, points[chosen]).min(dim=1).values.argmax()))
+    assert greedy_coreset(x, 30).tolist() == sorted(chosen)
