@@ -173,8 +173,9 @@ class InspectionService:
         self.served = {"images": 0, "batches": 0}
         """What this replica has inspected, and in how many model batches (batching at work)."""
         self.metrics_address = metrics_address()
-        self.predict_batch.set_max_batch_size(options.settings.max_batch_size)
-        self.predict_batch.set_batch_wait_timeout_s(options.settings.batch_wait_ms / 1000.0)
+        for batcher in (self.map_batch, self.answer_batch):
+            batcher.set_max_batch_size(options.settings.max_batch_size)
+            batcher.set_batch_wait_timeout_s(options.settings.batch_wait_ms / 1000.0)
         log.info("replica ready: %s on %s", options.checkpoint, self.predictor.device)
 
     @api.get("/", response_class=HTMLResponse)
@@ -201,7 +202,8 @@ class InspectionService:
         try:
             async with request.form(**limits) as form:  # closes the uploads' spooled files
                 job, map_mode = await self._job(form)
-            prediction = await self.predict_batch(job)
+            # Maps alone and answers queue apart: a map does not wait for a batch's answers.
+            prediction = await (self.answer_batch(job) if job.generate else self.map_batch(job))
             if isinstance(prediction, BaseException):
                 raise prediction
             return await asyncio.to_thread(inspection_result, job, prediction, map_mode)
@@ -211,7 +213,16 @@ class InspectionService:
             raise server_fault(exc) from exc
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)  # replaced in __init__ from the options
-    async def predict_batch(self, jobs: list[InspectJob]) -> list[Any]:
+    async def map_batch(self, jobs: list[InspectJob]) -> list[Any]:
+        """Requests for the map alone (generate=false) that arrived together."""
+        return await self._predict(jobs)
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)  # replaced in __init__ from the options
+    async def answer_batch(self, jobs: list[InspectJob]) -> list[Any]:
+        """Requests for the map and the answer that arrived together."""
+        return await self._predict(jobs)
+
+    async def _predict(self, jobs: list[InspectJob]) -> list[Any]:
         """The requests that arrived together, through the model in as few calls as possible."""
         self.served["images"] += len(jobs)
         self.served["batches"] += 1
