@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.config import ConfigError
-from pipeline.serve.proxy_errors import CALLBACK, CALLBACK_ENV
+from pipeline.serve.proxy_errors import CALLBACK, CALLBACK_ENV, MAX_BODY_ENV
 
 DEFAULT_MODEL = "models:/anomalygpt@champion"
 DEVICES = ("auto", "cpu", "cuda")
@@ -108,6 +108,7 @@ def resolve_options(settings: ServeSettings, check_gpus: bool = True) -> ServeOp
     # Read by every HTTP proxy Ray Serve starts on a Ray this process starts (on a cluster, set it in
     # the nodes' environment): the proxy's own errors in the service's error shape.
     os.environ.setdefault(CALLBACK_ENV, CALLBACK)
+    os.environ[MAX_BODY_ENV] = str(int(settings.max_upload_mb * 1024 * 1024))
     checkpoint = resolve_checkpoint(settings.model, settings.store)  # bad reference: exit 2; registry down: 3
     verify_checkpoint(checkpoint)
     init_ray()

@@ -7,18 +7,24 @@ ends the request without an answer, which the web server turns into a bare 500).
 middleware, which Ray Serve installs in every proxy from ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``
 (set by ``serve`` before it starts Ray), rewrites the plain-text answers as JSON and answers the
 unanswered request itself: 503 with ``Retry-After``, since Serve starts another replica and the
-request may be sent again. What the proxy said goes to its log.
+request may be sent again. What the proxy said goes to its log. It also refuses a body larger
+than ``--max-upload-mb`` (413) or chunked without a length (411) from the headers, before the proxy
+reads and buffers it; the replica checks again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 from pipeline.serve.error_shape import error_body
 
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+MAX_BODY_ENV = "ANOMALYGPT_SERVE_MAX_BODY_BYTES"
+"""The proxy's request-body limit in bytes (``--max-upload-mb``): a larger request is refused from
+its Content-Length before the proxy reads (and buffers) a byte of it."""
 CALLBACK = "pipeline.serve.proxy_errors:proxy_middlewares"
 RETRY_AFTER_S = 2
 """Retry-After of a request whose replica died (Serve restarts one within seconds)."""
@@ -44,10 +50,17 @@ class ProxyErrorShape:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.max_body = int(os.environ.get(MAX_BODY_ENV) or 0)
+        """Largest request body in bytes (0: no limit here), checked before any of it is read."""
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        refused = self._refused(scope)
+        if refused is not None:
+            for message in json_error(*refused):
+                await send(message)
             return
         held: dict[str, Any] | None = None
         started = False
@@ -79,6 +92,39 @@ class ProxyErrorShape:
             for shaped in shaped_error({"status": 500, "headers": []}, said.encode()):
                 await send(shaped)
 
+    def _refused(self, scope: dict) -> tuple[int, str] | None:
+        """(status, message) for a body too large to read, from its headers alone; else None."""
+        if not self.max_body:
+            return None
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        length = headers.get(b"content-length")
+        if length is None:
+            if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+                return 411, "send the upload with a Content-Length header, not chunked"
+            return None
+        if not length.isdigit():
+            return 400, "bad Content-Length header"
+        if int(length) > self.max_body:
+            return 413, (
+                f"the upload is {int(length) / 2**20:.1f} MB; this service takes at most "
+                f"{self.max_body / 2**20:g} MB per request (serve --max-upload-mb)"
+            )
+        return None
+
+
+def json_error(status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> list[dict]:
+    """The ASGI messages of an error response in the service's shape."""
+    payload = json.dumps(error_body(status, message)).encode()
+    headers = [
+        *(headers or []),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    return [
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": payload, "more_body": False},
+    ]
+
 
 def shaped_error(start: dict, text: bytes) -> list[dict]:
     """The ASGI messages of ``start``'s error (plain ``text``) as ``{"error": {"code", "message"}}``;
@@ -96,12 +142,7 @@ def shaped_error(start: dict, text: bytes) -> list[dict]:
         message = "the replica answering this request stopped; the service is starting another: retry"
     else:
         message = MESSAGES.get(status, said[:300] or "the request failed")
-    payload = json.dumps(error_body(status, message)).encode()
-    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    return [
-        {"type": "http.response.start", "status": status, "headers": headers},
-        {"type": "http.response.body", "body": payload, "more_body": False},
-    ]
+    return json_error(status, message, headers)
 
 
 def _plain_error(start: dict) -> bool:

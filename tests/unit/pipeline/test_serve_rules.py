@@ -382,3 +382,34 @@ def test_the_proxys_own_plain_text_errors_leave_it_as_json():
     assert "The actor died" not in raised.text and raised.headers["retry-after"] == "2"
     unanswered = client.get("/silent")
     assert unanswered.status_code == 503 and unanswered.json()["error"]["code"] == "unavailable"
+
+
+def test_the_proxy_refuses_a_body_over_the_limit_before_reading_it(monkeypatch):
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from pipeline.serve.proxy_errors import MAX_BODY_ENV, ProxyErrorShape
+
+    reached = []
+
+    async def handler(request):
+        reached.append(len(await request.body()))
+        return PlainTextResponse("read")
+
+    app = Starlette(routes=[Route("/v1/inspect", handler, methods=["POST"])])
+    monkeypatch.setenv(MAX_BODY_ENV, str(1000))
+    client = TestClient(ProxyErrorShape(app))
+    assert client.post("/v1/inspect", content=b"x" * 1000).text == "read" and reached == [1000]
+    big = client.post("/v1/inspect", content=b"x" * 1001)
+    assert big.status_code == 413 and big.json()["error"]["code"] == "too_large" and reached == [1000]
+    assert "--max-upload-mb" in big.json()["error"]["message"]
+
+    def chunks():
+        yield b"x" * 10
+
+    chunked = client.post("/v1/inspect", content=chunks())  # no Content-Length: chunked
+    assert chunked.status_code == 411 and reached == [1000]
+    monkeypatch.delenv(MAX_BODY_ENV)
+    assert TestClient(ProxyErrorShape(app)).post("/v1/inspect", content=b"x" * 5000).text == "read"
