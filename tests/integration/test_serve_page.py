@@ -19,6 +19,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ARTIFACT = ROOT / "runs" / "test-artifacts" / "serve_page.png"
+PAGE_TOKEN = "page-test-token-0123456789abcdef"
+"""The service runs with a token (ANOMALYGPT_TOKEN): the page asks for it once."""
 BROWSER_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -46,7 +48,7 @@ def served(tiny_checkpoint, sample_data_root, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve_log") / "serve.log"
     feedback = tmp_path_factory.mktemp("feedback") / "feedback"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "ANOMALYGPT_TOKEN": PAGE_TOKEN}
     command = [
         sys.executable, "-m", "pipeline", "serve", "--model", str(tiny_checkpoint), "--port", str(port),
         "--device", "cpu", "--references-dir", str(sample_data_root), "--feedback-dir", str(feedback),
@@ -98,7 +100,10 @@ def check_region_boxes(browser, wait, url: str, image: Path) -> None:
 
     fields = {"category": "part", "map": "none", "generate": "false"}
     files = [("image", (image.name, image.read_bytes()))]
-    regions = requests.post(f"{url}v1/inspect", files=files, data=fields, timeout=120).json()["regions"]
+    auth = {"Authorization": f"Bearer {PAGE_TOKEN}"}
+    regions = requests.post(f"{url}v1/inspect", files=files, data=fields, headers=auth, timeout=120).json()[
+        "regions"
+    ]
     assert regions  # else there is nothing to draw
     category = browser.find_element(By.ID, "category")
     category.clear()
@@ -155,6 +160,7 @@ def check_marking_a_false_alarm_normal(browser, wait, sample_data_root, tmp_path
 
 def test_page_inspects_an_image_and_chats_about_it(served, browser, sample_data_root, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, process, feedback = served
@@ -169,6 +175,10 @@ def test_page_inspects_an_image_and_chats_about_it(served, browser, sample_data_
     browser.find_element(By.ID, "file-input").send_keys(str(image))
     browser.find_element(By.ID, "category").send_keys("coin")
     browser.find_element(By.ID, "inspect-button").click()
+    prompt = wait.until(expected_conditions.alert_is_present())  # the first call's 401: the token, once
+    assert "token" in prompt.text
+    prompt.send_keys(PAGE_TOKEN)
+    prompt.accept()
     wait.until(lambda b: b.find_element(By.ID, "answer").text.strip())
     answer = browser.find_element(By.ID, "answer").text
     assert answer and browser.find_element(By.ID, "status").get_attribute("class") != "error"
@@ -193,6 +203,7 @@ def test_page_inspects_an_image_and_chats_about_it(served, browser, sample_data_
     check_region_boxes(browser, wait, url, image)
     check_marking_a_false_alarm_normal(browser, wait, sample_data_root, tmp_path, feedback)
 
+    assert not expected_conditions.alert_is_present()(browser)  # asked once: every later call sent it
     browser.execute_script("window.scrollTo(0, 0)")
     shot = tmp_path / "serve_page.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
