@@ -30,7 +30,12 @@ from train.model.prompt_learner import PromptLearner, rms_scale
 from train.model.reference_pool import ReferencePool
 from train.model.text_features import PromptTextFeatures
 
-ENCODE_CHUNK = 32  # reference images encoded at once when a bank is built (bounds peak memory)
+ENCODE_CHUNK = 32  # reference images encoded (and scored) at once when a bank is built (bounds peak memory)
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive slices of ``size`` over ``range(n)``."""
+    return [(start, min(n, start + size)) for start in range(0, n, size)]
 
 
 class AnomalyGPT(nn.Module):
@@ -255,7 +260,13 @@ class AnomalyGPT(nn.Module):
             weights = measured.layer_weights if self.cfg.memory_bank.layer_weighting != "equal" else None
             bank.nn_calibration = Calibration(*measured.nn, weights)
         elif bank.can_hold_out():
-            held_out = bank.layer_distance_maps(self.bank_layers(upright), size, hold_out=list(range(shots)))
+            layers = self.bank_layers(upright)
+            held_out = torch.cat(  # in chunks: a large category's intermediate maps stay bounded
+                [
+                    bank.layer_distance_maps([m[start:stop] for m in layers], size, list(range(start, stop)))
+                    for start, stop in _chunks(shots, ENCODE_CHUNK)
+                ]
+            )
             bank.nn_calibration = self.calibrate_distances(held_out)
         if self.decoder is not None and category is not None:
             if measured is not None and measured.decoder is not None:
@@ -263,7 +274,12 @@ class AnomalyGPT(nn.Module):
                 if measured.fused is not None:
                     bank.fused_calibration = Calibration(*measured.fused)
             else:
-                decoder_maps = self.text_map(upright, [category] * shots, size)[1]
+                decoder_maps = torch.cat(
+                    [
+                        self.text_map([m[start:stop] for m in upright], [category] * (stop - start), size)[1]
+                        for start, stop in _chunks(shots, ENCODE_CHUNK)
+                    ]
+                )
                 bank.decoder_calibration = self.calibrate(decoder_maps)
                 if held_out is not None:
                     distances = combine_layers(held_out, bank.nn_calibration.layer_weights)
