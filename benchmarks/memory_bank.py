@@ -4,8 +4,8 @@ For N normal images (default 14, 56, 224: one category's train normals, repeated
 90-degree rotations and crops to reach N, deterministically) and two patch budgets (the model's
 ``memory_bank.max_patches`` and a smaller one), it builds the bank as evaluation does
 (``model.build_memory_bank``: encode, coreset, calibration) and reports build time, patches per
-layer, bytes held, and the time per query image of ``predict(generate=False)`` with that bank.
-One JSON object.
+layer, bytes held, the process's peak resident memory while it builds, and the time per query
+image of ``predict(generate=False)`` with that bank. One JSON object.
 
     python benchmarks/memory_bank.py [--model runs/demo/train] [--sizes 14,56,224] [--budgets default,2000]
 
@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,36 @@ def query_ms(model: Any, queries: Any, category: str, bank: Any, repeats: int) -
     return round(statistics.median(runs), 1)
 
 
+class PeakRss:
+    """The process's largest resident set while the block runs (sampled every 20 ms)."""
+
+    def __enter__(self) -> PeakRss:
+        import psutil
+
+        self._process, self._stop = psutil.Process(), threading.Event()
+        self.before = self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
 def measure(model: Any, refs: Any, queries: Any, category: str, budget: int, repeats: int) -> dict:
     started = time.perf_counter()
-    bank = build_with_budget(model, refs, category, budget)
+    with PeakRss() as rss:
+        bank = build_with_budget(model, refs, category, budget)
     build_s = time.perf_counter() - started
     return {
+        "peak_rss_gib": round(rss.peak / 2**30, 2),
+        "rss_growth_during_build_gib": round((rss.peak - rss.before) / 2**30, 2),
         "images": refs.shape[0],
         "max_patches": budget,
         "build_s": round(build_s, 2),
