@@ -18,10 +18,12 @@ def test_pyfunc_matches_direct_prediction(tiny_checkpoint, sample_data_root, tmp
     from evaluate.regions import region_dicts
     from pipeline.core.mlflow_store import configure_mlflow
     from pipeline.inference import original_size, predict_one
+    from pipeline.pyfunc_io import FILES_ROOT_ENV
     from pipeline.registry import RegistryConfig, register_and_promote
     from train.model.predictor import Predictor
 
     monkeypatch.setenv("ANOMALYGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(FILES_ROOT_ENV, str(sample_data_root))  # rows name the sample images by path
     configure_mlflow(tmp_path / "runs", "pyfunc-test")
     metrics = {"mean": {"image_auroc": 0.5}}
     with mlflow.start_run():
