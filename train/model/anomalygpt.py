@@ -459,34 +459,49 @@ class AnomalyGPT(nn.Module):
         return questions
 
     def _answers(self, global_embed, anomaly_map, questions: list[str | None]) -> list[str]:
+        """One answer per image; images asked the same question are decoded together."""
         prefix = self._prefix(global_embed, self._prompts(anomaly_map, global_embed))
         default = tables()["default_question"]
-        return [self.generate(prefix[i : i + 1], q or default) for i, q in enumerate(questions)]
+        asked = [q or default for q in questions]
+        answers: list[str] = [""] * len(asked)
+        for question in dict.fromkeys(asked):
+            rows = [i for i, q in enumerate(asked) if q == question]
+            for i, text in zip(rows, self.generate(prefix[rows], question), strict=True):
+                answers[i] = text
+        return answers
 
     @torch.no_grad()
-    def generate(self, prefix: torch.Tensor, question: str) -> str:
-        """Greedy decoding after ``prefix`` + the first human turn; stops at the ### separator."""
+    def generate(self, prefix: torch.Tensor, question: str) -> list[str]:
+        """Greedy decoding after each row of ``prefix`` (B, P, H) + the first human turn with
+        ``question``; each answer stops at the ### separator or the end token. The rows go through
+        the LLM together (one call per token for all of them), which costs about what one row does
+        on a CPU; a row's tokens are those it gets alone (every row has the same length: no padding)."""
         conv = tables()["conversation"]
-        sep = conv["separator"]
+        sep, b = conv["separator"], prefix.shape[0]
         ids = torch.tensor([self._ids(conv["first_human"].format(question))], device=prefix.device)
+        turn = self._embed(ids).expand(b, -1, -1)
         # logits of the last position only: the prompt's others (x 49k vocab) would be thrown away
-        out = self.llm(
-            inputs_embeds=torch.cat([prefix, self._embed(ids)], dim=1), use_cache=True, logits_to_keep=1
-        )
-        new: list[int] = []
-        text = ""
+        out = self.llm(inputs_embeds=torch.cat([prefix, turn], dim=1), use_cache=True, logits_to_keep=1)
+        new: list[list[int]] = [[] for _ in range(b)]
+        texts, done = [""] * b, [False] * b
         for _ in range(self.cfg.llm.max_new_tokens):
-            token = int(out.logits[0, -1].argmax())
-            if token == self.tokenizer.eos_token_id:
+            tokens = out.logits[:, -1].argmax(dim=-1)
+            for i in range(b):
+                if done[i]:
+                    continue
+                token = int(tokens[i])
+                if token == self.tokenizer.eos_token_id:
+                    done[i] = True
+                    continue
+                new[i].append(token)
+                texts[i] = self.tokenizer.decode(new[i], skip_special_tokens=True)
+                if sep in texts[i]:
+                    texts[i], done[i] = texts[i].split(sep)[0], True
+            if all(done):
                 break
-            new.append(token)
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            if sep in text:
-                text = text.split(sep)[0]
-                break
-            step = torch.tensor([[token]], device=prefix.device)
-            out = self.llm(input_ids=step, cache=out.cache, use_cache=True)
-        return text.strip()
+            # finished rows go on decoding (their tokens are not read): the batch keeps its shape
+            out = self.llm(input_ids=tokens.view(b, 1), cache=out.cache, use_cache=True)
+        return [text.strip() for text in texts]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What training changes (decoder, prompt learner, image projection if trained, LoRA if trained)."""
