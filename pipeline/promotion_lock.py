@@ -51,6 +51,10 @@ class LockLostError(UnavailableError):
     """This run's ticket is no longer the newest: another run took the lock after our lease ran out."""
 
 
+class LockUnavailableError(UnavailableError):
+    """The tracking server failed while this run was taking the lock."""
+
+
 class LockTimeoutError(UnavailableError):
     """Another run held the lock for longer than this run would wait."""
 
@@ -165,6 +169,29 @@ def promotion_lock(
     from mlflow.exceptions import MlflowException
 
     owner = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
+    try:
+        number = _take(client, name, owner, lease, wait, poll)
+    except MlflowException as exc:
+        said = str(exc.message).splitlines()[0][:300] if str(exc.message) else type(exc).__name__
+        raise LockUnavailableError(
+            f"registered model {name!r}: taking the promotion lock failed ({said}); check that the tracking "
+            "server is up"
+        ) from exc
+    held = HeldLock(client, name, number, owner, lease)
+    held._renewer.start()
+    try:
+        yield held
+    finally:
+        try:
+            held._release()
+        except MlflowException as exc:  # never hide the block's own error; the lease runs out
+            log.warning("could not release promotion lock %s: %s", held.ticket, exc)
+
+
+def _take(client: Any, name: str, owner: str, lease: float, wait: float, poll: float) -> int:
+    """Create the next ticket once the newest is free; its number."""
+    from mlflow.exceptions import MlflowException
+
     started = time.monotonic()
     while True:
         existing = tickets(client, name)
@@ -177,7 +204,7 @@ def promotion_lock(
             tags = {"owner": owner, "expires": f"{now + lease:.3f}", "state": "held"}
             try:
                 client.create_registered_model(ticket_name(name, number), tags=tags, description=DESCRIPTION)
-                break
+                return number
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -188,15 +215,6 @@ def promotion_lock(
                 f"over {wait:.0f} s and keeps its lease; run again later"
             )
         time.sleep(poll)
-    held = HeldLock(client, name, number, owner, lease)
-    held._renewer.start()
-    try:
-        yield held
-    finally:
-        try:
-            held._release()
-        except MlflowException as exc:  # never hide the block's own error; the lease runs out
-            log.warning("could not release promotion lock %s: %s", held.ticket, exc)
 
 
 DESCRIPTION = (

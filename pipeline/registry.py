@@ -146,7 +146,7 @@ def register_and_promote(
     with store_errors(f"logging {checkpoint_dir} as a model"):
         info = log_pyfunc(checkpoint_dir)
     for _ in range(PROMOTION_ATTEMPTS):
-        with store_errors(f"taking the promotion lock of {name!r}"), promotion_lock(client, name) as held:
+        with promotion_lock(client, name) as held:
             existing = find_version(client, name, digest)  # a run of the same checkpoint came first
             if existing is not None:
                 return _summary(client, cfg, existing, already=True)

@@ -243,3 +243,23 @@ def test_ask_exits_2_for_a_bad_model_reference_and_3_for_an_unreachable_server(
     args = ["ask", "--model", "models:/anomalygpt@champion", "--image", image, "--question", "anomaly?"]
     assert main([*args, "--out", str(tmp_path)]) == UNAVAILABLE
     assert f"MLflow server http://127.0.0.1:{port} is unreachable" in capsys.readouterr().err
+
+
+def test_a_store_failing_while_the_lock_is_taken_is_unavailable(store, name, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.promotion_lock import LockUnavailableError
+
+    def fail(self, *args, **kwargs):
+        raise MlflowException("database is locked", error_code="TEMPORARILY_UNAVAILABLE")
+
+    monkeypatch.setattr(MlflowClient, "create_registered_model", fail)
+    with (
+        pytest.raises(
+            LockUnavailableError, match=r"taking the promotion lock failed \(database is locked\)"
+        ) as exc,
+        promotion_lock(MlflowClient(), name, poll=0.05),
+    ):
+        pass
+    assert exc.value.exit_code == UNAVAILABLE
