@@ -111,9 +111,10 @@ def test_the_resume_fingerprint_is_unchanged(tiny_config, tiny_shards, tmp_path)
     config = to_dict(tiny_config)
     for key in ("max_failures", "log_every", "keep_checkpoints", "checkpoint_every", "storage_path"):
         config["train"].pop(key)
-    for section, key in (("memory_bank", "layer_weighting"), ("memory_bank", "decoder_cap")):
-        config["model"][section].pop(key)  # added later; at their defaults they are not hashed
-    config["evaluate"].pop("baseline")
+    for key in ("layer_weighting", "decoder_cap", "fusion_guard", "guard_probes"):
+        config["model"]["memory_bank"].pop(key)  # added later; at their defaults they are not hashed
+    for key in ("baseline", "bank_budget"):
+        config["evaluate"].pop(key)
     identity = {
         "config": config,
         "workers": 2,
