@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,25 +32,15 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for project imports
+
+from benchmarks.serve_latency import free_port, sample_images  # noqa: E402
+
 DEMO_MODEL = ROOT / "runs" / "demo" / "train"
 KINDS = ("map", "answer", "oversized", "corrupt", "hostile_history", "no_token")
 HOSTILE = ("oversized", "corrupt", "hostile_history", "no_token")
 MAX_UPLOAD_MB = 2.0
 TOKEN = "load-test-token-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def sample_images(folder: Path) -> tuple[str, list[bytes]]:
-    from synth.demo_dataset import write_sample_dataset
-
-    root = write_sample_dataset(folder, seed=0, size=256, n_train=2, n_test_good=4, n_per_defect=1)
-    category = sorted(p.name for p in root.iterdir() if p.is_dir())[0]
-    return category, [p.read_bytes() for p in sorted((root / category / "test").rglob("*.png"))]
 
 
 def request_for(kind: str, i: int, category: str, images: list[bytes]) -> tuple[dict, dict, dict]:

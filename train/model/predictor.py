@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from pipeline.core.config import ConfigError
-from synth.probes import probe_anomalies
 from train.model.batch import Prediction
 from train.model.checkpoint import load_checkpoint
 from train.model.config import ModelConfig
@@ -163,6 +162,8 @@ class Predictor:
         mb = self.config.memory_bank
         if not mb.fusion_guard or self.model.decoder is None or len(references) < MIN_IMAGES_FOR_FIT:
             return None
+        from synth.probes import probe_anomalies  # cv2: only where a bank is guarded, not at start-up
+
         images, owners = probe_anomalies(references, category, mb.guard_probes)
         return (self.to_tensor(images), owners) if images else None
 
