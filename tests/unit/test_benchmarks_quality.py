@@ -30,6 +30,7 @@ def _script(name: str):
 baseline = _script("baseline")
 follow = _script("answers_follow_map")
 bank_bench = _script("memory_bank")
+region_bench = _script("region_boxes")
 
 
 # --- baseline --------------------------------------------------------------------------------
@@ -230,6 +231,20 @@ def test_answers_follow_map_category_on_a_tiny_model(tiny_model, tiny_predictor,
     assert len(pairs) == 2 and set(swapped) == set(follow.partners(pairs))
     assert len(example) == 2
     assert follow.follow_stats(*part)["images"] == len(test)
+
+
+def test_region_boxes_score_the_core_against_the_whole_component():
+    """A smoothed defect: the ground truth is the 4 x 4 core, the part above 0.5 a 12 x 12 shoulder."""
+    amap = np.zeros((32, 32), np.float32)
+    amap[2:14, 2:14] = 0.6
+    amap[5:9, 5:9] = 0.95
+    truth = np.zeros((32, 32), bool)
+    truth[5:9, 5:9] = True
+    missed = np.zeros((32, 32), bool)
+    missed[20:24, 20:24] = True  # a second defect far from any region: IoU 0
+    defects = [(amap, truth), (amap, missed)]
+    assert region_bench.box_figures(defects, 0.85) == {"mean": 0.5, "share_050": 0.5}
+    assert region_bench.box_figures(defects, 0.0) == {"mean": round(16 / 144 / 2, 3), "share_050": 0.0}
 
 
 def test_memory_bank_measure_on_a_tiny_model(tiny_model):

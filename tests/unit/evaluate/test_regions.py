@@ -1,5 +1,5 @@
-"""evaluate.regions: the connected regions of a map above 0.5, their boxes in the original image's
-pixels, and box IoU against a ground-truth mask."""
+"""evaluate.regions: the connected regions of a map above 0.5 told by their cores, their boxes in the
+original image's pixels, and box IoU against a ground-truth mask."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from evaluate.regions import MAX_REGIONS, Region, best_box_iou, box_iou, find_regions, mask_box
+from evaluate.regions import CORE_SHARE, MAX_REGIONS, Region, best_box_iou, box_iou, find_regions, mask_box
 
 
 def two_blobs() -> np.ndarray:
@@ -33,13 +33,26 @@ def test_each_component_is_a_region_hottest_first_with_its_box_area_scores_and_c
     assert cool.peak == pytest.approx(0.7) and cool.area_share == pytest.approx(80 / 1024)
 
 
-def test_the_mean_is_over_the_region_only_and_the_peak_is_its_maximum():
+def test_the_mean_is_over_the_core_only_and_the_peak_is_the_components_maximum():
     amap = np.zeros((16, 16), np.float32)
-    amap[4:8, 4:8] = 0.6
+    amap[4:8, 4:8] = 0.85  # at least CORE_SHARE of the peak: the core
     amap[5, 5] = 0.95
+    amap[4:8, 8:10] = 0.6  # above the boundary, so the same component, but below the core
     (region,) = find_regions(amap)
     assert region.peak == pytest.approx(0.95)
-    assert region.mean == pytest.approx((15 * 0.6 + 0.95) / 16)
+    assert region.mean == pytest.approx((15 * 0.85 + 0.95) / 16)
+    assert region.box == (4, 4, 8, 8) and region.area_px == 16
+
+
+def test_a_region_is_told_by_its_core_not_by_the_smoothed_spread_around_it():
+    """A smoothed defect: a hot centre inside a wide shoulder above 0.5. The box, area and cell are
+    the core's; the shoulder, reaching into the next grid cell, does not widen them."""
+    amap = np.zeros((30, 30), np.float32)
+    amap[2:22, 2:22] = 0.55  # the shoulder: 20 x 20, over four cells
+    amap[3:7, 3:7] = 0.9  # the core: 4 x 4 in the top left cell
+    (region,) = find_regions(amap)
+    assert region.box == (3, 3, 7, 7) and region.area_px == 16 and region.position == "top left"
+    assert 0.55 < CORE_SHARE * 0.9 <= 0.9
 
 
 def test_boxes_and_areas_scale_to_a_non_square_original_image():
