@@ -4,9 +4,9 @@
 
 An all-shot bank holds every patch of a category's normal images: the demo's 14 images give 57,344
 fine patches; an MVTec-AD category of 400 images at the same grid gives 1.6 M. Exact greedy
-k-centre costs rows x budget; the chunked coreset that takes over above
-``memory_bank.EXACT_CORESET_COST`` costs budget x ``CHUNK_ROWS`` (plus its final pick over 4 x
-budget proposals), whatever the rows. For each row count this times both on the same clustered
+k-centre costs rows x budget; the cell coreset that takes over above
+``memory_bank.EXACT_CORESET_COST`` (greedy k-centre within k-d tree cells) costs budget x
+``CELL_ROWS``, whatever the rows. For each row count this times both on the same clustered
 features (40 clusters) and reports their covering radius (the largest distance from a row to its
 nearest kept row: what a coreset keeps small), exact only up to ``--exact-max`` rows.
 """
@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
         x = clustered(rows, args.dim)
         row: dict = {"rows": rows, "budget": args.budget}
         started = time.perf_counter()
-        chunked = greedy_coreset(x, args.budget, exact_cost=0)
-        row["chunked_s"] = round(time.perf_counter() - started, 2)
-        row["chunked_radius"] = covering_radius(x, chunked)
+        cells = greedy_coreset(x, args.budget, exact_cost=0)
+        row["cells_s"] = round(time.perf_counter() - started, 2)
+        row["cells_radius"] = covering_radius(x, cells)
         if rows <= args.exact_max:
             started = time.perf_counter()
             exact = greedy_coreset(x, args.budget, exact_cost=rows * args.budget)

@@ -16,6 +16,7 @@ written to a temporary folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -131,25 +132,38 @@ def query_ms(model: Any, queries: Any, category: str, bank: Any, repeats: int) -
 
 
 class PeakRss:
-    """The process's largest resident set while the block runs (sampled every 20 ms)."""
+    """The process's largest resident set while the block runs (sampled every 20 ms); ``tree``:
+    the process's and all its children's together (Ray's workers)."""
+
+    def __init__(self, tree: bool = False) -> None:
+        self.tree = tree
 
     def __enter__(self) -> PeakRss:
         import psutil
 
         self._process, self._stop = psutil.Process(), threading.Event()
-        self.before = self.peak = self._process.memory_info().rss
+        self.before = self.peak = self._rss()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
+    def _rss(self) -> int:
+        import psutil
+
+        total = self._process.memory_info().rss
+        for child in self._process.children(recursive=True) if self.tree else ():
+            with contextlib.suppress(psutil.Error):  # gone between listing and reading
+                total += child.memory_info().rss
+        return total
+
     def _sample(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self._process.memory_info().rss)
+            self.peak = max(self.peak, self._rss())
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
+        self.peak = max(self.peak, self._rss())
 
 
 def measure(model: Any, refs: Any, queries: Any, category: str, budget: int, repeats: int) -> dict:

@@ -25,6 +25,7 @@ from train.config import TrainJobConfig
 from train.context import WorkerContext
 from train.data import BatchSource
 from train.model.checkpoint import save_checkpoint
+from train.pool_sharing import build_shared_pool
 from train.schedule import WarmupDecay, micro_step_kind, parameter_groups
 from train.tracking import MetricLogger
 
@@ -116,8 +117,9 @@ def _setup(cfg: TrainJobConfig, ctx: WorkerContext, source: BatchSource):
     model = build_model(cfg.model, seed=cfg.seed)
     if cfg.model.few_shot_train_prob > 0 and model.prompt_learner is not None and model.decoder is not None:
         began = time.perf_counter()
-        model.build_reference_pool(*source.reference_images(cfg.model.few_shot_train_pool))
-        if source.rank == 0:  # every rank encodes the same pool: one line says it
+        images, sources = source.reference_images(cfg.model.few_shot_train_pool)
+        model.reference_pool = build_shared_pool(model, images, sources, source.rank, source.world)
+        if source.rank == 0:
             log.info("train: few-shot reference pool encoded in %.1f s", time.perf_counter() - began)
     o = cfg.train.optimizer
     params = parameter_groups(model, o)

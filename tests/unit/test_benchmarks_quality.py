@@ -254,3 +254,26 @@ def test_memory_bank_measure_on_a_tiny_model(tiny_model):
     assert max(small["patches_per_layer"]) <= 50 and small["bytes"] > 0 and small["query_ms_per_image"] > 0
     large = bank_bench.measure(tiny_model, refs, refs[:1], "brick", 100000, 1)
     assert large["bytes"] > small["bytes"]
+
+
+# --- scale ----------------------------------------------------------------------------------
+scale = _script("scale")
+
+
+def test_scale_sides_run_from_the_demos_to_mvtecs():
+    assert [scale.side_for(s) for s in (1, 4, 16)] == [256, 423, 700]
+
+
+def test_scale_growth_compares_time_with_input_per_stage():
+    def stages(seconds: float, inputs: int) -> dict:
+        return {"stages": {"bank_build": {"seconds": seconds, "input": inputs}}}
+
+    linear = scale.growth({1: stages(2.0, 14), 16: stages(36.0, 224)})["bank_build"]
+    assert linear == {
+        "time_ratio": 18.0,
+        "input_ratio": 16.0,
+        "time_ratio_per_input_ratio": 1.12,
+        "linear_or_better": True,
+    }
+    quadratic = scale.growth({1: stages(2.0, 14), 16: stages(512.0, 224)})["bank_build"]
+    assert quadratic["time_ratio_per_input_ratio"] == 16.0 and not quadratic["linear_or_better"]

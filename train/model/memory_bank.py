@@ -10,6 +10,7 @@ bank map and the decoder map can be put on one scale and fused.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -116,12 +117,14 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 EXACT_CORESET_COST = 100_000_000
-"""Rows x budget up to which the coreset is exact greedy k-centre (about 10 s on 2 cores); above it,
-and with more than ``OVERSAMPLING`` x 2 rows per kept row, chunked (benchmarks/coreset_scale.py)."""
-CHUNK_ROWS = 16_384
-"""Rows per chunk of the chunked coreset: its cost is budget x CHUNK_ROWS, whatever the rows."""
-OVERSAMPLING = 4
-"""Each chunk proposes this many times its share of the budget for the final greedy pick."""
+"""Rows x budget up to which the coreset is exact greedy k-centre (about 10 s on 2 cores); above
+it, greedy k-centre within cells (benchmarks/coreset_scale.py)."""
+CELL_ROWS = 4096
+"""Most rows of one cell of the cell coreset, unless the budget is so small that each cell would
+hold fewer than about ``CELL_SHARE`` picks."""
+CELL_SHARE = 32
+"""A cell has at least ``CELL_SHARE`` x rows / budget rows, so it holds some 16-32 picks: with
+fewer, a cluster cut by a cell border needs a pick on each side and the coverage suffers."""
 PROGRESS_EVERY_S = 10.0
 
 
@@ -130,17 +133,19 @@ def greedy_coreset(
     budget: int,
     seed: int = 0,
     exact_cost: int = EXACT_CORESET_COST,
-    chunk_rows: int = CHUNK_ROWS,
+    cell_rows: int = CELL_ROWS,
     label: str = "memory bank",
 ) -> torch.Tensor:
     """Indices of ``budget`` rows chosen by greedy k-centre (PatchCore's coreset): each pick is the
     row farthest from everything picked so far, so the subset covers the whole feature space.
 
     Exact greedy costs rows x budget distance rows, which at an MVTec category's all-shot bank
-    (hundreds of images x thousands of patches) runs for hours. Above ``exact_cost`` the rows are
-    split, in a seeded random order, into chunks of ``chunk_rows`` and each chunk gives its share of
-    the budget by greedy k-centre of its own: the cost is then budget x chunk_rows, linear in the
-    budget and flat in the rows (tests/unit/model/test_memory_bank.py bounds its covering radius
+    (hundreds of images x thousands of patches, tens of thousands kept) runs for hours. Above
+    ``exact_cost`` the rows are first split into cells of neighbouring rows (a k-d tree: halves at
+    the median of the widest coordinate, down to ``cell_rows``), and greedy k-centre runs within
+    the cells: each pick is the row farthest from the picks of its own cell, in the cell where that
+    distance is largest. A pick then updates one cell, not every row, so the cost is budget x
+    cell rows, flat in the rows (tests/unit/model/test_memory_bank.py bounds its covering radius
     against the exact one's)."""
     n = features.shape[0]
     if budget >= n:
@@ -150,18 +155,11 @@ def greedy_coreset(
     projection = torch.randn(features.shape[1], dim, generator=generator) / dim**0.5
     points = features.float().cpu() @ projection
     progress = _Progress(label, n, budget)
-    if n * budget <= exact_cost or n <= 2 * OVERSAMPLING * budget:
+    if n * budget <= exact_cost:
         return _greedy(points, budget, progress).sort().values
-    # Each chunk proposes OVERSAMPLING times its share; greedy k-centre over the proposals then
-    # picks the budget, so the picks of one chunk do not duplicate what another's cover.
-    order = torch.randperm(n, generator=generator)
-    chunks = list(order.split(chunk_rows))
-    shares = _shares(min(n, OVERSAMPLING * budget), [len(c) for c in chunks])
-    progress.budget = sum(shares) + budget
-    proposed = torch.cat(
-        [chunk[_greedy(points[chunk], share, progress)] for chunk, share in zip(chunks, shares, strict=True)]
-    )
-    return proposed[_greedy(points[proposed], budget, progress)].sort().values
+    cells = _kd_cells(points, max(cell_rows, -(-CELL_SHARE * n // budget)))
+    order = torch.cat(cells)
+    return order[_greedy_in_cells(points[order], [len(c) for c in cells], budget, progress)].sort().values
 
 
 def _greedy(points: torch.Tensor, budget: int, progress: _Progress) -> torch.Tensor:
@@ -178,17 +176,43 @@ def _greedy(points: torch.Tensor, budget: int, progress: _Progress) -> torch.Ten
     return chosen
 
 
-def _shares(budget: int, sizes: list[int]) -> list[int]:
-    """``budget`` split over chunks in proportion to their sizes (largest remainders), each >= 1."""
-    total = sum(sizes)
-    raw = [budget * size / total for size in sizes]
-    shares = [max(1, min(size, int(r))) for r, size in zip(raw, sizes, strict=True)]
-    for i in sorted(range(len(sizes)), key=lambda i: raw[i] - int(raw[i]), reverse=True):
-        if sum(shares) >= budget:
-            break
-        if shares[i] < sizes[i]:
-            shares[i] += 1
-    return shares
+def _kd_cells(points: torch.Tensor, most_rows: int) -> list[torch.Tensor]:
+    """Row indices of ``points`` in cells of at most ``most_rows`` neighbouring rows: the leaves of
+    a k-d tree that halves each cell at the median of its widest coordinate (more than
+    ``most_rows`` / 2 rows each, so there are fewer than 2 x rows / ``most_rows`` cells)."""
+    cells, pending = [], [torch.arange(points.shape[0])]
+    while pending:
+        rows = pending.pop()
+        if rows.numel() <= most_rows:
+            cells.append(rows)
+            continue
+        values = points[rows]
+        along = values[:, int(values.var(dim=0).argmax())].argsort(stable=True)
+        half = rows.numel() // 2
+        pending += [rows[along[half:]], rows[along[:half]]]
+    return cells
+
+
+def _greedy_in_cells(
+    points: torch.Tensor, sizes: list[int], budget: int, progress: _Progress
+) -> torch.Tensor:
+    """Greedy k-centre of ``points``' rows, stored cell after cell (``sizes`` rows each), with
+    distances only within a cell: each cell starts from its first row; each further pick is the
+    row farthest from its cell's picks, in the cell where that is farthest. ``budget`` indices."""
+    starts = [0, *itertools.accumulate(sizes)]
+    cells = points.split(sizes)
+    nearest = [torch.linalg.vector_norm(cell - cell[0], dim=1) for cell in cells]
+    farthest = torch.stack([d.max() for d in nearest])
+    chosen = starts[:-1]
+    progress.done += len(cells)
+    for _ in range(budget - len(cells)):
+        k = int(farthest.argmax())
+        pick = int(nearest[k].argmax())
+        chosen.append(starts[k] + pick)
+        nearest[k] = torch.minimum(nearest[k], torch.linalg.vector_norm(cells[k] - cells[k][pick], dim=1))
+        farthest[k] = nearest[k].max()
+        progress.step()
+    return torch.tensor(chosen)
 
 
 class _Progress:

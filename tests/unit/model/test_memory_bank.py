@@ -202,15 +202,28 @@ def _covering_radius(x: torch.Tensor, chosen: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("budget", [100, 300])
-def test_the_chunked_coreset_covers_the_rows_within_15_percent_of_exact_greedy(budget):
+def test_the_cell_coreset_covers_the_rows_within_15_percent_of_exact_greedy(budget):
     from train.model.memory_bank import greedy_coreset
 
     x = _clustered(12_000)
     exact = greedy_coreset(x, budget)
-    chunked = greedy_coreset(x, budget, exact_cost=0, chunk_rows=1000)  # 12 chunks
-    assert len(chunked) == budget == len(set(chunked.tolist())) and bool((chunked.diff() > 0).all())
-    assert _covering_radius(x, chunked) <= 1.15 * _covering_radius(x, exact)
-    assert torch.equal(chunked, greedy_coreset(x, budget, exact_cost=0, chunk_rows=1000))  # seeded
+    cells = greedy_coreset(x, budget, exact_cost=0, cell_rows=1000)
+    assert len(cells) == budget == len(set(cells.tolist())) and bool((cells.diff() > 0).all())
+    assert _covering_radius(x, cells) <= 1.15 * _covering_radius(x, exact)
+    assert torch.equal(cells, greedy_coreset(x, budget, exact_cost=0, cell_rows=1000))  # seeded
+
+
+def test_kd_cells_split_every_row_into_one_cell_of_neighbours():
+    from train.model.memory_bank import _kd_cells
+
+    x = torch.rand(4_000, 2, generator=torch.Generator().manual_seed(0))  # a uniform square
+    cells = _kd_cells(x, 300)
+    rows = torch.cat(cells)
+    assert torch.equal(rows.sort().values, torch.arange(4_000))  # each row in exactly one cell
+    assert all(150 < len(c) <= 300 for c in cells) and len(cells) < 2 * 4_000 / 300
+    # neighbours: 16 cells tile the square, so a cell's rows lie far closer together than any rows
+    spread = torch.stack([torch.cdist(x[c], x[c]).mean() for c in cells]).mean()
+    assert spread < 0.4 * torch.cdist(x, x).mean()
 
 
 def test_the_exact_coreset_is_greedy_k_centre_from_the_first_row():
