@@ -63,6 +63,13 @@ def answer(positions: list[str]) -> str:
     return table["many"].format(count=len(positions), positions=joined)
 
 
+def answer_phrasings() -> tuple[str, ...]:
+    """Each phrasing :func:`answer` writes, once: no anomaly, one in each grid cell, and several
+    (their fixed words). Decoding proposes their words ahead (``train.model.drafting``)."""
+    cells = [cell for row in _table()["positions"] for cell in row]
+    return (answer([]), *(answer([cell]) for cell in cells), answer(cells[:2]), answer(cells[:3]))
+
+
 def conversation(category: str, positions: list[str], described: bool = True) -> list[dict[str, str]]:
     return [
         {"from": "human", "value": question_for(category, described)},

@@ -27,6 +27,7 @@ ALLOWED = {
     ("evaluate", "synth.text"): "questions and region words exactly as the model was trained on them",
     ("evaluate", "train.model"): "evaluation loads the trained model and parses its answers",
     ("train.model.predictor", "synth.probes"): "the fusion guard probes a bank with the training synthesis",
+    ("train.model.predictor", "synth.text"): "answers are decoded ahead along the phrasings training wrote",
 }
 
 

@@ -12,6 +12,7 @@ from train.model.batch import Batch, Prediction
 from train.model.config import ModelConfig, OneShotCalibration
 from train.model.conversation import IGNORE, pad_batch, tables, tokenize_turns
 from train.model.decoder import AnomalyDecoder
+from train.model.drafting import DRAFT_TOKENS, Drafter, accepted
 from train.model.encoder_base import ImageEncoder
 from train.model.losses import dice_loss, focal_loss
 from train.model.map_reading import agreeing_samples, boundary_gain
@@ -65,6 +66,10 @@ class AnomalyGPT(nn.Module):
         self.image_token_rms = image_token_rms
         self.reference_pool: ReferencePool | None = None
         """Encoded normal training images for few-shot training (set by ``build_reference_pool``)."""
+        self.answer_phrasings: tuple[str, ...] = ()
+        """Answers in the phrasings training wrote, proposed ahead while decoding (``drafting``);
+        empty: every token decoded on its own. Only the speed depends on them."""
+        self._drafter: tuple[tuple[str, ...], Drafter] | None = None
         self.encoder_calls = 0  # images encoded; lets callers check that banks are not rebuilt
         if llm is not None:
             conv = tables()["conversation"]
@@ -474,34 +479,73 @@ class AnomalyGPT(nn.Module):
     def generate(self, prefix: torch.Tensor, question: str) -> list[str]:
         """Greedy decoding after each row of ``prefix`` (B, P, H) + the first human turn with
         ``question``; each answer stops at the ### separator or the end token. The rows go through
-        the LLM together (one call per token for all of them), which costs about what one row does
-        on a CPU; a row's tokens are those it gets alone (every row has the same length: no padding)."""
+        the LLM together (one call per step for all of them), which costs about what one row does
+        on a CPU; a row's tokens are those it gets alone (every row has the same length: no padding).
+        Where ``answer_phrasings`` propose what follows, one call checks the proposals of every row
+        and each row keeps the tokens all rows' greedy choices agree with so far (``drafting``)."""
         conv = tables()["conversation"]
         sep, b = conv["separator"], prefix.shape[0]
         ids = torch.tensor([self._ids(conv["first_human"].format(question))], device=prefix.device)
         turn = self._embed(ids).expand(b, -1, -1)
         # logits of the last position only: the prompt's others (x 49k vocab) would be thrown away
         out = self.llm(inputs_embeds=torch.cat([prefix, turn], dim=1), use_cache=True, logits_to_keep=1)
+        drafter, limit = self._phrasing_drafter(), self.cfg.llm.max_new_tokens
         new: list[list[int]] = [[] for _ in range(b)]
         texts, done = [""] * b, [False] * b
-        for _ in range(self.cfg.llm.max_new_tokens):
-            tokens = out.logits[:, -1].argmax(dim=-1)
+
+        def take(i: int, token: int) -> None:
+            if done[i]:
+                return
+            if token == self.tokenizer.eos_token_id:
+                done[i] = True
+                return
+            new[i].append(token)
+            texts[i] = self.tokenizer.decode(new[i], skip_special_tokens=True)
+            if sep in texts[i]:
+                texts[i], done[i] = texts[i].split(sep)[0], True
+
+        tokens, steps = out.logits[:, -1].argmax(dim=-1), 0
+        while True:
             for i in range(b):
-                if done[i]:
-                    continue
-                token = int(tokens[i])
-                if token == self.tokenizer.eos_token_id:
-                    done[i] = True
-                    continue
-                new[i].append(token)
-                texts[i] = self.tokenizer.decode(new[i], skip_special_tokens=True)
-                if sep in texts[i]:
-                    texts[i], done[i] = texts[i].split(sep)[0], True
-            if all(done):
+                take(i, int(tokens[i]))
+            steps += 1
+            if all(done) or steps >= limit:
                 break
-            # finished rows go on decoding (their tokens are not read): the batch keeps its shape
-            out = self.llm(input_ids=tokens.view(b, 1), cache=out.cache, use_cache=True)
+            room = min(DRAFT_TOKENS, limit - steps - 1)
+            proposals = [drafter.propose(new[i], room) if drafter and not done[i] else [] for i in range(b)]
+            out, tokens, kept = self._decode_step(out, tokens, proposals, done)
+            for j in range(kept):  # every unfinished row proposed at least ``kept`` tokens
+                for i in range(b):
+                    if not done[i]:
+                        take(i, proposals[i][j])
+            steps += kept
         return [text.strip() for text in texts]
+
+    def _decode_step(self, out: Any, tokens: torch.Tensor, proposals: list[list[int]], done: list[bool]):
+        """One LLM call after ``tokens`` (one per row) that also checks each row's proposed tokens:
+        returns the call's output, every row's next greedy token, and how many proposed tokens every
+        unfinished row keeps (the cache then holds exactly those)."""
+        b, width = tokens.shape[0], max(len(p) for p in proposals)
+        if width == 0:  # finished rows go on decoding (their tokens are not read): the batch keeps its shape
+            out = self.llm(input_ids=tokens.view(b, 1), cache=out.cache, use_cache=True)
+            return out, out.logits[:, -1].argmax(dim=-1), 0
+        rows = [[int(t), *p, *[int(t)] * (width - len(p))] for t, p in zip(tokens, proposals, strict=True)]
+        out = self.llm(input_ids=torch.tensor(rows, device=tokens.device), cache=out.cache, use_cache=True)
+        predicted = out.logits.argmax(dim=-1)
+        kept = min(accepted(p, predicted[i].tolist()) for i, p in enumerate(proposals) if not done[i])
+        if kept < width:  # the checked tokens past the kept ones are forgotten
+            out.cache.crop(kept - width)
+        return out, predicted[:, kept], kept
+
+    def _phrasing_drafter(self) -> Drafter | None:
+        """The drafter of ``answer_phrasings`` (tokenised as assistant turns), built once per set."""
+        if not self.answer_phrasings:
+            return None
+        if self._drafter is None or self._drafter[0] != self.answer_phrasings:
+            assistant = tables()["conversation"]["assistant"]
+            phrasings = [self._ids(assistant.format(text)) for text in self.answer_phrasings]
+            self._drafter = (self.answer_phrasings, Drafter(phrasings))
+        return self._drafter[1]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What training changes (decoder, prompt learner, image projection if trained, LoRA if trained)."""

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.core.config import ConfigError
+from synth.text import answer_phrasings
 from train.model.batch import Prediction
 from train.model.checkpoint import load_checkpoint
 from train.model.config import ModelConfig
@@ -68,6 +69,7 @@ class Predictor:
         if bank_cache_bytes < 1:
             raise ValueError(f"bank_cache_bytes must be >= 1, got {bank_cache_bytes}")
         self.model = model.eval()
+        self.model.answer_phrasings = answer_phrasings()  # the answers' fixed words, proposed ahead
         self.config = config
         self.device = torch.device(device)
         self.image_size = int(config.image_size)
