@@ -15,6 +15,9 @@ workers included):
   included) at the model's patch budget, or ``--bank-budget``;
 - ``evaluate_per_image``: scoring and answering test images of that category against that bank,
   per image (reading the image file included);
+- ``evaluate_per_image_with_baseline``: the same with evaluation's default plain baseline beside
+  it, a nearest-neighbour search over every patch of the references (no coreset: it is the floor
+  the model is measured against), whose cost grows with the references (``--no-baseline``);
 - ``registry``: logging, registering and promoting the checkpoint in a fresh sqlite MLflow.
 
 Each stage's input size is counted in what it works through (files' bytes, samples, images); the
@@ -184,15 +187,25 @@ def measure_scale(args: argparse.Namespace, scale: int, predictor: Any) -> dict[
 
     tests = read_dataset(data, "mvtec", split="test", categories=[category])[:: max(1, scale)][:EVAL_IMAGES]
 
-    def score() -> None:
+    def score(baseline: Any = None) -> None:
         images = [load_image(r.path, predictor.image_size) for r in tests]
         predictor.predict(
-            images, [category] * len(images), memory_bank=bank, questions=question_for(category)
+            images,
+            [category] * len(images),
+            memory_bank=bank,
+            questions=question_for(category),
+            baseline_bank=baseline,
         )
 
     _, stages["evaluate_per_image"] = timed(score)
     stages["evaluate_per_image"]["seconds"] = round(stages["evaluate_per_image"]["seconds"] / len(tests), 3)
     stages["evaluate_per_image"]["input"] = 1
+    # evaluation's default adds the plain baseline: nearest neighbour over every reference patch
+    plain = predictor.baseline_bank(category, [load_image(r.path, predictor.image_size) for r in normals])
+    _, stages["evaluate_per_image_with_baseline"] = timed(lambda: score(plain))
+    with_baseline = stages["evaluate_per_image_with_baseline"]
+    with_baseline["seconds"] = round(with_baseline["seconds"] / len(tests), 3)
+    with_baseline["input"] = len(normals)  # its search grows with the references' patches
 
     _, stages["registry"] = timed(lambda: _register(args.model, where / "mlflow"))
     stages["registry"]["input"] = 1
