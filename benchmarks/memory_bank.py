@@ -17,7 +17,9 @@ written to a temporary folder.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import gc
 import json
 import os
 import statistics
@@ -133,7 +135,9 @@ def query_ms(model: Any, queries: Any, category: str, bank: Any, repeats: int) -
 
 class PeakRss:
     """The process's largest resident set while the block runs (sampled every 20 ms); ``tree``:
-    the process's and all its children's together (Ray's workers)."""
+    the process's and all its children's together (Ray's workers). Memory freed before the block is
+    handed back to the system first (``malloc_trim``), so the figure is the block's own and not the
+    high-water mark of what ran before it."""
 
     def __init__(self, tree: bool = False) -> None:
         self.tree = tree
@@ -141,6 +145,9 @@ class PeakRss:
     def __enter__(self) -> PeakRss:
         import psutil
 
+        gc.collect()
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
         self._process, self._stop = psutil.Process(), threading.Event()
         self.before = self.peak = self._rss()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -205,13 +212,15 @@ def main() -> None:
     budgets = [default if b.strip() == "default" else int(b) for b in args.budgets.split(",") if b.strip()]
     with tempfile.TemporaryDirectory(prefix="bank-bench-") as tmp:
         category, normals, tests = sample_paths(args.data, args.category, Path(tmp))
-        base = predictor.to_tensor([load_image(p, size) for p in normals])
+        base = predictor.to_tensor([load_image(p, size) for p in normals])  # [0, 1], for the variants
         queries = predictor.to_tensor([load_image(p, size) for p in tests])
     measure(model, base[:2], queries[:1], category, 100, 1)  # warm-up: first calls are slow
     runs = []
     for n in args.sizes:
         for budget in budgets:
-            runs.append(measure(model, augmented(base, n), queries, category, budget, args.repeats))
+            # as the Predictor hands references to a bank build: uint8, converted a chunk at a time
+            refs = augmented(base, n).mul(255.0).round().to(torch.uint8)
+            runs.append(measure(model, refs, queries, category, budget, args.repeats))
             print(f"memory_bank: {n} images, budget {budget}: {runs[-1]['build_s']} s", file=sys.stderr)
     print(
         json.dumps(

@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import json
+import math
 import shutil
 import sys
 import time
@@ -80,8 +79,6 @@ def side_for(scale: int) -> int:
     top, side = LARGEST
     if scale <= 1:
         return DEMO["size"]
-    import math
-
     return round(DEMO["size"] * (side / DEMO["size"]) ** (math.log(scale) / math.log(top)))
 
 
@@ -97,18 +94,14 @@ def write_dataset(root: Path, scale: int) -> dict[str, Any]:
             n_test_good=DEMO["test_good"] * scale,
             n_per_defect=DEMO["per_defect"] * scale,
         )
-    files = [p for p in root.rglob("*.png")]
+    files = list(root.rglob("*.png"))
     return {"side": side_for(scale), "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
 
 
 def timed(stage: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
-    """Run ``stage``; its result and seconds, peak resident set and what the stage added (GiB).
-    Memory the stages before freed is handed back to the system first (``malloc_trim``), so a
-    stage's figure is its own and not the high-water mark of an earlier one."""
+    """Run ``stage``; its result and seconds, peak resident set and what the stage added (GiB),
+    the stages before it not counted (``PeakRss``)."""
     gib = 1024**3
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
     started = time.perf_counter()
     with PeakRss(tree=True) as rss:
         result = stage()
@@ -177,7 +170,7 @@ def measure_scale(args: argparse.Namespace, scale: int, predictor: Any) -> dict[
     stages["reference_pool"]["input"] = sum(min(pool, n) for n in _normals_per_category(data).values())
 
     category = "brick"
-    normals = [r for r in read_dataset(data, "mvtec", split="train", categories=[category])]
+    normals = read_dataset(data, "mvtec", split="train", categories=[category])
     predictor.clear_banks()
     bank, stages["bank_build"] = timed(
         lambda: predictor.memory_bank(category, [load_image(r.path, predictor.image_size) for r in normals])

@@ -25,7 +25,6 @@ from train.config import TrainJobConfig
 from train.context import WorkerContext
 from train.data import BatchSource
 from train.model.checkpoint import save_checkpoint
-from train.pool_sharing import build_shared_pool
 from train.schedule import WarmupDecay, micro_step_kind, parameter_groups
 from train.tracking import MetricLogger
 
@@ -107,6 +106,7 @@ def _setup(cfg: TrainJobConfig, ctx: WorkerContext, source: BatchSource):
     import torch
 
     from train.model.build import build_model  # imports torch and transformers
+    from train.pool_sharing import build_shared_pool  # torch.distributed: in the worker, not the driver
 
     # DeepSpeed JIT-compiles its shm all-reduce op (60-80 s) when it creates the comm backend, though
     # only inference uses it. `deepspeed.comm.torch` as an attribute path is the torch package, so

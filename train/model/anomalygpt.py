@@ -197,8 +197,15 @@ class AnomalyGPT(nn.Module):
         return ROTATIONS if mb.rotations and shots <= mb.rotation_max_shots else 1
 
     def encode_all(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Patch maps of many images, encoded in chunks."""
-        parts = [self.encode(chunk).patch_maps for chunk in images.split(ENCODE_CHUNK)]
+        """Patch maps of many images, encoded in chunks. ``images`` may also be uint8 in 0-255 on the
+        CPU (``Predictor.image_batch``): each chunk is then converted to [0, 1] as ``Predictor.to_tensor``
+        converts and moved, so a large category's references never exist as one float tensor."""
+        device = next(self.encoder.parameters()).device
+        parts = []
+        for chunk in images.split(ENCODE_CHUNK):
+            if chunk.dtype == torch.uint8:
+                chunk = chunk.float().div_(255.0).to(device)
+            parts.append(self.encode(chunk).patch_maps)
         return [torch.cat(layer) for layer in zip(*parts, strict=True)]
 
     def new_bank(
@@ -244,7 +251,8 @@ class AnomalyGPT(nn.Module):
         category: str | None = None,
         probes: tuple[torch.Tensor, list[int]] | None = None,
     ) -> MemoryBank:
-        """The bank of k normal references of one category, built once and reused for every query:
+        """The bank of k normal references of one category (float in [0, 1], or uint8 on the CPU as
+        :meth:`encode_all` takes them), built once and reused for every query:
         encoded (with rotations for few shots), reduced to the patch budget by greedy coreset, and
         calibrated on the references themselves (each scored against the others); one reference
         takes the calibration training measured for its category (``memory_bank.one_shot``).

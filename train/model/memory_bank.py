@@ -159,7 +159,8 @@ def greedy_coreset(
         return _greedy(points, budget, progress).sort().values
     cells = _kd_cells(points, max(cell_rows, -(-CELL_SHARE * n // budget)))
     order = torch.cat(cells)
-    return order[_greedy_in_cells(points[order], [len(c) for c in cells], budget, progress)].sort().values
+    points = points[order]  # cell after cell; the unordered copy is freed
+    return order[_greedy_in_cells(points, [len(c) for c in cells], budget, progress)].sort().values
 
 
 def _greedy(points: torch.Tensor, budget: int, progress: _Progress) -> torch.Tensor:

@@ -101,6 +101,11 @@ class Predictor:
     def to_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """float32 (B, 3, H, W) in [0, 1] on ``self.device`` from uint8 H x W x 3 arrays (the model's
         ``Batch.images`` contract). Converted on the CPU, then moved: the same bits on every device."""
+        return self.image_batch(images).float().div_(255.0).to(self.device)
+
+    def image_batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """The checked images as one uint8 (B, 3, H, W) tensor on the CPU: what a bank build takes, so
+        that hundreds of references are converted to float a chunk at a time (``encode_all``)."""
         if len(images) == 0:
             raise ValueError("no images: pass at least one uint8 H x W x 3 array")
         want = (self.image_size, self.image_size, 3)
@@ -114,8 +119,7 @@ class Predictor:
                     f"image {i} has shape {image.shape}; the model takes {want} (resize to "
                     f"{self.image_size} px as evaluate.data.load_image does)"
                 )
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
-        return batch.to(self.device)
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
 
     def memory_bank(
         self, category: str, references: Sequence[np.ndarray], pinned: bool = False
@@ -154,7 +158,7 @@ class Predictor:
         self.bank_misses += 1
         with torch.no_grad():
             probes = self._guard_probes(category, references)
-            return self.model.build_memory_bank(self.to_tensor(references), category, probes)
+            return self.model.build_memory_bank(self.image_batch(references), category, probes)
 
     def _guard_probes(
         self, category: str, references: Sequence[np.ndarray]
@@ -167,7 +171,7 @@ class Predictor:
         from synth.probes import probe_anomalies  # cv2: only where a bank is guarded, not at start-up
 
         images, owners = probe_anomalies(references, category, mb.guard_probes)
-        return (self.to_tensor(images), owners) if images else None
+        return (self.image_batch(images), owners) if images else None
 
     def clear_banks(self) -> None:
         """Forget every cached bank (after the model's bank settings changed)."""
@@ -179,7 +183,7 @@ class Predictor:
         """The plain nearest-neighbour memory of ``references`` (see
         :meth:`AnomalyGPT.build_baseline_bank`); not cached: evaluation builds one per category."""
         with torch.no_grad():
-            return self.model.build_baseline_bank(self.to_tensor(references), category)
+            return self.model.build_baseline_bank(self.image_batch(references), category)
 
     def predict(
         self,

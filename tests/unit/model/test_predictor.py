@@ -195,3 +195,20 @@ def test_a_bank_budget_given_at_load_time_caps_every_bank_layer(checkpoint):
     assert min(full.n_patches) > 7  # the checkpoint's own budget keeps more
     with pytest.raises(ConfigError, match="bank budget"):
         Predictor.from_checkpoint(checkpoint, device="cpu", bank_budget=0)
+
+
+@pytest.mark.parametrize("shots", [2, 40])  # with rotations (few shots); without, in two chunks
+def test_banks_built_from_uint8_references_are_the_float_banks_bits(predictor, shots):
+    """The predictor hands a bank build its references as uint8 (converted a chunk at a time, so
+    hundreds of them never sit in memory as floats); the bank is what float references give."""
+    refs = images(shots, seed=3)
+    batch = predictor.image_batch(refs)
+    assert batch.dtype == torch.uint8 and batch.shape == (shots, 3, 64, 64)
+    with torch.no_grad():
+        from_bytes = predictor.model.build_memory_bank(batch, "grass")
+        from_floats = predictor.model.build_memory_bank(predictor.to_tensor(refs), "grass")
+        encoded = predictor.model.encode_all(batch)
+    assert all(torch.equal(a, b) for a, b in zip(from_bytes.features, from_floats.features, strict=True))
+    assert from_bytes.nn_calibration == from_floats.nn_calibration
+    assert from_bytes.decoder_calibration == from_floats.decoder_calibration
+    assert all(m.dtype == torch.float32 for m in encoded)
