@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,12 +32,23 @@ from train.model.prompt_learner import PromptLearner, rms_scale
 from train.model.reference_pool import ReferencePool
 from train.model.text_features import PromptTextFeatures
 
-ENCODE_CHUNK = 32  # reference images encoded (and scored) at once when a bank is built (bounds peak memory)
+ENCODE_CHUNK = 32  # reference images encoded at once when a bank is built (bounds peak memory)
+SCORE_CHUNK = 16  # references scored at once when a bank is calibrated: their full-size maps are transient
 
 
-def _chunks(n: int, size: int) -> list[tuple[int, int]]:
-    """(start, stop) of consecutive slices of ``size`` over ``range(n)``."""
-    return [(start, min(n, start + size)) for start in range(0, n, size)]
+def _chunked(n: int, compute: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """``compute(start, stop)`` over ``SCORE_CHUNK`` slices of ``range(n)``, written into one
+    tensor as they come: the same values as concatenating the chunks, without holding the chunks
+    and their concatenation at once (for a large category, twice a few hundred MB)."""
+    out = None
+    for start in range(0, n, SCORE_CHUNK):
+        stop = min(n, start + SCORE_CHUNK)
+        part = compute(start, stop)
+        if out is None:
+            out = part.new_empty((n, *part.shape[1:]))
+        out[start:stop] = part
+        del part
+    return out
 
 
 class AnomalyGPT(nn.Module):
@@ -268,34 +280,30 @@ class AnomalyGPT(nn.Module):
         size = tuple(reference_images.shape[-2:])
         # One image held out against its own rotations shows no variation: take training's measure.
         measured = self.one_shot_calibration(category) if shots == 1 else None
-        held_out = None
+        distances = None  # the references' held-out distance maps, layers weighed
         if measured is not None:
             weights = measured.layer_weights if self.cfg.memory_bank.layer_weighting != "equal" else None
             bank.nn_calibration = Calibration(*measured.nn, weights)
         elif bank.can_hold_out():
             layers = self.bank_layers(upright)
-            held_out = torch.cat(  # in chunks: a large category's intermediate maps stay bounded
-                [
-                    bank.layer_distance_maps([m[start:stop] for m in layers], size, list(range(start, stop)))
-                    for start, stop in _chunks(shots, ENCODE_CHUNK)
-                ]
+            held_out = _chunked(  # in chunks: a large category's intermediate maps stay bounded
+                shots, lambda a, b: bank.layer_distance_maps([m[a:b] for m in layers], size, [*range(a, b)])
             )
             bank.nn_calibration = self.calibrate_distances(held_out)
+            distances = combine_layers(held_out, bank.nn_calibration.layer_weights)
+            del held_out  # per layer, it is the largest tensor of the build; the rest needs the sum
         if self.decoder is not None and category is not None:
             if measured is not None and measured.decoder is not None:
                 bank.decoder_calibration = Calibration(*measured.decoder)
                 if measured.fused is not None:
                     bank.fused_calibration = Calibration(*measured.fused)
             else:
-                decoder_maps = torch.cat(
-                    [
-                        self.text_map([m[start:stop] for m in upright], [category] * (stop - start), size)[1]
-                        for start, stop in _chunks(shots, ENCODE_CHUNK)
-                    ]
+                decoder_maps = _chunked(
+                    shots,
+                    lambda a, b: self.text_map([m[a:b] for m in upright], [category] * (b - a), size)[1],
                 )
                 bank.decoder_calibration = self.calibrate(decoder_maps)
-                if held_out is not None:
-                    distances = combine_layers(held_out, bank.nn_calibration.layer_weights)
+                if distances is not None:
                     bank.fused_calibration = self.calibrate_fused(
                         bank.nn_calibration, bank.decoder_calibration, distances, decoder_maps
                     )

@@ -88,7 +88,12 @@ def combine_layers(layer_maps: torch.Tensor, weights: tuple[float, ...] | None) 
     if len(weights) != layer_maps.shape[1]:
         raise ValueError(f"{len(weights)} layer weights for a bank of {layer_maps.shape[1]} layers")
     w = torch.tensor(weights, dtype=layer_maps.dtype, device=layer_maps.device).view(1, -1, 1, 1)
-    return (layer_maps * w).sum(dim=1, keepdim=True)
+    # Layer by layer, in the order a sum over dim 1 adds them (the same bits): the product of all
+    # layers at once would be a second copy of the maps, the largest tensor of a bank's build.
+    combined = layer_maps[:, :1] * w[:, :1]
+    for i in range(1, layer_maps.shape[1]):
+        combined += layer_maps[:, i : i + 1] * w[:, i : i + 1]
+    return combined
 
 
 UNCALIBRATED = Calibration(0.0, 1.0)

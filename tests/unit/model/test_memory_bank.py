@@ -82,6 +82,17 @@ def test_layers_are_weighed_by_where_normal_ends_on_each():
         combine_layers(query, (1.0,))
 
 
+def test_combined_layers_are_the_weighted_sum_bit_for_bit():
+    # combine_layers adds the layers one by one (no product of all layers at once, the largest
+    # tensor of a bank's build); a bank's calibration must not move by a bit for it.
+    torch.manual_seed(0)
+    maps = torch.rand(5, 4, 32, 32)
+    weights = (0.37, 0.24, 0.21, 0.18)
+    expected = (maps * torch.tensor(weights).view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
+    assert torch.equal(combine_layers(maps, weights), expected)
+    assert torch.equal(combine_layers(maps, None), maps.mean(dim=1, keepdim=True))
+
+
 def test_a_bank_weighs_its_layers_as_its_calibration_says():
     torch.manual_seed(0)
     refs = [torch.randn(3, 8, 8, 8), torch.randn(3, 4, 4, 4)]
