@@ -177,11 +177,9 @@ class MemoryBankConfig:
     map is the bank's alone. One reference cannot be held out and is not guarded."""
     guard_probes: int = 16
     """Synthetic anomalies the fusion guard makes from the references (NSA cut-paste)."""
-    smoothing: float = 2.0
-    """Sigma, in pixels of the model's input, of the Gaussian that smooths the bank's distance maps.
-    A lone noisy patch no longer sets an image's score; 0 turns it off. PatchCore's 4 px at 224 is
-    half the stride of its finest layer (8); the demo's fine tap has stride 4, so 2 is the same
-    scale. Wider smoothing dilutes small defects (specks, cracks) below the normal texture's peaks."""
+    smoothing: float = 4.0
+    """Sigma, in pixels of the model's input, of the Gaussian that smooths the bank's distance maps
+    (PatchCore: 4 at 224). A lone noisy patch no longer sets an image's score; 0 turns it off."""
     layer_weighting: Literal["normal_spread", "equal"] = "normal_spread"
     """How the bank's layers are weighed in its map: ``normal_spread``, each by the inverse of how
     far its normal distances spread (measured on the references); ``equal``, their plain mean."""

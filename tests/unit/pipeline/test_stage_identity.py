@@ -2,10 +2,10 @@
 
 The hashes below are what the code produced before each stage config declared its own identity
 (the model fingerprint and the keys over it were renewed since, on purpose: the demo preset gained
-LoRA, the model the cell evidence, then the map summary and ``optimizer.lora_lr``, then the bank's
-smoothing went from 4 to 2 px). A changed hash re-runs every stage of every existing run folder
-(and refuses to resume a training run), so it fails here first: a refactor must leave these
-values alone, a deliberate change of a preset or model default updates them.
+LoRA, the model the cell evidence, then the map summary and ``optimizer.lora_lr``). A changed hash
+re-runs every stage of every existing run folder (and refuses to resume a training run), so it
+fails here first: a refactor must leave these values alone, a deliberate change of a preset or
+model default updates them.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[3]
 
 PINNED = {
     "synth_key": "687a75e365aa2a0ce745ea9b97772b7b997ee13962f32b59b99b8305c2956dda",
-    "model_fingerprint": "397ee7630a289c357bd35edc6904e6cbc98615a21efbf846672d79ad2c717a48",
+    "model_fingerprint": "f515fa16f5265cc2cda1ce513e5cb94b6bc99da0a1093f662cbf4b487d7e6ddb",
     "eval_identity": "123eb8cbd7d64717f93037c33db704fc94a8463df75b2063cbce8b921f65f3f1",
-    "train_key": "54517dbc7e63130451002a442c8b6d86f882a6ead753dd168ad9f23b6b9fb148",
+    "train_key": "ab3908b4ae9dc1262e0b54733da3af3f4f6044652f069cde2e8770f316dc1987",
     "evaluate_key": "003f6fe10a1e6132ec35d36df6f5a4bef589246c0b0de0972d3f09dc50b871ca",
-    "resume_fingerprint": "7a71725d3e682027",
+    "resume_fingerprint": "9174248494e90c5e",
     "shard_plan_id": "845c85b544786c2249d1af05df2c66e75663aade050133e467c78d3b7cdfb043",
 }
 
