@@ -17,9 +17,7 @@ written to a temporary folder.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import gc
 import json
 import os
 import statistics
@@ -34,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for `benchmarks.*` imports
 
 from benchmarks.quality_cli import parser_with_model_and_data, start  # noqa: E402
+from pipeline.core.memory import release_freed_memory  # noqa: E402
 
 CROPS = (None, (0.125, 0.125), (0.0, 0.0), (0.0, 0.25), (0.25, 0.0), (0.25, 0.25))
 """Crop origins (fraction of the side) of a 0.75-side crop resized back; None: the whole image."""
@@ -145,9 +144,7 @@ class PeakRss:
     def __enter__(self) -> PeakRss:
         import psutil
 
-        gc.collect()
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        release_freed_memory()
         self._process, self._stop = psutil.Process(), threading.Event()
         self.before = self.peak = self._rss()
         self._thread = threading.Thread(target=self._sample, daemon=True)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.core.memory import release_freed_memory
 from train.model.batch import Batch, Prediction
 from train.model.config import ModelConfig, OneShotCalibration
 from train.model.conversation import IGNORE, pad_batch, tables, tokenize_turns
@@ -245,7 +246,8 @@ class AnomalyGPT(nn.Module):
         mb = self.cfg.memory_bank
         if mb.decoder_cap is not None:
             decoder_part = decoder_part.clamp(max=mb.decoder_cap)
-        return (bank_part + mb.decoder_weight * decoder_part) / (1.0 + mb.decoder_weight)
+        # bank + w * decoder, summed in the other order (the same bits) on the one new tensor
+        return (mb.decoder_weight * decoder_part).add_(bank_part).div_(1.0 + mb.decoder_weight)
 
     def calibrate_fused(
         self, nn: Calibration, decoder: Calibration, distances: torch.Tensor, decoder_maps: torch.Tensor
@@ -276,6 +278,7 @@ class AnomalyGPT(nn.Module):
         maps = self.encode_all(images)
         bank = self.new_bank(maps, shots, rotations, category)
         bank = bank.subsample(self.cfg.memory_bank.max_patches, seed=0)
+        release_freed_memory()  # the coreset's copies of every patch, before the held-out maps
         upright = [m[:shots] for m in maps]
         size = tuple(reference_images.shape[-2:])
         # One image held out against its own rotations shows no variation: take training's measure.

@@ -78,7 +78,8 @@ class Calibration:
         return cls(combined.level, combined.top, weights)
 
     def normalise(self, maps: torch.Tensor) -> torch.Tensor:
-        return ((maps - self.level) / (self.top - self.level)).clamp_min(0.0)
+        # in place on the one new tensor: a large category's calibration normalises hundreds of maps
+        return (maps - self.level).div_(self.top - self.level).clamp_min_(0.0)
 
 
 def combine_layers(layer_maps: torch.Tensor, weights: tuple[float, ...] | None) -> torch.Tensor:
@@ -192,7 +193,7 @@ def _kd_cells(points: torch.Tensor, most_rows: int) -> list[torch.Tensor]:
         if rows.numel() <= most_rows:
             cells.append(rows)
             continue
-        values = points[rows]
+        values = points if rows.numel() == points.shape[0] else points[rows]  # the root: no copy
         along = values[:, int(values.var(dim=0).argmax())].argsort(stable=True)
         half = rows.numel() // 2
         pending += [rows[along[half:]], rows[along[:half]]]
