@@ -11,7 +11,10 @@ hands the LLM their result as embeddings it can read like words:
 - the where tokens are the soft arg-max of the cells' peaks over the cells' position names
   ("top left" ... "bottom right"), one token per word of the name: one token holding the mean
   of "top" and "left" reads like either word, and the LLM then named a corner by one of its edges.
-  A one-word name fills both slots ("center", "center").
+  A one-word name fills both slots ("center", "center"). The soft arg-max is for training, where
+  the gradient must flow; at inference the where tokens are the hottest cell's words exactly: a
+  blend of two nearly tied cells (a defect on a cell border, a faint one in textured normal
+  background) made the LLM name a third cell or the other one.
 
 All are differentiable in the map and their words are trained, so the LLM still learns how to
 use them; it no longer has to learn to compute them.
@@ -73,5 +76,7 @@ class MapSummary(nn.Module):
         yes = torch.sigmoid(self.gain * cell_logits.amax(dim=1, keepdim=True))  # (B, 1)
         verdict = (1 - yes) * self.verdict_words[0] + yes * self.verdict_words[1]
         weights = torch.softmax(self.focus * cell_logits, dim=1)
+        if not self.training:  # inference: the hottest cell's words, no blend
+            weights = F.one_hot(cell_logits.argmax(dim=1), cell_logits.shape[1]).to(weights.dtype)
         where = torch.einsum("bn,nsh->bsh", weights, self.cell_words)
         return rms_scale(torch.cat([verdict.unsqueeze(1), where], dim=1), self.embed_rms)

@@ -8,6 +8,7 @@ from torch.nn.functional import cosine_similarity
 
 from train.model.config import WHERE_WORDS
 from train.model.map_summary import MapSummary, name_slots
+from train.model.prompt_learner import rms_scale
 
 HIDDEN = 32
 SIZE = 96
@@ -48,6 +49,18 @@ def test_the_where_tokens_are_the_hot_cells_words(cell):
         similarity = cosine_similarity(where[slot].unsqueeze(0), words, dim=-1)
         assert int(similarity.argmax()) == cell
         assert float(similarity[cell]) > 0.99
+
+
+def test_at_inference_the_where_tokens_name_the_hottest_cell_even_when_another_is_close():
+    model = summary()
+    amap = flat_map(0.2, 4, hot=0.80)
+    amap[..., 10:20, 74:84] = 0.79  # cell 2, nearly as hot
+    blended = model(amap)[0, 1:].detach()  # training: a soft arg-max, part of cell 2's words
+    model.eval()
+    named = model(amap)[0, 1:].detach()
+    hottest = rms_scale(model.cell_words.detach()[4], model.embed_rms)
+    assert torch.allclose(named, hottest, atol=1e-5)
+    assert not torch.allclose(blended, hottest, atol=1e-2)
 
 
 def test_a_position_name_is_split_into_one_slot_per_word():
