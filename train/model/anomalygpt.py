@@ -277,8 +277,10 @@ class AnomalyGPT(nn.Module):
         images = with_rotations(reference_images) if rotations > 1 else reference_images
         maps = self.encode_all(images)
         bank = self.new_bank(maps, shots, rotations, category)
+        patches = bank.n_patches
         bank = bank.subsample(self.cfg.memory_bank.max_patches, seed=0)
-        release_freed_memory()  # the coreset's copies of every patch, before the held-out maps
+        if bank.n_patches != patches:  # a coreset ran: its copies of every patch go back to the system
+            release_freed_memory()  # before the held-out maps (a collection costs ~0.1 s: only then)
         upright = [m[:shots] for m in maps]
         size = tuple(reference_images.shape[-2:])
         # One image held out against its own rotations shows no variation: take training's measure.

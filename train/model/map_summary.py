@@ -75,8 +75,9 @@ class MapSummary(nn.Module):
         cell_logits = map_logits(cell_peaks).to(self.cell_words.dtype)
         yes = torch.sigmoid(self.gain * cell_logits.amax(dim=1, keepdim=True))  # (B, 1)
         verdict = (1 - yes) * self.verdict_words[0] + yes * self.verdict_words[1]
-        weights = torch.softmax(self.focus * cell_logits, dim=1)
-        if not self.training:  # inference: the hottest cell's words, no blend
-            weights = F.one_hot(cell_logits.argmax(dim=1), cell_logits.shape[1]).to(weights.dtype)
+        if self.training:  # a soft arg-max: the gradient must reach the map
+            weights = torch.softmax(self.focus * cell_logits, dim=1)
+        else:  # inference: the hottest cell's words, no blend
+            weights = F.one_hot(cell_logits.argmax(dim=1), cell_logits.shape[1]).to(cell_logits.dtype)
         where = torch.einsum("bn,nsh->bsh", weights, self.cell_words)
         return rms_scale(torch.cat([verdict.unsqueeze(1), where], dim=1), self.embed_rms)
