@@ -277,3 +277,88 @@ def test_scale_growth_compares_time_with_input_per_stage():
     }
     quadratic = scale.growth({1: stages(2.0, 14), 16: stages(512.0, 224)})["bank_build"]
     assert quadratic["time_ratio_per_input_ratio"] == 16.0 and not quadratic["linear_or_better"]
+
+
+# --- robustness suite: goals and draws ---------------------------------------------------------
+robustness = _script("robustness")
+
+
+def _rows(margins: dict[str, float], answer: float | None = None) -> dict[str, dict[str, float]]:
+    rows = {c: {"model": 0.8 + m, "baseline": 0.8, "margin": m} for c, m in margins.items()}
+    if answer is not None:
+        for row in rows.values():
+            row |= {"answer_accuracy": answer, "map_best_accuracy": 0.8, "position_follows_map": 0.95}
+            row["answer_share_of_map"] = answer / 0.8
+    return rows
+
+
+def test_the_category_goal_fails_on_one_category_and_the_answer_goal_is_per_dataset():
+    rows = _rows({"a": 0.05, "b": -0.02, "mean": 0.015}, answer=0.77)
+    met = robustness.goals(rows)
+    assert met == {
+        "every_category_within_0.01": False,
+        "mean_at_least_baseline": True,
+        "answers_keep_up": True,  # 0.77 / 0.8 = 0.9625 on the dataset
+        "positions_follow_map": True,
+    }
+    assert robustness.goals(_rows({"a": 0.0, "mean": 0.0}, answer=0.75))["answers_keep_up"] is False
+
+
+def test_draws_are_pooled_by_their_mean_with_the_margins_standard_error():
+    draws = [_rows({"a": -0.03, "mean": -0.03}, 0.72), _rows({"a": 0.01, "mean": 0.01}, 0.76)]
+    pooled = robustness.pooled_rows(draws)
+    assert pooled["a"]["margin"] == pytest.approx(-0.01)
+    assert pooled["a"]["margin_se"] == pytest.approx(0.02)  # stdev 0.0283 over sqrt(2) draws
+    assert pooled["a"]["answer_share_of_map"] == pytest.approx(0.74 / 0.8)
+    assert robustness.goals(pooled)["every_category_within_0.01"] is True
+    assert robustness.goals(draws[0])["every_category_within_0.01"] is False
+
+
+def test_the_reviewer_marks_the_highest_scoring_false_alarms_of_each_category():
+    feedback = _script("feedback_recovery")
+    rows = [
+        {"image": "a/test/good/0.png", "category": "a", "label": 0, "score": 0.6, "answer": "Yes, there is"},
+        {"image": "a/test/good/1.png", "category": "a", "label": 0, "score": 0.9, "answer": "Yes, there is"},
+        {"image": "a/test/good/2.png", "category": "a", "label": 0, "score": 0.7, "answer": "Yes, there is"},
+        {
+            "image": "a/test/good/3.png",
+            "category": "a",
+            "label": 0,
+            "score": 0.8,
+            "answer": "No, there is no",
+        },
+        {"image": "a/test/hole/0.png", "category": "a", "label": 1, "score": 0.95, "answer": "Yes, there is"},
+        {
+            "image": "b/test/good/0.png",
+            "category": "b",
+            "label": 0,
+            "score": 0.2,
+            "answer": "No, there is no",
+        },
+    ]
+    assert feedback.flagged_normals(rows, most=2) == {"a": ["a/test/good/1.png", "a/test/good/2.png"]}
+
+
+def test_marked_normals_leave_the_test_set_and_join_the_references_only_after(tmp_path):
+    feedback = _script("feedback_recovery")
+    data = tmp_path / "data"
+    for folder in ("cat/train/good", "cat/test/good", "cat/test/crack"):
+        (data / folder).mkdir(parents=True)
+    for i in range(3):
+        (data / "cat/train/good" / f"{i:03d}.png").write_bytes(b"train")
+        (data / "cat/test/good" / f"{i:03d}.png").write_bytes(b"test")
+    (data / "cat/test/crack/000.png").write_bytes(b"defect")
+    marked = {"cat": ["cat/test/good/000.png", "cat/test/good/002.png"]}
+    before, after = feedback.split_feedback(data, tmp_path / "work", marked)
+
+    def names(root, folder):
+        return sorted(p.name for p in (root / "cat" / folder).iterdir())
+
+    assert names(before, "test/good") == names(after, "test/good") == ["001.png"]
+    assert names(before, "train/good") == ["000.png", "001.png", "002.png"]
+    moved = ["feedback-000.png", "feedback-002.png"]
+    assert names(after, "train/good") == ["000.png", "001.png", "002.png", *moved]
+    assert (after / "cat/train/good/feedback-002.png").read_bytes() == b"test"
+    assert names(data, "test/good") == ["000.png", "001.png", "002.png"]  # the suite's data is untouched
+    with pytest.raises(ValueError, match="not a test normal of cat"):
+        feedback.split_feedback(data, tmp_path / "again", {"cat": ["cat/test/crack/000.png"]})
