@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for project imports
 
-from benchmarks.quality_cli import start  # noqa: E402
+from benchmarks.quality_cli import add_suite_arguments, start, suite_names  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "model": {},
@@ -50,8 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", type=Path, default=ROOT / "runs/demo/train", help="checkpoint folder")
-    parser.add_argument("--role", choices=["validation", "test", "all"], default="validation")
-    parser.add_argument("--datasets", help="comma-separated suite datasets (default: those of --role)")
+    add_suite_arguments(parser, role="validation")
     parser.add_argument("--shots", default="all,1")
     parser.add_argument("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)")
     parser.add_argument("--seed-offset", type=int, default=0, help="another draw of every dataset")
@@ -121,11 +120,10 @@ def summary(per: list[dict[str, float]], variants: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     start(args.threads)
-    from synth.robustness_suite import dataset_names, suite_spec, write_suite_dataset
+    from synth.robustness_suite import suite_dataset, suite_spec
     from train.model.predictor import Predictor
 
-    role = None if args.role == "all" else args.role
-    names = args.datasets.split(",") if args.datasets else dataset_names(role)
+    names = suite_names(args)
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -136,9 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for k in shots:
         every: list[dict[str, float]] = []
         for name in names:
-            data = args.out / name
-            if not data.is_dir():
-                write_suite_dataset(data, name, args.seed_offset)
+            data = suite_dataset(args.out, name, args.seed_offset)
             per = {}
             for category in suite_spec()["datasets"][name]["categories"]:
                 per[category] = category_aurocs(predictor, data, category, k, variants)

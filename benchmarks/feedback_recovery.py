@@ -31,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for `benchmarks.*` imports
 
+from benchmarks.quality_cli import add_suite_arguments, suite_names  # noqa: E402
 from benchmarks.robustness import category_rows  # noqa: E402
 
 FEEDBACK_PREFIX = "feedback-"  # marked normals keep their test names, which train names may share
@@ -41,8 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", type=Path, default=ROOT / "runs/demo/train", help="checkpoint folder")
-    parser.add_argument("--role", choices=["validation", "test", "all"], default="all")
-    parser.add_argument("--datasets", help="comma-separated suite datasets (default: those of --role)")
+    add_suite_arguments(parser, role="all")
     parser.add_argument("--normals", type=int, default=4, help="false alarms marked per category, at most")
     parser.add_argument("--workers", type=int, default=2, help="evaluation actors")
     parser.add_argument("--out", type=Path, default=ROOT / "runs/robustness")
@@ -90,18 +90,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     configure_environment()
     from evaluate.config import EvaluateConfig
     from evaluate.job import run_evaluation
-    from synth.robustness_suite import dataset_names, write_suite_dataset
+    from synth.robustness_suite import suite_dataset
 
-    names = (
-        args.datasets.split(",")
-        if args.datasets
-        else dataset_names(None if args.role == "all" else args.role)
-    )
     result: dict[str, Any] = {"model": str(args.model), "normals_marked": args.normals, "datasets": {}}
-    for name in names:
-        data = args.out / "data" / name
-        if not data.is_dir():
-            write_suite_dataset(data, name)
+    for name in suite_names(args):
+        data = suite_dataset(args.out / "data", name)
         work = args.out / "feedback" / name
         started = time.perf_counter()
         cfg = EvaluateConfig(workers=args.workers, write_maps=False, mlflow_overlays=0, batch_size=4)

@@ -1,5 +1,6 @@
-"""What the quality benchmarks (baseline, answers_follow_map, memory_bank) share: the options that
-name a trained model and a dataset, and the start-up of a process that scores on the CPU."""
+"""What the quality benchmarks share: the options that name a trained model and a dataset (baseline,
+answers_follow_map, memory_bank) or the robustness suite's datasets (robustness, bank_variants,
+feedback_recovery), and the start-up of a process that scores on the CPU."""
 
 from __future__ import annotations
 
@@ -19,6 +20,21 @@ def parser_with_model_and_data(doc: str | None, threads: int, why: str) -> argpa
     parser.add_argument("--data", type=Path, default=ROOT / "runs/demo/data", help="MVTec-layout root")
     parser.add_argument("--threads", type=int, default=threads, help=f"torch threads ({why})")
     return parser
+
+
+def add_suite_arguments(parser: argparse.ArgumentParser, role: str) -> None:
+    """``--role`` (default ``role``) and ``--datasets``: which robustness-suite datasets to run."""
+    parser.add_argument("--role", choices=["validation", "test", "all"], default=role)
+    parser.add_argument("--datasets", help="comma-separated suite datasets (default: those of --role)")
+
+
+def suite_names(args: argparse.Namespace) -> list[str]:
+    """The datasets ``add_suite_arguments``' options name, in the suite's order."""
+    from synth.robustness_suite import dataset_names
+
+    if args.datasets:
+        return args.datasets.split(",")
+    return dataset_names(None if args.role == "all" else args.role)
 
 
 def start(threads: int) -> Any:

@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for project imports
+sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for `benchmarks.*` imports
+
+from benchmarks.quality_cli import add_suite_arguments, suite_names  # noqa: E402
 
 CATEGORY_MARGIN = 0.01  # the goal: model >= baseline - this, in every category
 ANSWER_SHARE = 0.95  # answer accuracy >= this x the map's best accuracy, on every dataset
@@ -53,8 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", type=Path, default=ROOT / "runs/demo/train", help="checkpoint folder")
     which.add_argument("--train", action="store_true", help="train a demo-preset model on each dataset")
-    parser.add_argument("--role", choices=["validation", "test", "all"], default="validation")
-    parser.add_argument("--datasets", help="comma-separated suite datasets (default: those of --role)")
+    add_suite_arguments(parser, role="validation")
     parser.add_argument("--shots", default="all,1", help="shot settings, e.g. all,1")
     parser.add_argument("--answers", action="store_true", help="generate answers (slower)")
     parser.add_argument("--seed-offset", type=int, default=0, help="the first draw of every dataset")
@@ -149,10 +150,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     configure_environment()
     from evaluate.config import EvaluateConfig
     from evaluate.job import run_evaluation
-    from synth.robustness_suite import dataset_names, write_suite_dataset
+    from synth.robustness_suite import suite_dataset
 
-    role = None if args.role == "all" else args.role
-    names = args.datasets.split(",") if args.datasets else dataset_names(role)
+    names = suite_names(args)
     shots = [s if s == "all" else int(s) for s in args.shots.split(",")]
     result: dict[str, Any] = {
         "model": "trained per dataset" if args.train else str(args.model),
@@ -162,10 +162,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in names:
         per_draw: dict[str, list[dict[str, Any]]] = {f"{k}-shot": [] for k in shots}
         for offset in offsets:
-            label = name if offset == 0 else f"{name}-draw{offset}"
-            data = args.out / "data" / label
-            if not data.is_dir():
-                write_suite_dataset(data, name, offset)
+            data = suite_dataset(args.out / "data", name, offset)
+            label = data.name
             model = train_model(data, args.out / "runs" / label) if args.train else args.model
             for k in shots:
                 started = time.perf_counter()

@@ -73,6 +73,15 @@ def write_suite_dataset(root: str | Path, name: str, seed_offset: int = 0) -> Pa
     return root
 
 
+def suite_dataset(root: str | Path, name: str, seed_offset: int = 0) -> Path:
+    """The folder of dataset ``name``'s draw ``seed_offset`` under ``root``, written on first use:
+    ``root/<name>`` for draw 0, ``root/<name>-draw<k>`` for draw k, so draws never share a folder."""
+    folder = Path(root) / (name if seed_offset == 0 else f"{name}-draw{seed_offset}")
+    if not folder.is_dir():
+        write_suite_dataset(folder, name, seed_offset)
+    return folder
+
+
 # --- normals -------------------------------------------------------------------------------
 def _original(file: str) -> np.ndarray:
     """``package:file`` as RGB uint8 (grey sources become three equal channels)."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from synth.datasets import read_dataset
-from synth.robustness_suite import DEFECTS, dataset_names, suite_spec, write_suite_dataset
+from synth.robustness_suite import DEFECTS, dataset_names, suite_dataset, suite_spec, write_suite_dataset
 
 
 def test_the_suite_has_validation_and_test_datasets_unlike_the_demo():
@@ -38,3 +38,13 @@ def test_a_dataset_is_written_in_mvtec_layout_with_a_visible_defect_under_every_
 def test_an_unknown_dataset_is_named():
     with pytest.raises(ValueError, match="unknown suite dataset 'nope'"):
         write_suite_dataset("unused", "nope")
+
+
+def test_each_draw_has_its_own_folder_written_once(tmp_path):
+    first = suite_dataset(tmp_path, "grey")
+    other = suite_dataset(tmp_path, "grey", seed_offset=1)
+    assert (first.name, other.name) == ("grey", "grey-draw1")
+    a, b = (sorted(d.rglob("*.png"))[0] for d in (first, other))
+    assert not np.array_equal(cv2.imread(str(a)), cv2.imread(str(b)))  # another seed, other crops
+    stamp = a.stat().st_mtime_ns
+    assert suite_dataset(tmp_path, "grey") == first and a.stat().st_mtime_ns == stamp  # reused, not rewritten
