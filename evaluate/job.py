@@ -215,7 +215,7 @@ def _score_category(
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]:
     """Rows of every test image of the category, its merged pixel histograms (or None) by map:
     ``main`` (the reported map) and, with references, ``decoder`` and ``baseline``; and what the
-    bank's fusion guard measured (None: no bank, or not guarded)."""
+    bank's map guard measured (None: no bank, or not guarded)."""
     import ray
     from tqdm import tqdm
 
@@ -253,17 +253,22 @@ def _score_category(
 
 
 def _log_guard(category: str, guard: Any) -> dict[str, Any] | None:
-    """The fusion guard's figures for metrics.json, said on the console where it dropped the decoder."""
+    """The map guard's figures for metrics.json, said on the console where it dropped the bank's
+    refinements or the decoder."""
     if guard is None:
         return None
-    if not guard.decoder_kept:
+    if guard.refinements_dropped:
+        log.info(
+            "evaluate: %s: the bank's map is the plain one, unsmoothed with equal layers (on the "
+            "references held out against %d synthetic anomalies the refinements lower its "
+            "Image-AUROC from %.4f to %.4f)",
+            *(category, guard.anomalies, guard.plain_auroc, guard.refined_auroc),
+        )
+    if guard.fused_auroc is not None and not guard.decoder_kept:
         log.info(
             "evaluate: %s: the decoder is left out of the map (on the references held out against %d "
             "synthetic anomalies it lowers the bank's Image-AUROC from %.4f to %.4f)",
-            category,
-            guard.anomalies,
-            guard.bank_auroc,
-            guard.fused_auroc,
+            *(category, guard.anomalies, guard.bank_auroc, guard.fused_auroc),
         )
     return guard.to_dict()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -22,9 +23,10 @@ from train.model.memory_bank import (
     MIN_IMAGES_FOR_FIT,
     ROTATIONS,
     Calibration,
-    FusionGuard,
+    MapGuard,
     MemoryBank,
     combine_layers,
+    gaussian_smooth,
     pairwise_auroc,
     squash,
     with_rotations,
@@ -50,6 +52,11 @@ def _chunked(n: int, compute: Callable[[int, int], torch.Tensor]) -> torch.Tenso
         out[start:stop] = part
         del part
     return out
+
+
+def _peaks(maps: torch.Tensor) -> torch.Tensor:
+    """Each map's highest value: (N, ...) -> (N,)."""
+    return maps.flatten(1).amax(dim=1)
 
 
 class AnomalyGPT(nn.Module):
@@ -285,18 +292,13 @@ class AnomalyGPT(nn.Module):
         size = tuple(reference_images.shape[-2:])
         # One image held out against its own rotations shows no variation: take training's measure.
         measured = self.one_shot_calibration(category) if shots == 1 else None
-        distances = None  # the references' held-out distance maps, layers weighed
+        distances = plain_peaks = None  # the references' held-out maps: refined, and plain peaks
         if measured is not None:
             weights = measured.layer_weights if self.cfg.memory_bank.layer_weighting != "equal" else None
             bank.nn_calibration = Calibration(*measured.nn, weights)
         elif bank.can_hold_out():
-            layers = self.bank_layers(upright)
-            held_out = _chunked(  # in chunks: a large category's intermediate maps stay bounded
-                shots, lambda a, b: bank.layer_distance_maps([m[a:b] for m in layers], size, [*range(a, b)])
-            )
-            bank.nn_calibration = self.calibrate_distances(held_out)
-            distances = combine_layers(held_out, bank.nn_calibration.layer_weights)
-            del held_out  # per layer, it is the largest tensor of the build; the rest needs the sum
+            distances, plain_peaks = self._held_out_distances(bank, upright, size)
+        decoder_maps = None  # the references' decoder maps, where calibration measures them
         if self.decoder is not None and category is not None:
             if measured is not None and measured.decoder is not None:
                 bank.decoder_calibration = Calibration(*measured.decoder)
@@ -308,45 +310,90 @@ class AnomalyGPT(nn.Module):
                     lambda a, b: self.text_map([m[a:b] for m in upright], [category] * (b - a), size)[1],
                 )
                 bank.decoder_calibration = self.calibrate(decoder_maps)
-                if distances is not None:
-                    bank.fused_calibration = self.calibrate_fused(
-                        bank.nn_calibration, bank.decoder_calibration, distances, decoder_maps
-                    )
-                    if probes is not None and shots >= MIN_IMAGES_FOR_FIT:
-                        bank.guard = self._fusion_guard(bank, distances, decoder_maps, probes, size)
-                        if not bank.guard.decoder_kept:
-                            bank.decoder_calibration = bank.fused_calibration = None
+        if distances is not None and probes is not None and shots >= MIN_IMAGES_FOR_FIT:
+            distances = self._guard_map(bank, upright, distances, plain_peaks, decoder_maps, probes, size)
+        if distances is not None and decoder_maps is not None and bank.decoder_calibration is not None:
+            bank.fused_calibration = self.calibrate_fused(
+                bank.nn_calibration, bank.decoder_calibration, distances, decoder_maps
+            )
         return bank
 
-    def _fusion_guard(
+    def _held_out_distances(
+        self, bank: MemoryBank, upright: list[torch.Tensor], size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrate ``bank`` on its references, each held out of it: returns their refined distance
+        maps (N, 1, H, W: smoothed, layers weighed as the calibration says) and the peaks (N,) of
+        their plain maps (the layers' mean, unsmoothed), both from one search. Only the peaks of the
+        plain maps are kept: the guard compares rankings, and a category that keeps the plain map
+        searches again (:meth:`_guard_map`)."""
+        layers = self.bank_layers(upright)
+        plain_peaks = []
+
+        def refined(a: int, b: int) -> torch.Tensor:
+            raw = bank.layer_distance_maps([m[a:b] for m in layers], size, [*range(a, b)], smoothed=False)
+            plain_peaks.append(_peaks(raw.mean(dim=1)))
+            return gaussian_smooth(raw, bank.smoothing)
+
+        # in chunks: a large category's intermediate maps stay bounded
+        held_out = _chunked(layers[0].shape[0], refined)
+        bank.nn_calibration = self.calibrate_distances(held_out)
+        # per layer, held_out is the largest tensor of the build; the rest needs only the weighted sum
+        return combine_layers(held_out, bank.nn_calibration.layer_weights), torch.cat(plain_peaks)
+
+    def _guard_map(
         self,
         bank: MemoryBank,
-        normal_distances: torch.Tensor,
-        normal_decoder_maps: torch.Tensor,
+        upright: list[torch.Tensor],
+        distances: torch.Tensor,
+        plain_peaks: torch.Tensor,
+        decoder_maps: torch.Tensor | None,
         probes: tuple[torch.Tensor, list[int]],
         size: tuple[int, int],
-    ) -> FusionGuard:
-        """Image-AUROC of the bank's map alone and fused with the decoder's, on the references (each
-        held out, as calibration scored them) against ``probes`` (each scored with the reference it
-        was made from held out). The fused map's last calibration is monotone and left out."""
+    ) -> torch.Tensor:
+        """The map guard (``memory_bank.fusion_guard``): Image-AUROC of the plain map, the refined
+        one and the refined or plain one fused with the decoder's, on the references (each held
+        out, as calibration scored them) against ``probes`` (each scored with the reference it was
+        made from held out). Drops the refinements, then the decoder, where they rank worse (see
+        :class:`MapGuard`), records the figures in ``bank.guard`` and returns the references'
+        distance maps of the map kept. Every calibration after the distances' is monotone and is
+        left out of the rankings."""
         images, owners = probes
         maps = self.encode_all(images)
-        probe_distances = bank.distance_map(self.bank_layers(maps), size, hold_out=owners)
-        probe_decoder_maps = self.text_map(maps, [bank.category] * len(owners), size)[1]
+        raw = bank.layer_distance_maps(self.bank_layers(maps), size, hold_out=owners, smoothed=False)
+        probe_plain = raw.mean(dim=1, keepdim=True)
+        plain_auroc = pairwise_auroc(plain_peaks, _peaks(probe_plain))
+        refined_auroc = None
+        probe_distances = probe_plain
+        if bank.smoothing > 0 or bank.nn_calibration.layer_weights is not None:
+            probe_distances = combine_layers(
+                gaussian_smooth(raw, bank.smoothing), bank.nn_calibration.layer_weights
+            )
+            refined_auroc = pairwise_auroc(_peaks(distances), _peaks(probe_distances))
+        guard = MapGuard(plain_auroc, refined_auroc, None, len(plain_peaks), len(owners))
+        if guard.refinements_dropped:
+            bank.smoothing = 0.0
+            layers = self.bank_layers(upright)
+            distances = _chunked(  # the references' plain maps, searched again
+                len(plain_peaks),
+                lambda a, b: bank.layer_distance_maps([m[a:b] for m in layers], size, [*range(a, b)]).mean(
+                    dim=1, keepdim=True
+                ),
+            )
+            bank.nn_calibration = self.calibrate(distances)
+            probe_distances = probe_plain
+        if decoder_maps is not None and bank.decoder_calibration is not None:
+            probe_decoder_maps = self.text_map(maps, [bank.category] * len(owners), size)[1]
 
-        def peaks(distances: torch.Tensor, decoder_maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            bank_part = bank.nn_calibration.normalise(distances)
-            fused = self.fuse(bank_part, bank.decoder_calibration.normalise(decoder_maps))
-            return bank_part.flatten(1).amax(dim=1), fused.flatten(1).amax(dim=1)
+            def fused_peaks(bank_distances: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
+                bank_part = bank.nn_calibration.normalise(bank_distances)
+                return _peaks(self.fuse(bank_part, bank.decoder_calibration.normalise(decoder)))
 
-        normal_bank, normal_fused = peaks(normal_distances, normal_decoder_maps)
-        probe_bank, probe_fused = peaks(probe_distances, probe_decoder_maps)
-        return FusionGuard(
-            bank_auroc=pairwise_auroc(normal_bank, probe_bank),
-            fused_auroc=pairwise_auroc(normal_fused, probe_fused),
-            normals=len(normal_bank),
-            anomalies=len(probe_bank),
-        )
+            fused = fused_peaks(distances, decoder_maps), fused_peaks(probe_distances, probe_decoder_maps)
+            guard = dataclasses.replace(guard, fused_auroc=pairwise_auroc(*fused))
+            if not guard.decoder_kept:
+                bank.decoder_calibration = None
+        bank.guard = guard
+        return distances
 
     @torch.no_grad()
     def build_baseline_bank(self, reference_images: torch.Tensor, category: str | None = None) -> MemoryBank:

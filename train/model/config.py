@@ -170,11 +170,14 @@ class MemoryBankConfig:
     """Upper bound of the normalised decoder map in calibrated fusion (1 is where normal ends on it);
     null: unbounded. Bounds how far a decoder that misreads a category can lift a normal image."""
     fusion_guard: bool = True
-    """Keep the decoder's part of a category's map only where it does not lower the bank's own
-    ranking: at bank build (three or more references), the Image-AUROC of the bank alone and of
-    the fused map are measured on the references, each held out of the bank, against synthetic
-    anomalies made from them (``guard_probes``); where the fused map ranks worse, that category's
-    map is the bank's alone. One reference cannot be held out and is not guarded."""
+    """The map guard: keep the bank's refinements (``smoothing``, ``layer_weighting``) and the
+    decoder's part of a category's map only where they do not lower the plain nearest-neighbour
+    map's ranking. At bank build (three or more references), the Image-AUROC of the plain map
+    (layers' mean, unsmoothed), the refined one and the fused one are measured on the references,
+    each held out of the bank, against synthetic anomalies made from them (``guard_probes``).
+    Where the refined map ranks below the plain one, that category's bank map is the plain one;
+    where the fused map then ranks worse than the bank's alone by more than chance, the decoder
+    is left out. One reference cannot be held out and is not guarded."""
     guard_probes: int = 16
     """Synthetic anomalies the fusion guard makes from the references (NSA cut-paste)."""
     smoothing: float = 4.0

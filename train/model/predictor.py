@@ -163,10 +163,10 @@ class Predictor:
     def _guard_probes(
         self, category: str, references: Sequence[np.ndarray]
     ) -> tuple[torch.Tensor, list[int]] | None:
-        """Synthetic anomalies of the references for the fusion guard (``memory_bank.fusion_guard``);
-        None where the guard does not run (off, no decoder, too few references to hold one out)."""
+        """Synthetic anomalies of the references for the map guard (``memory_bank.fusion_guard``);
+        None where the guard does not run (off, or too few references to hold one out)."""
         mb = self.config.memory_bank
-        if not mb.fusion_guard or self.model.decoder is None or len(references) < MIN_IMAGES_FOR_FIT:
+        if not mb.fusion_guard or len(references) < MIN_IMAGES_FOR_FIT:
             return None
         from synth.probes import probe_anomalies  # cv2: only where a bank is guarded, not at start-up
 

@@ -9,6 +9,7 @@ from pipeline.core.config import ConfigError, from_dict
 from train.model.config import EncoderConfig, MemoryBankConfig, OneShotCalibration
 from train.model.memory_bank import (
     Calibration,
+    MapGuard,
     MemoryBank,
     auroc_standard_error,
     combine_layers,
@@ -248,3 +249,20 @@ def test_the_exact_coreset_is_greedy_k_centre_from_the_first_row():
     for _ in range(29):  # the farthest row from everything chosen so far, each time
         chosen.append(int(torch.cdist(points, points[chosen]).min(dim=1).values.argmax()))
     assert greedy_coreset(x, 30).tolist() == sorted(chosen)
+
+
+def test_the_map_guard_keeps_the_plain_map_unless_the_refinements_rank_as_well():
+    def guard(plain: float, refined: float | None, fused: float | None) -> MapGuard:
+        return MapGuard(plain, refined, fused, normals=12, anomalies=16)
+
+    kept = guard(0.80, 0.80, None)
+    assert not kept.refinements_dropped and kept.bank_auroc == 0.80  # a tie keeps them
+    dropped = guard(0.80, 0.79, 0.85)
+    assert dropped.refinements_dropped and dropped.bank_auroc == 0.80 and dropped.decoder_kept
+    nothing_refined = guard(0.7, None, None)
+    assert not nothing_refined.refinements_dropped and nothing_refined.bank_auroc == 0.7
+    assert not nothing_refined.decoder_kept  # no decoder measured, none to keep
+    # the decoder is judged against the map kept, within one standard error of its AUROC
+    worse = guard(0.9, 0.8, 0.9 - 1.01 * guard(0.9, None, None).tolerance)
+    assert worse.bank_auroc == 0.9 and not worse.decoder_kept
+    assert worse.to_dict()["refinements_dropped"] is True and worse.to_dict()["decoder_kept"] is False

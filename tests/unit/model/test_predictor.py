@@ -186,6 +186,47 @@ def test_a_decoder_that_lifts_normals_above_anomalies_is_left_out_of_the_map(che
         np.testing.assert_array_equal(a, b)
 
 
+def test_refinements_that_rank_normals_first_leave_the_plain_map(checkpoint, monkeypatch):
+    """Smoothing made harmful at bank build (the held-out references' refined maps lifted in a ramp,
+    the probes' flattened) ranks the references above the probes: the guard drops the refinements,
+    and the bank is then bit for bit the bank of the same references built with no smoothing and
+    equal layers: the same calibrations and the same maps."""
+    from train.model import anomalygpt
+
+    loaded = Predictor.from_checkpoint(checkpoint, device="cpu")
+    mb = loaded.model.cfg.memory_bank
+    assert mb.smoothing > 0 and mb.layer_weighting == "normal_spread"
+    shots, real_smooth = 4, anomalygpt.gaussian_smooth
+
+    def harmful(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+        if maps.shape[0] == shots:  # the references (the probes are guard_probes images)
+            return real_smooth(maps, sigma) + torch.linspace(1.0, 2.0, shots).view(-1, 1, 1, 1)
+        return torch.zeros_like(maps)
+
+    refs, queries = images(shots, seed=6), images(3, seed=7)
+    monkeypatch.setattr(anomalygpt, "gaussian_smooth", harmful)
+    guarded = loaded.memory_bank("grass", refs)
+    monkeypatch.undo()
+    guard = guarded.guard
+    assert guard is not None and guard.refinements_dropped
+    assert guard.refined_auroc == 0.0 and guard.bank_auroc == guard.plain_auroc > 0.0
+    assert guarded.smoothing == 0.0 and guarded.nn_calibration.layer_weights is None
+
+    loaded.model.cfg.memory_bank = dataclasses.replace(mb, smoothing=0.0, layer_weighting="equal")
+    loaded.clear_banks()
+    plain = loaded.memory_bank("grass", refs)
+    assert plain.guard is not None and plain.guard.refined_auroc is None  # nothing to refine
+    assert not plain.guard.refinements_dropped and plain.guard.plain_auroc == guard.plain_auroc
+    assert (guarded.nn_calibration, guarded.decoder_calibration, guarded.fused_calibration) == (
+        plain.nn_calibration,
+        plain.decoder_calibration,
+        plain.fused_calibration,
+    )
+    maps = [loaded.predict(queries, ["grass"] * 3, memory_bank=b, generate=False) for b in (guarded, plain)]
+    for a, b in zip(*maps, strict=True):
+        np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
+
+
 def test_a_bank_budget_given_at_load_time_caps_every_bank_layer(checkpoint):
     budgeted = Predictor.from_checkpoint(checkpoint, device="cpu", bank_budget=7)
     assert budgeted.config.memory_bank.max_patches == 7
