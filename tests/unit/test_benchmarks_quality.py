@@ -362,3 +362,46 @@ def test_marked_normals_leave_the_test_set_and_join_the_references_only_after(tm
     assert names(data, "test/good") == ["000.png", "001.png", "002.png"]  # the suite's data is untouched
     with pytest.raises(ValueError, match="not a test normal of cat"):
         feedback.split_feedback(data, tmp_path / "again", {"cat": ["cat/test/crack/000.png"]})
+
+
+# --- bank forms: every form of the all-shot map, and the rules that pick one --------------------------
+bank_forms = _script("bank_forms")
+
+
+def test_bank_forms_category_on_a_tiny_model(tiny_predictor, sample_data_root):
+    row = bank_forms.category_forms(tiny_predictor, sample_data_root, "brick")
+    forms = [bank_forms.form_name(w, s) for s in bank_forms.SIGMAS for w in bank_forms.WEIGHTINGS]
+    assert (row["references"], len(forms)) == (6, 8) and 0 < row["probes"] <= 16
+    for form in forms:
+        assert all(0.0 <= v <= 1.0 for v in row[form].values())
+    # the plain form alone is the baseline's map: the same test ranking
+    assert row[bank_forms.PLAIN]["test_bank"] == row["baseline"]
+
+
+def _form_row(baseline: float, refined: tuple[float, float], plain: tuple[float, float]) -> dict:
+    """A category draw where every form scores (guard, test) as the plain form except weighted_s4."""
+    row = {"baseline": baseline, "references": 12, "probes": 16}
+    for sigma in bank_forms.SIGMAS:
+        for weighting in bank_forms.WEIGHTINGS:
+            guard, test = refined if (weighting, sigma) == ("weighted", 4.0) else plain
+            # the decoder adds nothing to the guard's figure and 0.01 to the test's: kept
+            row[bank_forms.form_name(weighting, sigma)] = {
+                "guard_bank": guard, "guard_fused": guard, "test_bank": test, "test_fused": test + 0.01,
+            }  # fmt: skip
+    return row
+
+
+def test_bank_forms_rules_pick_by_the_guard_and_count_categories_below():
+    rows = {
+        # the guard prefers the plain form, which is also better on the test images
+        "a": [_form_row(0.80, refined=(0.70, 0.75), plain=(0.72, 0.80))] * 2,
+        # the guard prefers the refined form (a tie keeps it)
+        "b": [_form_row(0.90, refined=(0.60, 0.95), plain=(0.60, 0.90))] * 2,
+    }
+    summary = bank_forms.rule_summary(rows)
+    picked = summary["guard_picks_refined_or_plain"]
+    assert picked["per_category"] == {"a": 0.01, "b": 0.06}
+    assert picked["categories_below"] == 0 and picked["worst_category"] == 0.01
+    old = summary["weighted_s4_with_decoder_guard"]
+    assert old["per_category"] == {"a": -0.04, "b": 0.06} and old["categories_below"] == 1
+    assert summary["equal_s0_bank"]["per_category"] == {"a": 0.0, "b": 0.0}
