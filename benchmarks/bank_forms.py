@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for project imports
 
-from benchmarks.quality_cli import add_suite_arguments, start, suite_names  # noqa: E402
+from benchmarks.quality_cli import start, suite_names, suite_parser  # noqa: E402
 
 SIGMAS = (0.0, 1.0, 2.0, 4.0)
 WEIGHTINGS = ("weighted", "equal")
@@ -46,11 +46,7 @@ def form_name(weighting: str, sigma: float) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", type=Path, default=ROOT / "runs/demo/train", help="checkpoint folder")
-    add_suite_arguments(parser, role="validation")
+    parser = suite_parser(__doc__, role="validation")
     parser.add_argument("--seed-offset", type=int, default=0, help="the first draw of every dataset")
     parser.add_argument("--draws", type=int, default=4, help="draws of every dataset")
     parser.add_argument("--threads", type=int, default=2)

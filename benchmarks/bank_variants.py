@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for project imports
 
-from benchmarks.quality_cli import add_suite_arguments, start, suite_names  # noqa: E402
+from benchmarks.quality_cli import start, suite_names, suite_parser  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "model": {},
@@ -46,11 +46,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", type=Path, default=ROOT / "runs/demo/train", help="checkpoint folder")
-    add_suite_arguments(parser, role="validation")
+    parser = suite_parser(__doc__, role="validation")
     parser.add_argument("--shots", default="all,1")
     parser.add_argument("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)")
     parser.add_argument("--seed-offset", type=int, default=0, help="another draw of every dataset")

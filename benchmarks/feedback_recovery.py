@@ -31,18 +31,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for `benchmarks.*` imports
 
-from benchmarks.quality_cli import add_suite_arguments, suite_names  # noqa: E402
+from benchmarks.quality_cli import suite_names, suite_parser  # noqa: E402
 from benchmarks.robustness import category_rows  # noqa: E402
 
 FEEDBACK_PREFIX = "feedback-"  # marked normals keep their test names, which train names may share
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", type=Path, default=ROOT / "runs/demo/train", help="checkpoint folder")
-    add_suite_arguments(parser, role="all")
+    parser = suite_parser(__doc__, role="all")
     parser.add_argument("--normals", type=int, default=4, help="false alarms marked per category, at most")
     parser.add_argument("--workers", type=int, default=2, help="evaluation actors")
     parser.add_argument("--out", type=Path, default=ROOT / "runs/robustness")

@@ -22,6 +22,15 @@ def parser_with_model_and_data(doc: str | None, threads: int, why: str) -> argpa
     return parser
 
 
+def suite_parser(doc: str | None, role: str) -> argparse.ArgumentParser:
+    """An argparse parser with ``--model`` (the demo's checkpoint by default) and the suite options
+    of :func:`add_suite_arguments`."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "runs/demo/train", help="checkpoint folder")
+    add_suite_arguments(parser, role)
+    return parser
+
+
 def add_suite_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     """``--role`` (default ``role``) and ``--datasets``: which robustness-suite datasets to run."""
     parser.add_argument("--role", choices=["validation", "test", "all"], default=role)
