@@ -7,7 +7,9 @@ setting with the baseline beside it (``evaluate``'s own ``baseline``). The model
 with the demo preset (--train: ``pipeline run``, the issue's new-user path; about 10 minutes per
 dataset on 2 cores). Prints one JSON object: per dataset and category the model's and the
 baseline's Image-AUROC and their margin, with answers (--answers) the answer accuracy against the
-map's best accuracy and the position agreement, and whether the goals hold:
+map's best accuracy and the position agreement, where the map's decision point errs (the share
+of test normals it calls anomalous and of anomalies it misses: the answers follow it), and
+whether the goals hold:
 
 - every category: model >= baseline - 0.01; every dataset: mean model >= mean baseline;
 - with answers, every dataset: accuracy >= 0.95 x the map's best accuracy (a threshold chosen on
@@ -86,6 +88,34 @@ def category_rows(metrics: dict[str, Any]) -> dict[str, dict[str, float | None]]
             row["position_follows_map"] = _round(m.get("position_follows_map"))
         rows[category] = row
     return rows
+
+
+def add_boundary_errors(rows: dict[str, dict[str, float | None]], answers: Path) -> None:
+    """Add to each category's row (and the mean row, over the categories) where the calibrated
+    map's decision point errs on one evaluation's ``answers.jsonl``: ``false_alarm_share``, the
+    test normals scored above it, and ``miss_share``, the anomalies scored at or below it. Which
+    way it errs tells normals unlike the references (false alarms) from a boundary set too high
+    (misses); the answers say "yes" exactly above it."""
+    from evaluate.regions import THRESHOLD
+
+    counts: dict[str, list[int]] = {}  # category -> [normals, false alarms, anomalies, misses]
+    for line in answers.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("score") is None:
+            continue
+        c = counts.setdefault(row["category"], [0, 0, 0, 0])
+        above = row["score"] > THRESHOLD
+        if row["label"]:
+            c[2] += 1
+            c[3] += not above
+        else:
+            c[0] += 1
+            c[1] += above
+    for category, (normals, false_alarms, anomalies, misses) in counts.items():
+        rows[category]["false_alarm_share"] = _round(false_alarms / normals) if normals else None
+        rows[category]["miss_share"] = _round(misses / anomalies) if anomalies else None
+    for key in ("false_alarm_share", "miss_share"):
+        rows["mean"][key] = _mean([rows[c].get(key) for c in counts])
 
 
 def goals(rows: dict[str, dict[str, float | None]]) -> dict[str, bool]:
@@ -173,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )  # fmt: skip
                 metrics = run_evaluation(model, data, args.out / "eval" / label / str(k), shots=k, config=cfg)
                 rows = category_rows(metrics)
+                add_boundary_errors(rows, args.out / "eval" / label / str(k) / "answers.jsonl")
                 per_draw[f"{k}-shot"].append(
                     {"seed_offset": offset, "per_category": rows, "goals": goals(rows),
                      "seconds": round(time.perf_counter() - started)}

@@ -5,6 +5,7 @@ step on an untrained tiny model (seconds), so the scripts keep up with the model
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -312,6 +313,25 @@ def test_draws_are_pooled_by_their_mean_with_the_margins_standard_error():
     assert pooled["a"]["answer_share_of_map"] == pytest.approx(0.74 / 0.8)
     assert robustness.goals(pooled)["every_category_within_0.01"] is True
     assert robustness.goals(draws[0])["every_category_within_0.01"] is False
+
+
+def test_boundary_errors_count_normals_above_the_decision_point_and_anomalies_at_or_below_it(tmp_path):
+    answers = tmp_path / "answers.jsonl"
+    lines = [
+        {"category": "a", "label": 0, "score": 0.7},  # false alarm
+        {"category": "a", "label": 0, "score": 0.2},
+        {"category": "a", "label": 1, "score": 0.5},  # at the point: a miss
+        {"category": "a", "label": 1, "score": 0.9},
+        {"category": "b", "label": 0, "score": 0.1},
+        {"category": "b", "label": 1, "score": None},  # unscored (unreadable): not counted
+    ]
+    answers.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rows = _rows({"a": 0.0, "b": 0.0, "mean": 0.0})
+    robustness.add_boundary_errors(rows, answers)
+    assert (rows["a"]["false_alarm_share"], rows["a"]["miss_share"]) == (0.5, 0.5)
+    assert (rows["b"]["false_alarm_share"], rows["b"]["miss_share"]) == (0.0, None)
+    assert rows["mean"]["false_alarm_share"] == pytest.approx(0.25)
+    assert rows["mean"]["miss_share"] == pytest.approx(0.5)
 
 
 def test_the_reviewer_marks_the_highest_scoring_false_alarms_of_each_category():
