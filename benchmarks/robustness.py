@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -98,24 +99,17 @@ def add_boundary_errors(rows: dict[str, dict[str, float | None]], answers: Path)
     (misses); the answers say "yes" exactly above it."""
     from evaluate.regions import THRESHOLD
 
-    counts: dict[str, list[int]] = {}  # category -> [normals, false alarms, anomalies, misses]
+    tallies: dict[str, Counter[tuple[bool, bool]]] = defaultdict(Counter)  # (anomalous, above) -> images
     for line in answers.read_text().splitlines():
         row = json.loads(line)
-        if row.get("score") is None:
-            continue
-        c = counts.setdefault(row["category"], [0, 0, 0, 0])
-        above = row["score"] > THRESHOLD
-        if row["label"]:
-            c[2] += 1
-            c[3] += not above
-        else:
-            c[0] += 1
-            c[1] += above
-    for category, (normals, false_alarms, anomalies, misses) in counts.items():
-        rows[category]["false_alarm_share"] = _round(false_alarms / normals) if normals else None
-        rows[category]["miss_share"] = _round(misses / anomalies) if anomalies else None
+        if row.get("score") is not None:
+            tallies[row["category"]][bool(row["label"]), row["score"] > THRESHOLD] += 1
+    for category, t in tallies.items():
+        normals, anomalies = t[False, False] + t[False, True], t[True, False] + t[True, True]
+        rows[category]["false_alarm_share"] = _round(t[False, True] / normals) if normals else None
+        rows[category]["miss_share"] = _round(t[True, False] / anomalies) if anomalies else None
     for key in ("false_alarm_share", "miss_share"):
-        rows["mean"][key] = _mean([rows[c].get(key) for c in counts])
+        rows["mean"][key] = _mean([rows[c].get(key) for c in tallies])
 
 
 def goals(rows: dict[str, dict[str, float | None]]) -> dict[str, bool]:
