@@ -334,6 +334,39 @@ def test_boundary_errors_count_normals_above_the_decision_point_and_anomalies_at
     assert rows["mean"]["miss_share"] == pytest.approx(0.5)
 
 
+def test_a_learnt_threshold_takes_the_middle_of_its_best_plateau():
+    images = [(0.1, False), (0.2, False), (0.3, True), (0.4, False), (0.6, True), (0.8, True)]
+    # 5 of 6 right between 0.2 and 0.3 and between 0.4 and 0.6: the middle of those two cuts
+    assert robustness.learnt_threshold(images) == pytest.approx(0.5)
+    assert robustness.learnt_threshold([(0.4, False), (0.6, True)]) == pytest.approx(0.5)
+
+
+def test_each_draw_is_judged_by_the_threshold_the_other_draws_teach(tmp_path):
+    def answers(name: str, images: list[tuple[float, int]]) -> Path:
+        path = tmp_path / f"{name}.jsonl"
+        rows = [{"category": "a", "label": label, "score": score} for score, label in images]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return path
+
+    files = [
+        answers("d0", [(0.7, 0), (0.8, 1), (0.9, 1), (0.3, 0)]),  # normals up to 0.7
+        answers("d1", [(0.6, 0), (0.65, 1), (0.2, 0), (0.9, 1)]),  # learnt from d0: cut 0.75
+        answers("d2", [(0.1, 0), (0.55, 0), (0.85, 1), (0.95, 1)]),
+    ]
+    draws = [_rows({"a": 0.0, "mean": 0.0}) for _ in files]
+    for rows, path in zip(draws, files, strict=True):
+        robustness.add_boundary_errors(rows, path)
+    robustness.add_other_draws_accuracy(draws, files)
+    # d1 learns from d0 and d2 (all right only between 0.7 and 0.8: 0.75) and misses its anomaly at 0.65
+    assert draws[1]["a"]["other_draws_accuracy"] == pytest.approx(0.75)
+    assert draws[1]["mean"]["other_draws_accuracy"] == pytest.approx(0.75)
+    assert draws[1]["a"]["boundary_accuracy"] == pytest.approx(0.75)  # the map's 0.5: a false alarm at 0.6
+    pooled = robustness.pooled_rows(draws)
+    assert pooled["a"]["boundary_share_of_other_draws"] == pytest.approx(
+        pooled["a"]["boundary_accuracy"] / pooled["a"]["other_draws_accuracy"], abs=1e-4
+    )
+
+
 def test_the_reviewer_marks_the_highest_scoring_false_alarms_of_each_category():
     feedback = _script("feedback_recovery")
     rows = [
