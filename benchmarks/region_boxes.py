@@ -50,8 +50,8 @@ def detected_defects(predictor: Any, root: Path) -> list[tuple[np.ndarray, np.nd
     """(calibrated map, ground-truth mask) of every defect the model detects (score above 0.5) in
     ``root``'s test split, each category's bank built from all its train normals."""
     from evaluate.data import load_ground_truth, load_image
-    from evaluate.regions import THRESHOLD
     from synth.datasets import read_dataset
+    from train.model.config import DECISION_POINT
 
     test = [r for r in read_dataset(root, "mvtec", split="test") if r.label == 1 and r.mask_path]
     train = read_dataset(root, "mvtec", split="train")
@@ -67,7 +67,7 @@ def detected_defects(predictor: Any, root: Path) -> list[tuple[np.ndarray, np.nd
             preds = predictor.predict(images, [category] * len(chunk), memory_bank=bank, generate=False)
             for record, pred in zip(chunk, preds, strict=True):
                 truth = load_ground_truth(record.mask_path, size, 0.1)
-                if pred.score > THRESHOLD and truth.any():
+                if pred.score > DECISION_POINT and truth.any():
                     out.append((pred.anomaly_map, truth))
         predictor.clear_banks()
     return out

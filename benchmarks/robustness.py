@@ -24,8 +24,8 @@ offsets --seed-offset .. + N - 1) and judges the goals on the figures averaged o
 The map's best accuracy chooses its threshold on the images it is scored on, so on 40 images it
 is optimistic. With two or more draws each category also gets ``other_draws_accuracy``: the
 accuracy of the threshold learnt on the other draws' labelled test images (the test conditions,
-not the test images), and ``boundary_share_of_other_draws`` (the calibrated decision point's
-accuracy, ``boundary_accuracy``, over it; ``answer_share_of_other_draws`` with answers): how much
+not the test images), and ``decision_share_of_other_draws`` (the calibrated decision point's
+accuracy, ``decision_accuracy``, over it; ``answer_share_of_other_draws`` with answers): how much
 of what a boundary can learn about the test conditions the references' calibration reaches.
 
 Choices are made on the validation datasets (--role validation, the default); test datasets are
@@ -45,7 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for `benc
 from benchmarks.quality_cli import add_suite_arguments, suite_names  # noqa: E402
 
 CATEGORY_MARGIN = 0.01  # the goal: model >= baseline - this, in every category
+DECISION_KEYS = ("decision_accuracy", "false_alarm_share", "miss_share")  # evaluate's, per category
 ANSWER_SHARE = 0.95  # answer accuracy >= this x the map's best accuracy, on every dataset
 POSITION_SHARE = 0.90  # answered position = map's hottest cell in this share of "yes" anomalies
 
@@ -80,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def category_rows(metrics: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """Per category and mean: model and baseline Image-AUROC, margin, and the answer figures."""
+    """Per category and mean: model and baseline Image-AUROC, margin, where the map's decision point
+    errs (evaluate's ``decision_accuracy``, ``false_alarm_share``, ``miss_share``) and the answer
+    figures."""
     base = metrics["baseline"]
     rows = {}
     for category, m in [*metrics["per_category"].items(), ("mean", metrics["mean"])]:
@@ -89,6 +92,7 @@ def category_rows(metrics: dict[str, Any]) -> dict[str, dict[str, float | None]]
             "model": _round(m["image_auroc"]),
             "baseline": _round(b["image_auroc"]),
             "margin": _round(m["image_auroc"] - b["image_auroc"]),
+            **{key: _round(m.get(key)) for key in DECISION_KEYS},
         }
         if m.get("accuracy") is not None and metrics["accuracy_rule"] == "llm_answer_strict":
             row["answer_accuracy"] = _round(m["accuracy"])
@@ -97,28 +101,6 @@ def category_rows(metrics: dict[str, Any]) -> dict[str, dict[str, float | None]]
             row["position_follows_map"] = _round(m.get("position_follows_map"))
         rows[category] = row
     return rows
-
-
-def add_boundary_errors(rows: dict[str, dict[str, float | None]], answers: Path) -> None:
-    """Add to each category's row (and the mean row, over the categories) where the calibrated
-    map's decision point errs on one evaluation's ``answers.jsonl``: ``false_alarm_share``, the
-    test normals scored above it, and ``miss_share``, the anomalies scored at or below it. Which
-    way it errs tells normals unlike the references (false alarms) from a boundary set too high
-    (misses); the answers say "yes" exactly above it."""
-    from evaluate.regions import THRESHOLD
-
-    tallies = {  # (anomalous, above) -> images
-        category: Counter((anomalous, score > THRESHOLD) for score, anomalous in images)
-        for category, images in scored_images(answers).items()
-    }
-    for category, t in tallies.items():
-        normals, anomalies = t[False, False] + t[False, True], t[True, False] + t[True, True]
-        rows[category]["false_alarm_share"] = _round(t[False, True] / normals) if normals else None
-        rows[category]["miss_share"] = _round(t[True, False] / anomalies) if anomalies else None
-        right = t[False, False] + t[True, True]
-        rows[category]["boundary_accuracy"] = _round(right / (normals + anomalies))
-    for key in ("false_alarm_share", "miss_share", "boundary_accuracy"):
-        rows["mean"][key] = _mean([rows[c].get(key) for c in tallies])
 
 
 def scored_images(answers: Path) -> dict[str, list[tuple[float, bool]]]:
@@ -195,7 +177,7 @@ def pooled_rows(draws: list[dict[str, dict[str, float | None]]]) -> dict[str, di
         if "answer_share_of_map" in row:
             row["answer_share_of_map"] = _round(row["answer_accuracy"] / max(row["map_best_accuracy"], 1e-9))
         if row.get("other_draws_accuracy"):
-            for key, share in (("boundary_accuracy", "boundary_share"), ("answer_accuracy", "answer_share")):
+            for key, share in (("decision_accuracy", "decision_share"), ("answer_accuracy", "answer_share")):
                 if row.get(key) is not None:
                     row[f"{share}_of_other_draws"] = _round(row[key] / row["other_draws_accuracy"])
         rows[category] = row
@@ -259,9 +241,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )  # fmt: skip
                 metrics = run_evaluation(model, data, args.out / "eval" / label / str(k), shots=k, config=cfg)
                 rows = category_rows(metrics)
-                answers = args.out / "eval" / label / str(k) / "answers.jsonl"
-                add_boundary_errors(rows, answers)
-                answer_files[f"{k}-shot"].append(answers)
+                answer_files[f"{k}-shot"].append(args.out / "eval" / label / str(k) / "answers.jsonl")
                 per_draw[f"{k}-shot"].append(
                     {"seed_offset": offset, "per_category": rows, "goals": goals(rows),
                      "seconds": round(time.perf_counter() - started)}

@@ -112,6 +112,8 @@ def run_evaluation(
             per_category[category.category]["seen_in_training"] = category.seen_in_training
             per_category[category.category]["fusion_guard"] = guard
             _log_category(category.category, per_category[category.category])
+            for note in report.decision_notes(per_category[category.category]):
+                log.warning("evaluate: %s: %s", category.category, note)
         scoring_s = time.perf_counter() - scoring_started
     finally:
         _stop(actors)

@@ -9,10 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from train.model.config import DECISION_POINT
+
 PANEL = 256  # each panel is drawn at least this large so small evaluation sizes stay legible
-THRESHOLD = 0.5
-"""The decision threshold of the calibrated map: an image whose score (the map's maximum) is above it
-is anomalous."""
 BAR_GAP, BAR_WIDTH, BAR_LABELS = 14, 18, 110
 """The colour bar's strip: a gap (where the score's marker points from), the bar, its labels."""
 BAR_PAD = 10  # the bar's ends stay this far from the strip's top and bottom
@@ -33,7 +32,7 @@ def render_overlay(
     answer: str | None,
     score_range: tuple[float, float] = (0.0, 1.0),
     score: float | None = None,
-    threshold: float = THRESHOLD,
+    threshold: float = DECISION_POINT,
     boxes: Sequence[tuple[int, int, int, int]] | None = None,
 ) -> np.ndarray:
     """uint8 BGR picture: left the image, middle the map as a JET heatmap blended over it (red is
@@ -108,7 +107,7 @@ def blend(image_bgr: np.ndarray, anomaly_map: np.ndarray, score_range: tuple[flo
 def colour_bar(
     height: int,
     score: float | None,
-    threshold: float = THRESHOLD,
+    threshold: float = DECISION_POINT,
     score_range: tuple[float, float] = (0.0, 1.0),
 ) -> np.ndarray:
     """A BGR strip ``height`` tall: the heatmap's scale from ``score_range``'s low (bottom) to high

@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 
 from synth.text import position_word
+from train.model.config import DECISION_POINT
 
-THRESHOLD = 0.5
-"""The decision point of the calibrated map (the answers say "yes" above it)."""
 MIN_REGION_PIXELS = 4
 """Components smaller than this at the map's size are specks of the upsampling, not regions."""
 CORE_SHARE = 0.85
@@ -60,7 +59,7 @@ class Region:
 def find_regions(
     anomaly_map: np.ndarray | None,
     image_size: tuple[int, int] | None = None,
-    threshold: float = THRESHOLD,
+    threshold: float = DECISION_POINT,
     limit: int = MAX_REGIONS,
     core_share: float = CORE_SHARE,
 ) -> list[Region]:

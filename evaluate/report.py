@@ -25,6 +25,13 @@ Whether the answers follow the map (``ANSWER_METRICS``, per category and their m
 - ``map_best_accuracy``: the best accuracy any image-score threshold reaches, the ceiling for answers
   that follow the map; 1.0 with a single class (a threshold beyond all scores). ``null`` without scores.
 
+Where the map's own decision point (0.5: a score above it is an anomaly, as the answers and the
+service decide) errs (``DECISION_METRICS``): ``decision_accuracy``, the share of images it decides
+right; ``false_alarm_share``, the share of test normals scored above it; ``miss_share``, the share of
+anomalies at or below it. Which way it errs is what to do about it: false alarms are normals the
+references do not cover (mark them normal, or add references like them), misses a boundary above
+faint defects. ``null`` where the category has no image of that kind or no scores.
+
 Whether the region boxes find the defects (``REGION_METRICS``), over the detected defects (anomalous
 images with a ground-truth mask scored above 0.5; ``n_region_boxes`` counts them): ``region_box_iou``
 is the mean IoU of each one's best region box with the box around its ground truth (both at the
@@ -44,6 +51,7 @@ import numpy as np
 
 from evaluate import metrics
 from evaluate.pixel_state import PixelMetricState
+from train.model.config import DECISION_POINT
 from train.model.conversation import parse_answer
 
 log = logging.getLogger(__name__)
@@ -58,6 +66,7 @@ ANSWER_METRICS = (
     "position_follows_map",
     "map_best_accuracy",
 )
+DECISION_METRICS = ("decision_accuracy", "false_alarm_share", "miss_share")
 REGION_METRICS = ("region_box_iou", "region_box_iou_share_050")
 COUNTS = ("n_images", "n_unreadable", "n_without_mask", "n_position_answers", "n_region_boxes")
 GOOD_BOX_IOU = 0.5
@@ -82,7 +91,7 @@ def category_metrics(
     labels = np.array([r["label"] for r in ok], dtype=int)
     scores = [r["score"] for r in ok]
     scored = bool(ok) and all(s is not None for s in scores)
-    out: dict[str, Any] = dict.fromkeys(HEADLINE + EXTRA + ANSWER_METRICS + REGION_METRICS)
+    out: dict[str, Any] = dict.fromkeys(HEADLINE + EXTRA + ANSWER_METRICS + DECISION_METRICS + REGION_METRICS)
     if scored and metrics.has_both_classes(labels):
         out["image_auroc"] = metrics.auroc(scores, labels)
     if scored and labels.any():
@@ -94,6 +103,8 @@ def category_metrics(
     elif scored and not labels.all():
         out["accuracy"] = metrics.threshold_accuracy(scores, labels)
     out.update(answer_metrics(ok, answers_used, scored))
+    if scored:
+        out.update(decision_metrics(scores, labels))
     out.update(region_metrics(ok))
     if state is not None:
         out["pixel_auroc"] = state.auroc()
@@ -133,6 +144,17 @@ def answer_metrics(ok: list[dict[str, Any]], answers_used: bool, scored: bool) -
     return out
 
 
+def decision_metrics(scores: list[float], labels: np.ndarray) -> dict[str, float | None]:
+    """DECISION_METRICS of one category's scores (see the module docstring)."""
+    above = np.asarray(scores) > DECISION_POINT
+    normal, anomalous = labels == 0, labels == 1
+    return {
+        "decision_accuracy": float((above == anomalous).mean()),
+        "false_alarm_share": float(above[normal].mean()) if normal.any() else None,
+        "miss_share": float((~above[anomalous]).mean()) if anomalous.any() else None,
+    }
+
+
 def region_metrics(ok: list[dict[str, Any]]) -> dict[str, Any]:
     """REGION_METRICS and n_region_boxes of one category's readable rows, from their
     ``region_box_iou`` (set by the worker for the detected defects only)."""
@@ -153,7 +175,7 @@ def mean_metrics(per_category: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Mean over categories of each metric where it is defined (the paper averages per class);
     counts are summed."""
     mean: dict[str, Any] = {}
-    for key in HEADLINE + EXTRA + ANSWER_METRICS + REGION_METRICS:
+    for key in HEADLINE + EXTRA + ANSWER_METRICS + DECISION_METRICS + REGION_METRICS:
         values = [m[key] for m in per_category.values() if m.get(key) is not None]
         if key == "pixel_auroc_error_bound":
             mean[key] = max(values) if values else None
@@ -243,6 +265,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines.append("")
     if any(m.get(k) is not None for _, m in rows for k in ANSWER_METRICS):
         lines += _answer_table(rows)
+    if any(m.get("decision_accuracy") is not None for _, m in rows):
+        lines += _decision_table(rows)
     if any(m.get("n_region_boxes") for _, m in rows):
         lines += _region_table(rows)
     if result.get("decoder_only"):
@@ -270,6 +294,39 @@ def _answer_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
         "Map best accuracy",
     )
     return _percent_table(rows, intro, header, ANSWER_METRICS, ("Positioned", "n_position_answers"))
+
+
+def _decision_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """metrics.md's table of where the map's decision point errs (see the module docstring)."""
+    intro = (
+        "The map's decision point (a score above 0.5 is an anomaly, as the answers and the service "
+        "decide): accuracy, the test normals it flags and the defects it misses (all in percent)."
+    )
+    header = ("Decision accuracy", "Normals flagged", "Defects missed")
+    lines = _percent_table(rows, intro, header, DECISION_METRICS, ("Images", "n_images"))
+    notes = [f"- {name}: {note}" for name, m in rows if name != "**mean**" for note in decision_notes(m)]
+    return [*lines, *notes, ""] if notes else lines
+
+
+MOST = 0.5
+"""A decision point that flags (or misses) at least this share of a category's normals (anomalies)
+is said to err that way in the report and on the console."""
+
+
+def decision_notes(m: dict[str, Any]) -> list[str]:
+    """What a category's decision figures tell the user to do, if anything."""
+    notes = []
+    if (m.get("false_alarm_share") or 0.0) >= MOST:
+        notes.append(
+            f"the decision point flags {100 * m['false_alarm_share']:.0f}% of the test normals: they are "
+            "unlike the references (mark them normal with `pipeline feedback`, or add references like them)"
+        )
+    if (m.get("miss_share") or 0.0) >= MOST:
+        notes.append(
+            f"the decision point misses {100 * m['miss_share']:.0f}% of the defects: they score within the "
+            "references' own held-out variation (more references cover the normals closer and lower it)"
+        )
+    return notes
 
 
 def _region_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:

@@ -14,7 +14,8 @@ from typing import Any
 from evaluate.data import EvalItem, gt_positions, image_size, load_ground_truth, load_image, map_position
 from evaluate.overlay import encode_png, render_overlay
 from evaluate.pixel_state import PixelMetricState
-from evaluate.regions import THRESHOLD, best_box_iou, find_regions, region_dicts
+from evaluate.regions import best_box_iou, find_regions, region_dicts
+from train.model.config import DECISION_POINT
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def region_box_iou(item: EvalItem, prediction: Any, gt: Any) -> float | None:
     """For a detected defect (anomalous, score above the boundary, a non-empty ground-truth mask):
     the IoU of its best region box with the box of the ground truth, both at the map's size; None
     for any other image (a missed defect is the image metrics' business, not the boxes')."""
-    detected = item.label and prediction.score is not None and prediction.score > THRESHOLD
+    detected = item.label and prediction.score is not None and prediction.score > DECISION_POINT
     if not (detected and item.mask_path and gt.any()):
         return None
     return best_box_iou(find_regions(prediction.anomaly_map), gt)

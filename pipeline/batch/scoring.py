@@ -90,8 +90,9 @@ class BatchScorer:
         return {"row": np.array([json.dumps(r) for r in rows], dtype=object)}
 
     def _score(self, category: str, batch: dict[str, np.ndarray], indices: list[int]) -> list[dict]:
-        from evaluate.regions import THRESHOLD, find_regions
+        from evaluate.regions import find_regions
         from pipeline.inference import default_question
+        from train.model.config import DECISION_POINT
         from train.model.conversation import parse_answer
 
         references, digest, bank = self._bank(category)
@@ -108,7 +109,7 @@ class BatchScorer:
         for i, image, pred in zip(indices, images, predictions, strict=True):
             size = (int(batch["width"][i]), int(batch["height"][i]))
             score = None if pred.score is None else float(pred.score)
-            anomalous = None if score is None else score > THRESHOLD
+            anomalous = None if score is None else score > DECISION_POINT
             row = {
                 "path": str(batch["path"][i]),
                 "sha256": str(batch["sha256"][i]),

@@ -31,7 +31,6 @@ from pipeline.references import ReferenceFolders
 from pipeline.serve.error_shape import error_body
 from pipeline.serve.inspection import (
     MAX_REFERENCES,
-    THRESHOLD,
     InspectJob,
     RequestError,
     check_pixel_budget,
@@ -48,6 +47,7 @@ from pipeline.serve.inspection import (
 )
 from pipeline.serve.metrics import metrics_address, service_metrics
 from pipeline.serve.options import ServeOptions, ServeSettings, resolve_options
+from train.model.config import DECISION_POINT
 from train.model.predictor import Predictor
 
 APP_NAME = "anomalygpt"
@@ -232,7 +232,7 @@ class InspectionService:
         metrics.batch(len(jobs), self.predictor.bank_hits - hits, self.predictor.bank_misses - misses)
         for job, result in zip(jobs, results, strict=True):
             if not isinstance(result, BaseException):
-                metrics.scored(job.category, None if result.score is None else result.score > THRESHOLD)
+                metrics.scored(job.category, None if result.score is None else result.score > DECISION_POINT)
         return results
 
     @api.post("/v1/feedback")

@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING, Any
 from evaluate.regions import region_dicts
 from pipeline.core.errors import InputError
 from pipeline.inference import MAP_MODES, map_for_mode
+from train.model.config import DECISION_POINT
 
 if TYPE_CHECKING:
     from train.model.batch import Prediction
     from train.model.predictor import Predictor
 
-THRESHOLD = 0.5
-"""The decision point of the calibrated map: a score above it is an anomaly."""
 MAX_REFERENCES = 32
 MAX_HISTORY_TURNS = 32
 MAX_TEXT = 2000
@@ -303,8 +302,8 @@ def inspection_result(job: InspectJob, prediction: Prediction, map_mode: str) ->
         "category": job.category,
         "question": job.question,
         "score": score,
-        "threshold": THRESHOLD,
-        "anomalous": None if score is None else score > THRESHOLD,
+        "threshold": DECISION_POINT,
+        "anomalous": None if score is None else score > DECISION_POINT,
         "answer": prediction.answer,
         "positions": parse_answer(prediction.answer).positions,
         "regions": region_dicts(prediction.anomaly_map, size),
@@ -317,7 +316,7 @@ def inspection_result(job: InspectJob, prediction: Prediction, map_mode: str) ->
     if sent is not None:
         result["map_png"] = _b64(map_png(sent, sent.shape[0]))
         if map_mode == "full":
-            result["overlay_png"] = _b64(overlay_png(job.image, sent, THRESHOLD, score))
+            result["overlay_png"] = _b64(overlay_png(job.image, sent, DECISION_POINT, score))
     return result
 
 

@@ -315,25 +315,6 @@ def test_draws_are_pooled_by_their_mean_with_the_margins_standard_error():
     assert robustness.goals(draws[0])["every_category_within_0.01"] is False
 
 
-def test_boundary_errors_count_normals_above_the_decision_point_and_anomalies_at_or_below_it(tmp_path):
-    answers = tmp_path / "answers.jsonl"
-    lines = [
-        {"category": "a", "label": 0, "score": 0.7},  # false alarm
-        {"category": "a", "label": 0, "score": 0.2},
-        {"category": "a", "label": 1, "score": 0.5},  # at the point: a miss
-        {"category": "a", "label": 1, "score": 0.9},
-        {"category": "b", "label": 0, "score": 0.1},
-        {"category": "b", "label": 1, "score": None},  # unscored (unreadable): not counted
-    ]
-    answers.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    rows = _rows({"a": 0.0, "b": 0.0, "mean": 0.0})
-    robustness.add_boundary_errors(rows, answers)
-    assert (rows["a"]["false_alarm_share"], rows["a"]["miss_share"]) == (0.5, 0.5)
-    assert (rows["b"]["false_alarm_share"], rows["b"]["miss_share"]) == (0.0, None)
-    assert rows["mean"]["false_alarm_share"] == pytest.approx(0.25)
-    assert rows["mean"]["miss_share"] == pytest.approx(0.5)
-
-
 def test_a_learnt_threshold_takes_the_middle_of_its_best_plateau():
     images = [(0.1, False), (0.2, False), (0.3, True), (0.4, False), (0.6, True), (0.8, True)]
     # 5 of 6 right between 0.2 and 0.3 and between 0.4 and 0.6: the middle of those two cuts
@@ -354,17 +335,17 @@ def test_each_draw_is_judged_by_the_threshold_the_other_draws_teach(tmp_path):
         answers("d2", [(0.1, 0), (0.55, 0), (0.85, 1), (0.95, 1)]),
     ]
     draws = [_rows({"a": 0.0, "mean": 0.0}) for _ in files]
-    for rows, path in zip(draws, files, strict=True):
-        robustness.add_boundary_errors(rows, path)
+    for rows, decided in zip(draws, (1.0, 0.75, 0.5), strict=True):
+        rows["a"]["decision_accuracy"] = rows["mean"]["decision_accuracy"] = decided
     robustness.add_other_draws_accuracy(draws, files)
     # d1 learns from d0 and d2 (all right only between 0.7 and 0.8: 0.75) and misses its anomaly at 0.65
     assert draws[1]["a"]["other_draws_accuracy"] == pytest.approx(0.75)
     assert draws[1]["mean"]["other_draws_accuracy"] == pytest.approx(0.75)
-    assert draws[1]["a"]["boundary_accuracy"] == pytest.approx(0.75)  # the map's 0.5: a false alarm at 0.6
-    pooled = robustness.pooled_rows(draws)
-    assert pooled["a"]["boundary_share_of_other_draws"] == pytest.approx(
-        pooled["a"]["boundary_accuracy"] / pooled["a"]["other_draws_accuracy"], abs=1e-4
-    )
+    # d1 + d2 teach 0.625 (all right between 0.6 and 0.65): d0's normal at 0.7 lies above it
+    assert draws[0]["a"]["other_draws_accuracy"] == pytest.approx(0.75)
+    pooled = robustness.pooled_rows(draws)  # d2 learns 0.75 from d0 and d1 and is all right
+    assert pooled["a"]["other_draws_accuracy"] == pytest.approx((0.75 + 0.75 + 1.0) / 3, abs=1e-4)
+    assert pooled["a"]["decision_share_of_other_draws"] == pytest.approx(0.75 / (2.5 / 3), abs=1e-4)
 
 
 def test_the_reviewer_marks_the_highest_scoring_false_alarms_of_each_category():

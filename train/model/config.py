@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 WHERE_WORDS = 2
 """Words of a 3x3 position name ("top left"), one map-summary where token each."""
+DECISION_POINT = 0.5
+"""Where the map decides: a score (the map's maximum) above it is an anomaly. The decoder's two
+classes meet there, and the bank's calibration puts the top of normal there (``squash``)."""
 
 
 @dataclass

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from train.model.config import DECISION_POINT
+
 EPS = 1e-4
 
 
@@ -29,7 +31,7 @@ def map_logits(prompt_map: torch.Tensor) -> torch.Tensor:
 def agreeing_samples(prompt_map: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(B,) bool: the map's own decision (peak above 0.5) equals the label."""
     peaks = prompt_map.detach().flatten(1).amax(dim=1)
-    return (peaks > 0.5) == labels.bool()
+    return (peaks > DECISION_POINT) == labels.bool()
 
 
 def boundary_gain(

@@ -12,12 +12,12 @@ from evaluate.overlay import (
     BAR_PAD,
     BAR_WIDTH,
     PANEL,
-    THRESHOLD,
     colour_bar,
     heatmap,
     render_overlay,
 )
 from pipeline.serve.pictures import overlay_png
+from train.model.config import DECISION_POINT
 
 STRIP = BAR_GAP + BAR_WIDTH + BAR_LABELS
 MIDDLE = BAR_GAP + BAR_WIDTH // 2  # a column inside the bar
@@ -58,7 +58,7 @@ def test_the_overlay_has_a_colour_bar_of_the_maps_scale_beside_the_map():
 
 def test_the_threshold_is_drawn_across_the_bar_where_half_is():
     legend = colour_bar(PANEL, score=None)
-    assert THRESHOLD == 0.5
+    assert DECISION_POINT == 0.5
     mark = black_rows(legend[:, MIDDLE])
     assert mark == [row_of(0.5, PANEL)]  # one black line, at 0.5 of the scale
     assert (legend[row_of(0.5, PANEL) - 1, MIDDLE] == 255).all()  # a white edge lets it show on any colour

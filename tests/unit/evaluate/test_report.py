@@ -9,8 +9,10 @@ import pytest
 
 from evaluate.overlay import BAR_GAP, BAR_LABELS, BAR_WIDTH, encode_png, render_overlay
 from evaluate.report import (
+    DECISION_METRICS,
     REGION_METRICS,
     category_metrics,
+    decision_notes,
     log_to_mlflow,
     map_path,
     markdown_table,
@@ -240,3 +242,29 @@ def _log_and_check(mlflow, tmp_path):
         "eval/metrics.json",
         "eval/metrics.md",
     }
+
+
+def test_the_decision_point_figures_say_which_way_it_errs_and_what_to_do():
+    rows = _rows()  # normals at 0.2 and 0.6 (a false alarm), anomalies at 0.5 (missed: not above) and 0.9
+    m = category_metrics(rows, None, answers_used=False, max_fpr=0.3)
+    assert (m["decision_accuracy"], m["false_alarm_share"], m["miss_share"]) == (0.5, 0.5, 0.5)
+    notes = decision_notes(m)
+    assert len(notes) == 2 and "50% of the test normals" in notes[0] and "50% of the defects" in notes[1]
+    passed = [{**r, "score": 0.1 if r["label"] == 0 else 0.9} for r in rows]
+    calm = category_metrics(passed, None, answers_used=False, max_fpr=0.3)
+    assert (calm["decision_accuracy"], calm["false_alarm_share"], calm["miss_share"]) == (1.0, 0.0, 0.0)
+    assert decision_notes(calm) == []
+    only_normals = category_metrics([r for r in rows if r["label"] == 0], None, False, 0.3)
+    assert only_normals["miss_share"] is None and only_normals["false_alarm_share"] == 0.5
+    unscored = category_metrics([{**r, "score": None} for r in rows], None, False, 0.3)
+    assert all(unscored[k] is None for k in DECISION_METRICS)
+
+
+def test_metrics_md_tables_the_decision_point_and_names_a_category_that_flags_most_normals():
+    result = _result()
+    m = {**result["mean"], "decision_accuracy": 0.5, "false_alarm_share": 1.0, "miss_share": 0.0}
+    result["per_category"] = {"brick": m}
+    result["mean"] = m
+    table = markdown_table(result)
+    assert "| brick | 50.0 | 100.0 | 0.0 | 4 |" in table
+    assert "- brick: the decision point flags 100% of the test normals" in table
