@@ -139,6 +139,8 @@ def run_inspection(req: InspectRequest) -> dict[str, Any]:
         workers=req.workers,
     )
     write_summary(req.out, summary)
+    for note in summary["notes"]:
+        log.warning("inspect: %s", note)
     return summary
 
 

@@ -25,6 +25,11 @@ UNREADABLE_JSONL = "unreadable.jsonl"
 SUMMARY_JSON = "summary.json"
 HISTOGRAM_BINS = 10
 """Bins of the score histogram over [0, 1] (scores above 1 fall in the last)."""
+FLAGGED_MOST = 0.5
+"""A category of a batch with at least this share flagged (and ``NOTE_MIN_IMAGES`` images) gets a
+note: on a line whose defects are rare, most images flagged means today's normals are unlike the
+references (new lighting, a new material lot), not that most parts are defective."""
+NOTE_MIN_IMAGES = 10
 FEEDBACK_COLUMNS = ("feedback", "feedback_note")
 """Filled in by a person (``normal`` or ``defect``, and a note), read by ``pipeline feedback``."""
 
@@ -106,11 +111,22 @@ def summarise(rows: list[dict[str, Any]], unreadable: int) -> dict[str, Any]:
         "anomalous_share": flagged / len(rows) if rows else None,
         "unreadable": unreadable,
         "per_category": per_category,
+        "notes": flagged_notes(per_category),
         "score_histogram": {
             "edges": [i / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS + 1)],
             "counts": [bins.get(i, 0) for i in range(HISTOGRAM_BINS)],
         },
     }
+
+
+def flagged_notes(per_category: dict[str, dict[str, Any]]) -> list[str]:
+    """What to look at first: the categories where most of the batch was flagged (``FLAGGED_MOST``)."""
+    return [
+        f"{category}: {c['anomalous']} of {c['images']} images flagged; if most are normal, the "
+        "references do not cover today's normals: mark a few normal (pipeline feedback) and score again"
+        for category, c in per_category.items()
+        if c["images"] >= NOTE_MIN_IMAGES and c["share"] >= FLAGGED_MOST
+    ]
 
 
 def write_summary(out: Path, summary: dict[str, Any]) -> Path:

@@ -80,3 +80,15 @@ def test_summary_counts_shares_and_histogram():
     assert summary["anomalous_share"] == pytest.approx(0.75)
     assert summary["per_category"]["tile"] == {"images": 3, "anomalous": 2, "share": pytest.approx(2 / 3)}
     assert summary["score_histogram"]["counts"] == [1, 0, 0, 0, 0, 1, 0, 0, 0, 2]
+
+
+def test_a_category_mostly_flagged_gets_a_note_and_a_small_or_calm_one_none():
+    flagged = [_row(f"/t{i}", str(i), 0.9 if i < 6 else 0.1) for i in range(10)]  # 6 of 10 flagged
+    few = [_row(f"/g{i}", f"g{i}", 0.9, "grid") for i in range(3)]  # all flagged, but 3 images
+    summary = summarise(flagged + few, unreadable=0)
+    assert summary["notes"] == [
+        "tile: 6 of 10 images flagged; if most are normal, the references do not cover today's "
+        "normals: mark a few normal (pipeline feedback) and score again"
+    ]
+    calm = [_row(f"/t{i}", str(i), 0.9 if i < 4 else 0.1) for i in range(10)]
+    assert summarise(calm, unreadable=0)["notes"] == []
