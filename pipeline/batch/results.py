@@ -123,7 +123,8 @@ def flagged_notes(per_category: dict[str, dict[str, Any]]) -> list[str]:
     """What to look at first: the categories where most of the batch was flagged (``FLAGGED_MOST``)."""
     return [
         f"{category}: {c['anomalous']} of {c['images']} images flagged; if most are normal, the "
-        "references do not cover today's normals: mark a few normal (pipeline feedback) and score again"
+        "references do not cover today's normals: mark a few normal (pipeline feedback) and "
+        "inspect again with --feedback"
         for category, c in per_category.items()
         if c["images"] >= NOTE_MIN_IMAGES and c["share"] >= FLAGGED_MOST
     ]

@@ -88,7 +88,7 @@ def test_a_category_mostly_flagged_gets_a_note_and_a_small_or_calm_one_none():
     summary = summarise(flagged + few, unreadable=0)
     assert summary["notes"] == [
         "tile: 6 of 10 images flagged; if most are normal, the references do not cover today's "
-        "normals: mark a few normal (pipeline feedback) and score again"
+        "normals: mark a few normal (pipeline feedback) and inspect again with --feedback"
     ]
     calm = [_row(f"/t{i}", str(i), 0.9 if i < 4 else 0.1) for i in range(10)]
     assert summarise(calm, unreadable=0)["notes"] == []
