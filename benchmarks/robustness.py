@@ -92,11 +92,10 @@ def category_rows(metrics: dict[str, Any]) -> dict[str, dict[str, float | None]]
             "model": _round(m["image_auroc"]),
             "baseline": _round(b["image_auroc"]),
             "margin": _round(m["image_auroc"] - b["image_auroc"]),
-            **{key: _round(m.get(key)) for key in DECISION_KEYS},
+            **{key: _round(m.get(key)) for key in (*DECISION_KEYS, "map_best_accuracy")},
         }
         if m.get("accuracy") is not None and metrics["accuracy_rule"] == "llm_answer_strict":
             row["answer_accuracy"] = _round(m["accuracy"])
-            row["map_best_accuracy"] = _round(m["map_best_accuracy"])
             row["answer_share_of_map"] = _round(m["accuracy"] / max(m["map_best_accuracy"], 1e-9))
             row["position_follows_map"] = _round(m.get("position_follows_map"))
         rows[category] = row
