@@ -31,7 +31,7 @@ from evaluate.data import (
 from evaluate.worker import EvalWorker
 from pipeline.core.runtime import init_ray, require_gpus, worker_env
 from synth.text import question_for
-from train.model.checkpoint import verify_checkpoint
+from train.model.checkpoint import checkpoint_config, verify_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ def run_evaluation(
     checkpoint = Path(checkpoint)
     eval_set = read_evaluation_set(data_root, cfg, trained_categories(checkpoint))
     verify_checkpoint(checkpoint)  # here, naming the file: in the actors it is a bare ActorDiedError
+    # categories with their own 1-shot boundary; any other takes their median (a borrowed boundary)
+    one_shot_boundaries = set(checkpoint_config(checkpoint).memory_bank.one_shot)
     n_images = sum(len(c.items) for c in eval_set.categories)
     log.info(
         "evaluate: %d test images in %d categories, %s, %d worker(s)",
@@ -110,9 +112,13 @@ def run_evaluation(
                 category.n_unreadable,
             )
             per_category[category.category]["seen_in_training"] = category.seen_in_training
+            per_category[category.category]["boundary_borrowed"] = (
+                cfg.shots == 1 and bool(one_shot_boundaries) and category.category not in one_shot_boundaries
+            )
             per_category[category.category]["fusion_guard"] = guard
             _log_category(category.category, per_category[category.category])
-            for note in report.decision_notes(per_category[category.category]):
+            borrowed = per_category[category.category]["boundary_borrowed"]
+            for note in report.decision_notes(per_category[category.category], borrowed):
                 log.warning("evaluate: %s: %s", category.category, note)
         scoring_s = time.perf_counter() - scoring_started
     finally:

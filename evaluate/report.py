@@ -304,7 +304,12 @@ def _decision_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     )
     header = ("Decision accuracy", "Normals flagged", "Defects missed")
     lines = _percent_table(rows, intro, header, DECISION_METRICS, ("Images", "n_images"))
-    notes = [f"- {name}: {note}" for name, m in rows if name != "**mean**" for note in decision_notes(m)]
+    notes = [
+        f"- {name}: {note}"
+        for name, m in rows
+        if name != "**mean**"
+        for note in decision_notes(m, borrowed=m.get("boundary_borrowed", False))
+    ]
     return [*lines, *notes, ""] if notes else lines
 
 
@@ -313,18 +318,33 @@ MOST = 0.5
 is said to err that way in the report and on the console."""
 
 
-def decision_notes(m: dict[str, Any]) -> list[str]:
-    """What a category's decision figures tell the user to do, if anything."""
+def decision_notes(m: dict[str, Any], borrowed: bool = False) -> list[str]:
+    """What a category's decision figures tell the user to do, if anything. ``borrowed``: its
+    boundary is not its own but the median of those training measured on its own categories (one
+    reference of a category training never saw)."""
+    flagged, missed = m.get("false_alarm_share") or 0.0, m.get("miss_share") or 0.0
     notes = []
-    if (m.get("false_alarm_share") or 0.0) >= MOST:
+    if flagged >= MOST:
         notes.append(
-            f"the decision point flags {100 * m['false_alarm_share']:.0f}% of the test normals: they are "
-            "unlike the references (mark them normal with `pipeline feedback`, or add references like them)"
+            f"the decision point flags {100 * flagged:.0f}% of the test normals: "
+            + (
+                "its 1-shot boundary is borrowed from the categories training saw, and this one's "
+                "normals score higher (evaluate with more references, which calibrate it, or train on it)"
+                if borrowed
+                else "they are unlike the references (mark them normal with `pipeline feedback`, or add "
+                "references like them)"
+            )
         )
-    if (m.get("miss_share") or 0.0) >= MOST:
+    if missed >= MOST:
         notes.append(
-            f"the decision point misses {100 * m['miss_share']:.0f}% of the defects: they score within the "
-            "references' own held-out variation (more references cover the normals closer and lower it)"
+            f"the decision point misses {100 * missed:.0f}% of the defects: "
+            + (
+                "its 1-shot boundary is borrowed from the categories training saw, and this one's "
+                "defects score under it (evaluate with more references, which calibrate it, or train on it)"
+                if borrowed
+                else "they score within the references' own held-out variation (more references cover "
+                "the normals closer and lower it)"
+            )
         )
     return notes
 

@@ -5,7 +5,9 @@ the model's input size, 224 by default), accuracy (the LLM's answer parsed stric
 reference's "Yes"/"No" substring rule beside it; with --no-llm the paper's rule: threshold = highest
 score of a normal test image), AUPRO (FPR <= 0.3) and F1-max, plus whether the answers follow the
 map (answer_map_agreement, position_accuracy and map_position_accuracy, the latter what naming the
-map's hottest cell would score, map_best_accuracy) and whether the region boxes find the detected
+map's hottest cell would score, map_best_accuracy), where the map's decision point (0.5) errs
+(decision_accuracy, false_alarm_share, miss_share; a category where most normals are flagged or
+most defects missed is named, with what to do) and whether the region boxes find the detected
 defects (region_box_iou, region_box_iou_share_050). By default (--shots all) each
 category's normal train images form a memory bank (coreset-reduced) whose map is fused with the
 decoder's; the decoder's own figures are reported beside. --shots K uses K references (the paper's

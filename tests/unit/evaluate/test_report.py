@@ -268,3 +268,17 @@ def test_metrics_md_tables_the_decision_point_and_names_a_category_that_flags_mo
     table = markdown_table(result)
     assert "| brick | 50.0 | 100.0 | 0.0 | 4 |" in table
     assert "- brick: the decision point flags 100% of the test normals" in table
+
+
+def test_a_borrowed_one_shot_boundary_is_named_as_the_cause_and_md_says_so():
+    m = {"false_alarm_share": 1.0, "miss_share": 0.6}
+    own, borrowed = decision_notes(m), decision_notes(m, borrowed=True)
+    assert "unlike the references" in own[0] and "held-out variation" in own[1]
+    assert all("borrowed from the categories training saw" in note for note in borrowed)
+    result = _result()
+    flagged = {**result["mean"], "decision_accuracy": 0.5, "false_alarm_share": 1.0, "miss_share": 0.0}
+    result["per_category"] = {"brick": {**flagged, "boundary_borrowed": True}}
+    result["mean"] = flagged
+    assert "- brick: the decision point flags 100% of the test normals: its 1-shot boundary is borrowed" in (
+        markdown_table(result)
+    )
