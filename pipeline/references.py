@@ -75,7 +75,8 @@ class ReferenceFolders:
 
     The first root is the user's references (at most ``max_count`` of them, evenly spaced in name
     order); later roots (a feedback folder's confirmed normals) are added whole, so a normal image a
-    person confirmed is always in the bank.
+    person confirmed is always in the bank. :meth:`split` tells the two apart: the references
+    calibrate the bank, the confirmed normals are its cover (``Predictor.memory_bank``).
     """
 
     def __init__(self, roots: str | Path | Sequence[str | Path], max_count: int | None = None) -> None:
@@ -88,14 +89,17 @@ class ReferenceFolders:
         self._images: dict[tuple[str, int], tuple[tuple, list[Any], str]] = {}
 
     def paths(self, category: str) -> list[Path]:
-        """The category's normal images; none when no root has a folder for it."""
-        found: list[Path] = []
+        """The category's normal images, the first root's first; none when no root has a folder for it."""
+        return [path for found in self._paths_by_root(category) for path in found]
+
+    def _paths_by_root(self, category: str) -> list[list[Path]]:
+        by_root = []
         for i, root in enumerate(self.roots):
             images = category_images(root, category)
             if i == 0 and self.max_count is not None:
                 images = evenly_spaced(images, self.max_count)
-            found += images
-        return found
+            by_root.append(images)
+        return by_root
 
     def categories(self) -> list[str]:
         names = {p.name for root in self.roots if root.is_dir() for p in root.iterdir() if p.is_dir()}
@@ -105,6 +109,12 @@ class ReferenceFolders:
         """uint8 (size, size, 3) arrays of :meth:`paths`, read again only when the listing changed
         (a corrupt file is an InputError naming it)."""
         return self._read(category, size)[0]
+
+    def split(self, category: str, size: int) -> tuple[list[Any], list[Any]]:
+        """:meth:`images` as (the first root's references, the later roots' confirmed normals)."""
+        images = self.images(category, size)
+        own = len(self._paths_by_root(category)[0]) if self.roots else 0
+        return images[:own], images[own:]
 
     def digest(self, category: str, size: int) -> str:
         """16 hex of the sha256 of the images' pixels: which references a result was scored with."""

@@ -144,13 +144,13 @@ class BatchScorer:
         if self.references is None:
             return 0, None, None
         size = self.predictor.image_size
-        images = self.references.images(category, size)
-        if not images:
+        references, cover = self.references.split(category, size)
+        if not references and not cover:
             return 0, None, None
         return (
-            len(images),
+            len(references) + len(cover),
             self.references.digest(category, size),
-            self.predictor.memory_bank(category, images, pinned=True),
+            self.predictor.memory_bank(category, references, pinned=True, cover=cover),
         )
 
     def _overlay(

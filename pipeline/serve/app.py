@@ -328,8 +328,9 @@ class InspectionService:
         image = decode_image(data, size, f"the image {name or ''}".rstrip())
         references = [decode_image(payload, size, label) for label, payload in labelled]
         pinned = not references and self.references is not None
+        cover: list = []
         if pinned:
-            references = self.references.images(category, size)
+            references, cover = self.references.split(category, size)
         job = new_job(
             image,
             category,
@@ -341,6 +342,7 @@ class InspectionService:
             sha256=hashlib.sha256(data).hexdigest(),
             references_pinned=pinned,
             count_tokens=self._count_tokens,
+            cover=cover,
         )
         return job, map_mode
 

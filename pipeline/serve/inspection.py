@@ -66,6 +66,8 @@ class InspectJob:
     """uint8 normals of ``category`` for the few-shot bank; empty: the zero-shot map."""
     references_pinned: bool = False
     """The references are the server's own folder's (one bank per category, kept), not uploads."""
+    cover: list[Any] = field(default_factory=list)
+    """uint8 normals a person confirmed (the feedback folder's): in the bank, not its calibration."""
     history_dropped: int = 0
     """Oldest turns of the sent history left out to keep the prompt within ``MAX_PROMPT_TOKENS``."""
     original_size: tuple[int, int] | None = None
@@ -77,10 +79,10 @@ class InspectJob:
     @functools.cached_property
     def bank_key(self) -> str | None:
         """Jobs with the same key share one bank (and one model call)."""
-        if not self.references:
+        if not (self.references or self.cover):
             return None
-        digest = hashlib.sha256(self.category.encode())
-        for image in self.references:
+        digest = hashlib.sha256(f"{self.category}/{len(self.references)}".encode())
+        for image in [*self.references, *self.cover]:
             digest.update(image.tobytes())
         return digest.hexdigest()
 
@@ -227,6 +229,7 @@ def new_job(
     sha256: str | None = None,
     references_pinned: bool = False,
     count_tokens: Callable[[str], int] | None = None,
+    cover: Sequence[Any] = (),
 ) -> InspectJob:
     """A job from parsed values; without a question, the class's default question (as in training).
     With ``count_tokens`` the history is trimmed to fit ``MAX_PROMPT_TOKENS`` (:func:`fit_history`)."""
@@ -242,6 +245,7 @@ def new_job(
         generate=generate,
         references=list(references),
         references_pinned=references_pinned,
+        cover=list(cover),
         history_dropped=dropped,
         original_size=original_size,
         sha256=sha256,
@@ -273,8 +277,10 @@ def run_batch(predictor: Predictor, jobs: Sequence[InspectJob]) -> list[Predicti
 def _predict(predictor: Predictor, jobs: Sequence[InspectJob]) -> list[Prediction]:
     first = jobs[0]
     bank = None
-    if first.references:
-        bank = predictor.memory_bank(first.category, first.references, pinned=first.references_pinned)
+    if first.references or first.cover:
+        bank = predictor.memory_bank(
+            first.category, first.references, pinned=first.references_pinned, cover=first.cover
+        )
     return predictor.predict(
         [job.image for job in jobs],
         [job.category for job in jobs],

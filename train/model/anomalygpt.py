@@ -271,6 +271,7 @@ class AnomalyGPT(nn.Module):
         reference_images: torch.Tensor,
         category: str | None = None,
         probes: tuple[torch.Tensor, list[int]] | None = None,
+        calibrating: int | None = None,
     ) -> MemoryBank:
         """The bank of k normal references of one category (float in [0, 1], or uint8 on the CPU as
         :meth:`encode_all` takes them), built once and reused for every query:
@@ -278,8 +279,18 @@ class AnomalyGPT(nn.Module):
         calibrated on the references themselves (each scored against the others); one reference
         takes the calibration training measured for its category (``memory_bank.one_shot``).
         ``probes``: anomalous images made from the references and, per image, the reference it was
-        made from; with them the fusion guard decides whether the decoder joins this bank's map."""
+        made from; with them the fusion guard decides whether the decoder joins this bank's map.
+
+        ``calibrating``: only the first this many references calibrate the bank and its guard (each
+        held out against all the others, the rest included); the rest are cover: normals a person
+        confirmed (false alarms marked normal), which the bank holds so that images like them
+        match, but whose own held-out scores would put the top of normal where the references'
+        normals never reach (they are, by how they were chosen, the normals least like the
+        references). None: all of them. Cover needs at least two calibrating references."""
         shots = reference_images.shape[0]
+        own = shots if calibrating is None else calibrating
+        if own != shots and not 2 <= own < shots:
+            raise ValueError(f"{own} calibrating references of {shots}: cover needs at least 2 of them")
         rotations = self.rotations_for(shots)
         images = with_rotations(reference_images) if rotations > 1 else reference_images
         maps = self.encode_all(images)
@@ -288,7 +299,7 @@ class AnomalyGPT(nn.Module):
         bank = bank.subsample(self.cfg.memory_bank.max_patches, seed=0)
         if bank.n_patches != patches:  # a coreset ran: its copies of every patch go back to the system
             release_freed_memory()  # before the held-out maps (a collection costs ~0.1 s: only then)
-        upright = [m[:shots] for m in maps]
+        upright = [m[:own] for m in maps]  # the calibrating references, unrotated
         size = tuple(reference_images.shape[-2:])
         # One image held out against its own rotations shows no variation: take training's measure.
         measured = self.one_shot_calibration(category) if shots == 1 else None
@@ -306,11 +317,11 @@ class AnomalyGPT(nn.Module):
                     bank.fused_calibration = Calibration(*measured.fused)
             else:
                 decoder_maps = _chunked(
-                    shots,
+                    own,
                     lambda a, b: self.text_map([m[a:b] for m in upright], [category] * (b - a), size)[1],
                 )
                 bank.decoder_calibration = self.calibrate(decoder_maps)
-        if distances is not None and probes is not None and shots >= MIN_IMAGES_FOR_FIT:
+        if distances is not None and probes is not None and own >= MIN_IMAGES_FOR_FIT:
             distances = self._guard_map(bank, upright, distances, plain_peaks, decoder_maps, probes, size)
         if distances is not None and decoder_maps is not None and bank.decoder_calibration is not None:
             bank.fused_calibration = self.calibrate_fused(

@@ -122,26 +122,33 @@ class Predictor:
         return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
 
     def memory_bank(
-        self, category: str, references: Sequence[np.ndarray], pinned: bool = False
+        self,
+        category: str,
+        references: Sequence[np.ndarray],
+        pinned: bool = False,
+        cover: Sequence[np.ndarray] = (),
     ) -> MemoryBank:
         """The few-shot bank of ``references`` (normal images of ``category``), built once per
         category and reference content. ``pinned``: the caller's own references (a server's
         reference folder), one bank per category kept for good and replaced when they change;
         otherwise the bank joins a cache bounded in bytes (``bank_cache_bytes``, least recently
-        used dropped first), so what clients send cannot grow the memory without bound."""
-        digest = _content_digest(references)
+        used dropped first), so what clients send cannot grow the memory without bound.
+        ``cover``: normals a person confirmed (the feedback loop's): in the bank, not in its
+        calibration (``AnomalyGPT.build_memory_bank``'s ``calibrating``); with fewer than two
+        references they calibrate too, as references."""
+        digest = _content_digest([*references, *cover]) + f"/{len(references)}"
         with self._bank_lock:
             if pinned:
                 held = self._pinned.get(category)
                 if held is None or held[0] != digest:
-                    self._pinned[category] = held = (digest, self._build_bank(category, references))
+                    self._pinned[category] = held = (digest, self._build_bank(category, references, cover))
                 else:
                     self.bank_hits += 1
                 return held[1]
             key = (category, digest)
             bank = self._banks.get(key)
             if bank is None:
-                bank = self._banks[key] = self._build_bank(category, references)
+                bank = self._banks[key] = self._build_bank(category, references, cover)
             else:
                 self.bank_hits += 1
             self._banks.move_to_end(key)
@@ -154,11 +161,16 @@ class Predictor:
         """Bytes held by the banks of references callers sent (pinned banks not counted)."""
         return sum(bank.nbytes for bank in self._banks.values())
 
-    def _build_bank(self, category: str, references: Sequence[np.ndarray]) -> MemoryBank:
+    def _build_bank(
+        self, category: str, references: Sequence[np.ndarray], cover: Sequence[np.ndarray]
+    ) -> MemoryBank:
         self.bank_misses += 1
+        if len(references) < 2:  # too few to calibrate on: the cover calibrates too
+            references, cover = [*references, *cover], []
         with torch.no_grad():
-            probes = self._guard_probes(category, references)
-            return self.model.build_memory_bank(self.image_batch(references), category, probes)
+            probes = self._guard_probes(category, references)  # owners index the calibrating ones
+            images = self.image_batch([*references, *cover])
+            return self.model.build_memory_bank(images, category, probes, len(references))
 
     def _guard_probes(
         self, category: str, references: Sequence[np.ndarray]

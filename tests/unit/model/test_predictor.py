@@ -94,9 +94,9 @@ def test_memory_banks_are_built_once_per_category_and_content(checkpoint, monkey
     built = []
     build = predictor.model.build_memory_bank
 
-    def counting(refs, category=None, probes=None):
+    def counting(refs, category=None, *rest):
         built.append(category)
-        return build(refs, category, probes)
+        return build(refs, category, *rest)
 
     monkeypatch.setattr(predictor.model, "build_memory_bank", counting)
     refs = images(2, seed=3)
@@ -253,3 +253,41 @@ def test_banks_built_from_uint8_references_are_the_float_banks_bits(predictor, s
     assert from_bytes.nn_calibration == from_floats.nn_calibration
     assert from_bytes.decoder_calibration == from_floats.decoder_calibration
     assert all(m.dtype == torch.float32 for m in encoded)
+
+
+def test_cover_joins_the_bank_but_not_its_calibration(predictor):
+    """Confirmed normals unlike the references (flat images beside noise) are cover: an image like
+    them matches them, while the calibration, and so the score of an image like the references,
+    stays what the references alone give; taken as references instead, they are measured too."""
+    refs = images(6, seed=6)  # more than rotation_max_shots: no rotations, with or without cover
+    flat = [np.full((64, 64, 3), value, np.uint8) for value in (40, 200)]
+    alone = predictor.memory_bank("grass", refs)
+    covered = predictor.memory_bank("grass", refs, cover=flat)
+    as_references = predictor.memory_bank("grass", refs + flat)
+    assert covered is not as_references  # the cache tells cover from references
+    assert sum(covered.n_patches) == sum(as_references.n_patches) > sum(alone.n_patches)
+    for a, b in (
+        (covered.nn_calibration, alone.nn_calibration),
+        (covered.decoder_calibration, alone.decoder_calibration),
+    ):
+        assert (a.level, a.top) == pytest.approx((b.level, b.top), rel=1e-5)
+    assert as_references.nn_calibration != covered.nn_calibration  # the flat ones' peaks measured too
+
+    def score(query: np.ndarray, bank) -> float:
+        return predictor.predict([query], ["grass"], memory_bank=bank, generate=False)[0].score
+
+    assert score(flat[0], covered) < score(flat[0], alone)  # an image like the cover now matches it
+    noise = images(1, seed=9)[0]  # an image like the references: its score does not move
+    assert score(noise, covered) == pytest.approx(score(noise, alone), rel=1e-4)
+
+
+def test_cover_needs_two_references_to_calibrate_on(predictor):
+    refs, flat = images(1, seed=6), [np.full((64, 64, 3), 90, np.uint8)]
+    with pytest.raises(ValueError, match="cover needs at least 2"):
+        predictor.model.build_memory_bank(predictor.image_batch(refs + flat), "grass", None, calibrating=1)
+    one = predictor.memory_bank("grass", refs, cover=flat)  # one reference: the cover calibrates too
+    both = predictor.memory_bank("grass", refs + flat)
+    assert (one.nn_calibration.level, one.nn_calibration.top) == (
+        both.nn_calibration.level,
+        both.nn_calibration.top,
+    )

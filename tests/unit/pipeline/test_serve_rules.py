@@ -116,8 +116,8 @@ class RecordingPredictor:
         self.calls: list[tuple[int, str | None, bool, list[str]]] = []
         self.banks: list[tuple[str, int]] = []
 
-    def memory_bank(self, category, references, pinned=False):
-        self.banks.append((category, len(references)))
+    def memory_bank(self, category, references, pinned=False, cover=()):
+        self.banks.append((category, len(references) + len(cover)))
         return f"bank:{category}:{len(references)}"
 
     def predict(self, images, categories, *, memory_bank=None, questions=None, generate=True):
@@ -220,6 +220,23 @@ def test_reference_folders_read_mvtec_or_flat_layouts(tmp_path):
     for name in ("missing", "empty", *(f"made-up {i}" for i in range(100))):
         assert refs.images(name, 16) == [] and refs.digest(name, 16) == NO_IMAGES_DIGEST
     assert sorted(key[0] for key in refs._images) == ["bottle"]
+
+
+def test_reference_folders_split_the_references_from_the_confirmed_normals(tmp_path):
+    def folder(path, values):
+        path.mkdir(parents=True)
+        for i, value in enumerate(values):
+            (path / f"{i}.png").write_bytes(png_bytes(np.full((10, 10, 3), value, np.uint8)))
+
+    folder(tmp_path / "refs" / "bottle" / "train" / "good", (10, 20, 30))
+    folder(tmp_path / "feedback" / "bottle" / "train" / "good", (200,))
+    folder(tmp_path / "feedback" / "tile" / "train" / "good", (90, 100))
+    refs = ReferenceFolders([tmp_path / "refs", tmp_path / "feedback"], max_count=2)
+    own, cover = refs.split("bottle", 8)
+    assert [int(i[0, 0, 0]) for i in own] == [10, 30] and [int(i[0, 0, 0]) for i in cover] == [200]
+    assert len(refs.images("bottle", 8)) == 3
+    own, cover = refs.split("tile", 8)  # only confirmed normals: all cover (the bank calibrates on them)
+    assert own == [] and len(cover) == 2
 
 
 def test_settings_are_checked_where_they_are_given():
