@@ -9,10 +9,14 @@ normal), and ``serve`` and ``inspect`` take them into the category's bank at onc
 
 This does the same on each suite dataset: the all-shot model answers every test image; per
 category, up to --normals test normals it answered "yes" to (the highest scores first, as a
-reviewer sorted by score sees them) join the references; the other test images are evaluated
-before and after. Prints one JSON object: per dataset and category, before and after, the answer
-accuracy, the map's best accuracy (a threshold chosen on the test set), their ratio, and the
-model's and the baseline's Image-AUROC, with the images marked.
+reviewer sorted by score sees them) are marked normal; the other test images are evaluated
+before marking and after it, twice: with the marked normals as the bank's cover, as ``serve`` and
+``inspect --feedback`` bank a feedback folder (``after``: in the bank, not in its calibration), and
+with them as references (``after_as_references``: in the train split, calibrating the bank too,
+as before the cover existed). Prints one JSON object: per dataset and category, for each the
+answer accuracy, the map's best accuracy (a threshold chosen on the test set), their ratio,
+where the decision point errs, and the model's and the baseline's Image-AUROC, with the images
+marked.
 
     python benchmarks/feedback_recovery.py [--model runs/demo/train] [--role validation|test|all]
         [--datasets grey,colour] [--normals 4] [--out runs/robustness]
@@ -21,6 +25,7 @@ model's and the baseline's Image-AUROC, with the images marked.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -62,21 +67,25 @@ def flagged_normals(answers: list[dict[str, Any]], most: int) -> dict[str, list[
     return marked
 
 
-def split_feedback(data: Path, out: Path, marked: dict[str, list[str]]) -> tuple[Path, Path]:
-    """Two copies of ``data`` under ``out`` without the ``marked`` test normals (paths relative to
-    ``data``, per category): ``before`` drops them, ``after`` moves them among the train normals."""
-    before, after = out / "before", out / "after"
-    for copy in (before, after):
+def split_feedback(data: Path, out: Path, marked: dict[str, list[str]]) -> tuple[Path, Path, Path]:
+    """Under ``out``: two copies of ``data`` without the ``marked`` test normals (paths relative to
+    ``data``, per category), ``before`` (dropped) and ``as_references`` (moved among the train
+    normals), and ``feedback``, a feedback folder holding them as confirmed normals."""
+    before, as_references, feedback = out / "before", out / "as_references", out / "feedback"
+    for copy in (before, as_references):
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(data, copy)
+    shutil.rmtree(feedback, ignore_errors=True)
     for category, images in marked.items():
+        (feedback / category / "train" / "good").mkdir(parents=True)
         for image in images:
             if not (data / image).is_file() or Path(image).parts[:3] != (category, "test", "good"):
                 raise ValueError(f"{image}: not a test normal of {category} in {data}")
             (before / image).unlink()
-            moved = after / category / "train" / "good" / f"{FEEDBACK_PREFIX}{Path(image).name}"
-            (after / image).rename(moved)
-    return before, after
+            name = f"{FEEDBACK_PREFIX}{Path(image).name}"
+            (as_references / image).rename(as_references / category / "train" / "good" / name)
+            shutil.copyfile(data / image, feedback / category / "train" / "good" / name)
+    return before, as_references, feedback
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -98,8 +107,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         answers = [json.loads(line) for line in (work / "eval-reviewed" / "answers.jsonl").open()]
         marked = flagged_normals(answers, args.normals)
         figures: dict[str, Any] = {"marked": marked}
-        for label, variant in zip(("before", "after"), split_feedback(data, work, marked), strict=True):
-            metrics = run_evaluation(args.model, variant, work / f"eval-{label}", shots="all", config=cfg)
+        before, as_references, feedback = split_feedback(data, work, marked)
+        covered = dataclasses.replace(cfg, feedback=str(feedback))
+        for label, variant, setting in (
+            ("before", before, cfg),
+            ("after", before, covered),
+            ("after_as_references", as_references, cfg),
+        ):
+            metrics = run_evaluation(args.model, variant, work / f"eval-{label}", shots="all", config=setting)
             figures[label] = category_rows(metrics)
         result["datasets"][name] = {**figures, "seconds": round(time.perf_counter() - started)}
     print(json.dumps(result, indent=1))

@@ -78,6 +78,11 @@ class EvaluateConfig:
     """Patches per layer of each memory bank (greedy coreset above it); null: the checkpoint's
     ``memory_bank.max_patches``. Lower it for large categories on CPUs: build and search time grow
     with it."""
+    feedback: str | None = None
+    """A feedback folder (``pipeline feedback``): with references, each category's confirmed normals
+    join its bank as cover, in the bank but not in its calibration, as ``serve`` and ``inspect
+    --feedback`` bank them. A confirmed normal that is also a test image is scored against a bank
+    holding it: leave such images out of the test split."""
     mlflow_overlays: int = 2
     """Overlays per category logged to an active MLflow run (the worst-scored anomalous and the
     highest-scored normal images first)."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from evaluate.config import EvaluateConfig
 from pipeline.core.errors import InputError
-from synth.datasets import Skipped, load_mask, load_rgb, read_dataset
+from synth.datasets import Skipped, image_files, load_mask, load_rgb, read_dataset
 from synth.text import position_word, region_positions
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,9 @@ class CategoryTestSet:
     references: list[str] = field(default_factory=list)
     """Relative paths of the k-shot references (train split), in bank order."""
     reference_paths: list[str] = field(default_factory=list)
+    cover_paths: list[str] = field(default_factory=list)
+    """The feedback folder's confirmed normals of the category (``EvaluateConfig.feedback``): in the
+    bank, not in its calibration."""
     pixel_metrics: bool = True
     """False when the category has no masks at all (image metrics only)."""
     missing_masks: list[str] = field(default_factory=list)
@@ -97,11 +100,16 @@ def read_evaluation_set(
         test_sets.append(_category_test_set(category, [r for r in records if r.category == category], cfg))
         test_sets[-1].seen_in_training = None if known is None else category in known
         test_sets[-1].n_unreadable = sum(u["path"].startswith(f"{category}/") for u in unreadable)
+    if cfg.feedback is not None and not Path(cfg.feedback).is_dir():
+        raise EvaluationDataError(f"feedback folder {cfg.feedback} does not exist")
     if cfg.uses_bank:
         skipped = []
         train = _train_normals(root, cfg, categories, skipped)
         unreadable += [{"path": s.path, "split": "train", "reason": s.reason} for s in skipped]
         for test_set in test_sets:
+            if cfg.feedback is not None:  # the feedback folder's layout: <category>/train/good/
+                confirmed = image_files(Path(cfg.feedback) / test_set.category / "train" / "good")
+                test_set.cover_paths = [str(p) for p in confirmed]
             normals = [r for r in train if r.category == test_set.category and r.label == 0]
             if cfg.shots == "all":
                 if not normals:

@@ -144,6 +144,7 @@ def run_evaluation(
         ),
         "baseline": report.baseline_section(per_category, baseline) if baseline else None,
         "references": {c.category: c.references for c in eval_set.categories if c.references},
+        "cover": {c.category: c.cover_paths for c in eval_set.categories if c.cover_paths},
         "without_mask": {c.category: c.missing_masks for c in eval_set.categories if c.missing_masks},
         "unreadable": unreadable,
         "workers": cfg.workers,
@@ -230,7 +231,7 @@ def _score_category(
     bank = baseline = guard = None
     if category.reference_paths:  # each built once by one actor, shared through the object store
         name, paths = category.category, category.reference_paths
-        bank_ref = actors[0][0].build_bank.remote(name, paths)
+        bank_ref = actors[0][0].build_bank.remote(name, paths, category.cover_paths)
         if cfg.baseline:  # on the last actor, beside the bank
             baseline = ray.put(ray.get(actors[-1][0].build_baseline.remote(name, paths)))
         built = ray.get(bank_ref)

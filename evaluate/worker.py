@@ -57,9 +57,13 @@ class EvalWorker:
             "has_llm": m.llm is not None,
         }
 
-    def build_bank(self, category: str, paths: list[str]) -> Any:
-        """The category's memory bank from its k references (built once, shared by all actors)."""
-        bank = self.predictor.memory_bank(category, [load_image(p, self.size) for p in paths])
+    def build_bank(self, category: str, paths: list[str], cover: list[str] = ()) -> Any:
+        """The category's memory bank from its k references and the confirmed normals ``cover``
+        (built once, shared by all actors)."""
+        references = [load_image(p, self.size) for p in paths]
+        bank = self.predictor.memory_bank(
+            category, references, cover=[load_image(p, self.size) for p in cover]
+        )
         # travels through the object store: a CPU copy, the predictor's cached bank stays as it is
         return dataclasses.replace(bank, features=[f.cpu() for f in bank.features])
 

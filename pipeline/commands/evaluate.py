@@ -77,6 +77,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "lower it for categories of hundreds of images on CPUs",
     )
     parser.add_argument(
+        "--feedback",
+        metavar="DIR",
+        help="a feedback folder (pipeline feedback): each category's confirmed normals join its bank "
+        "as cover, as serve and inspect --feedback bank them (in the bank, not its calibration)",
+    )
+    parser.add_argument(
         "--mlflow-uri",
         metavar="URI",
         help="tracking URI to resolve a models:/ or runs:/ --model (default: $MLFLOW_TRACKING_URI)",
@@ -103,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("evaluate.write_maps=false")
     if args.no_baseline:
         overrides.append("evaluate.baseline=false")
-    for flag in ("shots", "workers", "bank_budget"):
+    for flag in ("shots", "workers", "bank_budget", "feedback"):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"evaluate.{flag}={value}")

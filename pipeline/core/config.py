@@ -174,6 +174,7 @@ LATER_KEYS: dict[tuple[str, ...], Any] = {
     ("model", "memory_bank", "fusion_guard"): True,
     ("model", "memory_bank", "guard_probes"): 16,
     ("evaluate", "bank_budget"): None,
+    ("evaluate", "feedback"): None,
 }
 """Run-config keys added after run folders existed, each with a default that leaves training as it
 was (the fusion guard acts at bank build, after training): a stage key or resume fingerprint hashes

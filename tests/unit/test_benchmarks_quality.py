@@ -383,7 +383,7 @@ def test_marked_normals_leave_the_test_set_and_join_the_references_only_after(tm
         (data / "cat/test/good" / f"{i:03d}.png").write_bytes(b"test")
     (data / "cat/test/crack/000.png").write_bytes(b"defect")
     marked = {"cat": ["cat/test/good/000.png", "cat/test/good/002.png"]}
-    before, after = feedback.split_feedback(data, tmp_path / "work", marked)
+    before, after, confirmed = feedback.split_feedback(data, tmp_path / "work", marked)
 
     def names(root, folder):
         return sorted(p.name for p in (root / "cat" / folder).iterdir())
@@ -393,6 +393,8 @@ def test_marked_normals_leave_the_test_set_and_join_the_references_only_after(tm
     moved = ["feedback-000.png", "feedback-002.png"]
     assert names(after, "train/good") == ["000.png", "001.png", "002.png", *moved]
     assert (after / "cat/train/good/feedback-002.png").read_bytes() == b"test"
+    assert names(confirmed, "train/good") == moved  # a feedback folder: cover for the bank
+    assert (confirmed / "cat/train/good/feedback-000.png").read_bytes() == b"test"
     assert names(data, "test/good") == ["000.png", "001.png", "002.png"]  # the suite's data is untouched
     with pytest.raises(ValueError, match="not a test normal of cat"):
         feedback.split_feedback(data, tmp_path / "again", {"cat": ["cat/test/crack/000.png"]})

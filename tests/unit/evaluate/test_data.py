@@ -137,3 +137,15 @@ def test_visa_layout_is_read_with_its_0_1_masks(tmp_path):
     gt = load_ground_truth(candle.items[1].mask_path, 32, 0.1)
     # 200 of 1920 px (10.4 %); read as raw 0/1 values they would all fall under the 0.1 cut
     assert 0.10 < gt.mean() < 0.14
+
+
+def test_a_feedback_folder_gives_each_category_its_confirmed_normals_as_cover(data, tmp_path):
+    confirmed = tmp_path / "feedback" / "brick" / "train" / "good"
+    confirmed.mkdir(parents=True)
+    shutil.copyfile(data / "brick" / "test" / "good" / "000.png", confirmed / "0a1b.png")
+    eval_set = read_evaluation_set(data, EvaluateConfig(feedback=str(tmp_path / "feedback")))
+    cover = {c.category: [Path(p).name for p in c.cover_paths] for c in eval_set.categories}
+    assert cover == {"brick": ["0a1b.png"], "coin": [], "grass": [], "gravel": []}
+    assert all(c.reference_paths for c in eval_set.categories)  # the references stay the train split's
+    with pytest.raises(EvaluationDataError, match=r"feedback folder .* does not exist"):
+        read_evaluation_set(data, EvaluateConfig(feedback=str(tmp_path / "nowhere")))
