@@ -315,7 +315,7 @@ def inspection_result(job: InspectJob, prediction: Prediction, map_mode: str) ->
         "regions": region_dicts(prediction.anomaly_map, size),
         "image_size": list(size),
         "sha256": job.sha256,
-        "shots": len(job.references),
+        "shots": len(job.references) + len(job.cover),  # every normal image in the bank
         "history_dropped": job.history_dropped,
     }
     sent = map_for_mode(prediction.anomaly_map, map_mode)
