@@ -68,8 +68,7 @@ def run_evaluation(
     checkpoint = Path(checkpoint)
     eval_set = read_evaluation_set(data_root, cfg, trained_categories(checkpoint))
     verify_checkpoint(checkpoint)  # here, naming the file: in the actors it is a bare ActorDiedError
-    # categories with their own 1-shot boundary; any other takes their median (a borrowed boundary)
-    one_shot_boundaries = set(checkpoint_config(checkpoint).memory_bank.one_shot)
+    bank_config = checkpoint_config(checkpoint).memory_bank  # whose 1-shot boundary is borrowed
     n_images = sum(len(c.items) for c in eval_set.categories)
     log.info(
         "evaluate: %d test images in %d categories, %s, %d worker(s)",
@@ -113,7 +112,7 @@ def run_evaluation(
             )
             per_category[category.category]["seen_in_training"] = category.seen_in_training
             per_category[category.category]["boundary_borrowed"] = (
-                cfg.shots == 1 and bool(one_shot_boundaries) and category.category not in one_shot_boundaries
+                cfg.shots == 1 and bank_config.borrows_one_shot(category.category)
             )
             per_category[category.category]["fusion_guard"] = guard
             _log_category(category.category, per_category[category.category])

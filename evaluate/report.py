@@ -322,31 +322,35 @@ def decision_notes(m: dict[str, Any], borrowed: bool = False) -> list[str]:
     """What a category's decision figures tell the user to do, if anything. ``borrowed``: its
     boundary is not its own but the median of those training measured on its own categories (one
     reference of a category training never saw)."""
-    flagged, missed = m.get("false_alarm_share") or 0.0, m.get("miss_share") or 0.0
     notes = []
-    if flagged >= MOST:
-        notes.append(
-            f"the decision point flags {100 * flagged:.0f}% of the test normals: "
-            + (
-                "its 1-shot boundary is borrowed from the categories training saw, and this one's "
-                "normals score higher (evaluate with more references, which calibrate it, or train on it)"
-                if borrowed
-                else "they are unlike the references (mark them normal with `pipeline feedback`, or add "
-                "references like them)"
+    for key, what, own_cause, borrowed_cause in _DECISION_ERRORS:
+        if (m.get(key) or 0.0) >= MOST:
+            cause = (
+                f"{BORROWED}, and this one's {borrowed_cause} ({MORE_REFERENCES})" if borrowed else own_cause
             )
-        )
-    if missed >= MOST:
-        notes.append(
-            f"the decision point misses {100 * missed:.0f}% of the defects: "
-            + (
-                "its 1-shot boundary is borrowed from the categories training saw, and this one's "
-                "defects score under it (evaluate with more references, which calibrate it, or train on it)"
-                if borrowed
-                else "they score within the references' own held-out variation (more references cover "
-                "the normals closer and lower it)"
-            )
-        )
+            notes.append(f"the decision point {what.format(100 * m[key])}: {cause}")
     return notes
+
+
+BORROWED = "its 1-shot boundary is borrowed from the categories training saw"
+MORE_REFERENCES = "evaluate with more references, which calibrate it, or train on it"
+_DECISION_ERRORS = (
+    (
+        "false_alarm_share",
+        "flags {:.0f}% of the test normals",
+        "they are unlike the references (mark them normal with `pipeline feedback`, or add "
+        "references like them)",
+        "normals score higher",
+    ),
+    (
+        "miss_share",
+        "misses {:.0f}% of the defects",
+        "they score within the references' own held-out variation (more references cover the normals "
+        "closer and lower it)",
+        "defects score under it",
+    ),
+)
+"""Per way the decision point errs: its share's key, what it does, and why (own or borrowed boundary)."""
 
 
 def _region_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:

@@ -86,7 +86,8 @@ class ReferenceFolders:
         if max_count is not None and max_count < 1:
             raise ValueError(f"max_count must be at least 1, got {max_count}")
         self.max_count = max_count
-        self._images: dict[tuple[str, int], tuple[tuple, list[Any], str]] = {}
+        self._images: dict[tuple[str, int], tuple[tuple, list[Any], str, int]] = {}
+        """(category, size) -> (listing, images, digest, how many of them the first root's)."""
 
     def paths(self, category: str) -> list[Path]:
         """The category's normal images, the first root's first; none when no root has a folder for it."""
@@ -108,25 +109,26 @@ class ReferenceFolders:
     def images(self, category: str, size: int) -> list[Any]:
         """uint8 (size, size, 3) arrays of :meth:`paths`, read again only when the listing changed
         (a corrupt file is an InputError naming it)."""
-        return self._read(category, size)[0]
+        return self._read(category, size)[1]
 
     def split(self, category: str, size: int) -> tuple[list[Any], list[Any]]:
         """:meth:`images` as (the first root's references, the later roots' confirmed normals)."""
-        images = self.images(category, size)
-        own = len(self._paths_by_root(category)[0]) if self.roots else 0
+        _, images, _, own = self._read(category, size)
         return images[:own], images[own:]
 
     def digest(self, category: str, size: int) -> str:
         """16 hex of the sha256 of the images' pixels: which references a result was scored with."""
-        return self._read(category, size)[1]
+        return self._read(category, size)[2]
 
-    def _read(self, category: str, size: int) -> tuple[list[Any], str]:
+    def _read(self, category: str, size: int) -> tuple[tuple, list[Any], str, int]:
+        """(listing, images, digest, how many of them the first root's), from one listing."""
         from pipeline.inference import read_image
 
-        paths = self.paths(category)
+        by_root = self._paths_by_root(category)
+        paths = [path for found in by_root for path in found]
         if not paths:  # unknown to the folders (any name a client sends): nothing is kept for it
             self._images.pop((category, size), None)
-            return [], NO_IMAGES_DIGEST
+            return (), [], NO_IMAGES_DIGEST, 0
         listing = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
         cached = self._images.get((category, size))
         if cached is None or cached[0] != listing:
@@ -134,5 +136,6 @@ class ReferenceFolders:
             digest = hashlib.sha256()
             for image in images:
                 digest.update(image.tobytes())
-            cached = self._images[(category, size)] = (listing, images, digest.hexdigest()[:16])
-        return cached[1], cached[2]
+            own = len(by_root[0])
+            cached = self._images[(category, size)] = (listing, images, digest.hexdigest()[:16], own)
+        return cached

@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline.core.memory import release_freed_memory
 from train.model.batch import Batch, Prediction
-from train.model.config import ModelConfig, OneShotCalibration
+from train.model.config import ModelConfig
 from train.model.conversation import IGNORE, pad_batch, tables, tokenize_turns
 from train.model.decoder import AnomalyDecoder
 from train.model.drafting import DRAFT_TOKENS, Drafter, accepted
@@ -302,7 +302,7 @@ class AnomalyGPT(nn.Module):
         upright = [m[:own] for m in maps]  # the calibrating references, unrotated
         size = tuple(reference_images.shape[-2:])
         # One image held out against its own rotations shows no variation: take training's measure.
-        measured = self.one_shot_calibration(category) if shots == 1 else None
+        measured = self.cfg.memory_bank.one_shot_for(category) if shots == 1 else None
         distances = plain_peaks = None  # the references' held-out maps: refined, and plain peaks
         if measured is not None:
             weights = measured.layer_weights if self.cfg.memory_bank.layer_weighting != "equal" else None
@@ -413,14 +413,6 @@ class AnomalyGPT(nn.Module):
         smoothing, layer weights, calibration or decoder). Its map is :meth:`MemoryBank.plain_map`."""
         maps = self.bank_layers(self.encode_all(reference_images))
         return MemoryBank.from_patch_maps(maps, reference_images.shape[0], 1, category, smoothing=0.0)
-
-    def one_shot_calibration(self, category: str | None) -> OneShotCalibration | None:
-        """Where normal ends on a one-reference bank of ``category``, as training measured it; a
-        category training never saw takes the median of those it saw; None: nothing measured."""
-        known = self.cfg.memory_bank.one_shot
-        if category in known:
-            return known[category]
-        return OneShotCalibration.median(list(known.values())) if known else None
 
     def bank_map(
         self,

@@ -215,6 +215,18 @@ class MemoryBankConfig:
         if not 0.0 <= self.false_alarm_rate < 0.5:
             raise ValueError(f"memory_bank.false_alarm_rate must be in [0, 0.5), got {self.false_alarm_rate}")
 
+    def one_shot_for(self, category: str | None) -> OneShotCalibration | None:
+        """Where normal ends on a one-reference bank of ``category``, as training measured it; a
+        category training never saw takes the median of those it saw; None: nothing measured."""
+        if category in self.one_shot:
+            return self.one_shot[category]
+        return OneShotCalibration.median(list(self.one_shot.values())) if self.one_shot else None
+
+    def borrows_one_shot(self, category: str | None) -> bool:
+        """Whether ``category``'s 1-shot boundary is the median of the categories training measured
+        rather than its own (:meth:`one_shot_for`)."""
+        return bool(self.one_shot) and category not in self.one_shot
+
 
 @dataclass
 class ModelConfig:
