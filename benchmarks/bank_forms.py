@@ -5,15 +5,16 @@ Gaussian smoothing (sigma) and inverse-spread layer weights, then fused with the
 scores every form (sigma 0/1/2/4, equal or weighted layers; each alone and fused with the decoder)
 on a trained model's all-shot banks of the robustness suite, twice: on the test images (the
 Image-AUROC a user sees) and as the map guard sees it (the references, each held out of the bank,
-against synthetic anomalies made from them). Then it scores rules that pick a form per category
-from the guard's figures alone, against the plain baseline (``AnomalyGPT.build_baseline_bank``,
-whose map is the plain form alone). Prints one JSON object: per dataset, draw and category every
-form's figures; per rule the mean margin over the baseline, the margin of each category averaged
-over the draws, and how many categories fall more than 0.01 below it.
+against synthetic anomalies made from them, for each set of probe kinds in ``PROBE_SETS``). Then
+it scores rules that pick a form per category from the guard's figures alone, against the plain
+baseline (``AnomalyGPT.build_baseline_bank``, whose map is the plain form alone). Prints one JSON
+object: per dataset, draw and category every form's figures; per role (validation, test) and rule
+the mean margin over the baseline, the margin of each category averaged over the draws, and how
+many categories fall more than 0.01 below it.
 
 Every form is scored from one search per image (the unsmoothed per-layer maps, then smoothed and
 weighed per form), so it runs in about a minute per dataset and draw. The default rule of the
-model (``memory_bank.fusion_guard``) is ``guard_picks_refined_or_plain``.
+model (``memory_bank.fusion_guard``, ``guard_probe_kinds``) is ``guard_picks_refined_or_plain_nsa``.
 
     python benchmarks/bank_forms.py [--model runs/demo/train] [--role validation|test|all]
         [--draws 4] [--out runs/robustness/data]
@@ -39,6 +40,8 @@ WEIGHTINGS = ("weighted", "equal")
 PLAIN = "equal_s0"
 CHUNK = 8  # images per search: bounded memory for the per-layer maps
 CATEGORY_MARGIN = 0.01
+PROBE_SETS = {"nsa": ("nsa",), "warps": ("swirl", "bulge"), "mixed": ("nsa", "swirl", "bulge")}
+"""The guard's probes, by set: the training synthesis, kinds the decoder never saw, and both."""
 
 
 def form_name(weighting: str, sigma: float) -> str:
@@ -88,7 +91,10 @@ def _category_forms(predictor: Any, data: Path, category: str) -> dict[str, Any]
     tests = read_dataset(data, "mvtec", split="test", categories=[category])
     references = [load_image(p, size) for p in normals]
     labels = np.array([r.label for r in tests])
-    probes, owners = probe_anomalies(references, category, mb.guard_probes)
+    probe_sets = {
+        name: probe_anomalies(references, category, mb.guard_probes, kinds)
+        for name, kinds in PROBE_SETS.items()
+    }
     shots = len(references)
     if model.rotations_for(shots) > 1:
         raise SystemExit(f"{category}: {shots} references take rotations; this benchmark is all-shot only")
@@ -120,20 +126,18 @@ def _category_forms(predictor: Any, data: Path, category: str) -> dict[str, Any]
         return torch.cat([model.text_map(part, names, (size, size))[1] for part, names in chunks])
 
     test_maps = encoded([load_image(r.path, size) for r in tests])
-    probe_maps = encoded(probes)
-    distances = {
-        "references": raw(reference_maps, list(range(shots))),
-        "probes": raw(probe_maps, owners),
-        "tests": raw(test_maps, None),
-    }
-    encoded_maps = {"references": reference_maps, "probes": probe_maps, "tests": test_maps}
+    encoded_maps = {"references": reference_maps, "tests": test_maps}
+    distances = {"references": raw(reference_maps, list(range(shots))), "tests": raw(test_maps, None)}
+    for name, (probes, owners) in probe_sets.items():
+        encoded_maps[name] = encoded(probes)
+        distances[name] = raw(encoded_maps[name], owners)
     decoders = {k: decoder(v) for k, v in encoded_maps.items()}
     decoder_calibration = model.calibrate(decoders["references"])
     baseline = distances["tests"].mean(dim=1).flatten(1).amax(dim=1)  # the plain baseline's map
     row: dict[str, Any] = {
         "baseline": float(roc_auc_score(labels, baseline.numpy())),
         "references": shots,
-        "probes": len(owners),
+        "probes": {name: len(owners) for name, (_, owners) in probe_sets.items()},
     }
 
     def peaks(maps: torch.Tensor) -> torch.Tensor:
@@ -152,33 +156,42 @@ def _category_forms(predictor: Any, data: Path, category: str) -> dict[str, Any]
                 for k, v in bank_maps.items()
             }
             row[form_name(weighting, sigma)] = {
-                "guard_bank": pairwise_auroc(peaks(bank_maps["references"]), peaks(bank_maps["probes"])),
-                "guard_fused": pairwise_auroc(peaks(fused["references"]), peaks(fused["probes"])),
                 "test_bank": float(roc_auc_score(labels, peaks(bank_maps["tests"]).numpy())),
                 "test_fused": float(roc_auc_score(labels, peaks(fused["tests"]).numpy())),
+                **{
+                    f"guard_{part}_{name}": pairwise_auroc(peaks(maps["references"]), peaks(maps[name]))
+                    for name in PROBE_SETS
+                    for part, maps in (("bank", bank_maps), ("fused", fused))
+                },
             }
     return row
 
 
-def with_decoder_guard(row: dict[str, Any], form: str) -> float:
-    """The test Image-AUROC of ``form`` as the map guard serves it: fused with the decoder unless
-    the guard's fused AUROC falls more than one standard error below the bank's alone."""
+def with_decoder_guard(row: dict[str, Any], form: str, probes: str = "nsa") -> float:
+    """The test Image-AUROC of ``form`` as the map guard serves it with the ``probes`` set: fused
+    with the decoder unless the guard's fused AUROC falls more than one standard error below the
+    bank's alone."""
     from train.model.memory_bank import MapGuard
 
     f = row[form]  # the form is the bank's map as kept: the guard's plain figure, nothing refined
-    guard = MapGuard(f["guard_bank"], None, f["guard_fused"], row["references"], row["probes"])
+    guard = MapGuard(
+        f[f"guard_bank_{probes}"], None, f[f"guard_fused_{probes}"], row["references"], row["probes"][probes]
+    )
     return f["test_fused"] if guard.decoder_kept else f["test_bank"]
 
 
-def _refined_or_plain(row: dict[str, Any]) -> float:
-    refined = "weighted_s4"
-    keep = row[refined]["guard_bank"] >= row[PLAIN]["guard_bank"]
-    return with_decoder_guard(row, refined if keep else PLAIN)
+def _refined_or_plain(probes: str) -> Callable[[dict[str, Any]], float]:
+    def rule(row: dict[str, Any]) -> float:
+        refined, bank = "weighted_s4", f"guard_bank_{probes}"
+        keep = row[refined][bank] >= row[PLAIN][bank]
+        return with_decoder_guard(row, refined if keep else PLAIN, probes)
+
+    return rule
 
 
 def _best_guard_of_all(row: dict[str, Any]) -> float:
     forms = [form_name(w, s) for s in SIGMAS for w in WEIGHTINGS]
-    return with_decoder_guard(row, max(forms, key=lambda f: row[f]["guard_bank"]))
+    return with_decoder_guard(row, max(forms, key=lambda f: row[f]["guard_bank_nsa"]))
 
 
 def _fixed(form: str, part: str) -> Callable[[dict[str, Any]], float]:
@@ -193,11 +206,12 @@ RULES: dict[str, Callable[[dict[str, Any]], float]] = {
         for part in ("bank", "fused")
     },
     "weighted_s4_with_decoder_guard": lambda r: with_decoder_guard(r, "weighted_s4"),
-    "guard_picks_refined_or_plain": _refined_or_plain,
+    **{f"guard_picks_refined_or_plain_{probes}": _refined_or_plain(probes) for probes in PROBE_SETS},
     "guard_picks_any_form": _best_guard_of_all,
 }
 """Each rule's test Image-AUROC of one category draw. ``weighted_s4_with_decoder_guard`` was the
-model's map before the guard judged the refinements; ``guard_picks_refined_or_plain`` is now."""
+model's map before the guard judged the refinements; ``guard_picks_refined_or_plain_<probes>`` is
+the rule now, with each set of guard probes."""
 
 
 def rule_summary(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -227,16 +241,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     predictor = Predictor.from_checkpoint(args.model, device="cpu")
     result: dict[str, Any] = {"model": str(args.model), "datasets": {}}
-    rows: dict[str, list[dict[str, Any]]] = {}
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {}  # role -> dataset/category -> draws
     for name in suite_names(args):
+        spec = suite_spec()["datasets"][name]
         for offset in range(args.seed_offset, args.seed_offset + args.draws):
             data = suite_dataset(args.out, name, offset)
-            for category in suite_spec()["datasets"][name]["categories"]:
+            for category in spec["categories"]:
                 row = category_forms(predictor, data, category)
                 result["datasets"].setdefault(name, {}).setdefault(str(offset), {})[category] = row
-                rows.setdefault(f"{name}/{category}", []).append(row)
+                rows.setdefault(spec["role"], {}).setdefault(f"{name}/{category}", []).append(row)
                 print(f"{name} draw {offset} {category}: baseline {row['baseline']:.3f}", file=sys.stderr)
-    result["rules"] = rule_summary(rows)
+    result["rules"] = {role: rule_summary(by_category) for role, by_category in rows.items()}
     print(json.dumps(result, indent=1))
     return result
 

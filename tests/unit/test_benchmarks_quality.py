@@ -407,8 +407,11 @@ bank_forms = _script("bank_forms")
 def test_bank_forms_category_on_a_tiny_model(tiny_predictor, sample_data_root):
     row = bank_forms.category_forms(tiny_predictor, sample_data_root, "brick")
     forms = [bank_forms.form_name(w, s) for s in bank_forms.SIGMAS for w in bank_forms.WEIGHTINGS]
-    assert (row["references"], len(forms)) == (6, 8) and 0 < row["probes"] <= 16
+    assert (row["references"], len(forms)) == (6, 8)
+    assert set(row["probes"]) == set(bank_forms.PROBE_SETS)
+    assert all(0 < n <= 16 for n in row["probes"].values())
     for form in forms:
+        assert len(row[form]) == 2 + 2 * len(bank_forms.PROBE_SETS)  # test and guard figures, per probe set
         assert all(0.0 <= v <= 1.0 for v in row[form].values())
     # the plain form alone is the baseline's map: the same test ranking
     assert row[bank_forms.PLAIN]["test_bank"] == row["baseline"]
@@ -416,14 +419,15 @@ def test_bank_forms_category_on_a_tiny_model(tiny_predictor, sample_data_root):
 
 def _form_row(baseline: float, refined: tuple[float, float], plain: tuple[float, float]) -> dict:
     """A category draw where every form scores (guard, test) as the plain form except weighted_s4."""
-    row = {"baseline": baseline, "references": 12, "probes": 16}
+    row = {"baseline": baseline, "references": 12, "probes": dict.fromkeys(bank_forms.PROBE_SETS, 16)}
     for sigma in bank_forms.SIGMAS:
         for weighting in bank_forms.WEIGHTINGS:
             guard, test = refined if (weighting, sigma) == ("weighted", 4.0) else plain
             # the decoder adds nothing to the guard's figure and 0.01 to the test's: kept
-            row[bank_forms.form_name(weighting, sigma)] = {
-                "guard_bank": guard, "guard_fused": guard, "test_bank": test, "test_fused": test + 0.01,
-            }  # fmt: skip
+            figures = {"test_bank": test, "test_fused": test + 0.01}
+            for probes in bank_forms.PROBE_SETS:
+                figures |= {f"guard_bank_{probes}": guard, f"guard_fused_{probes}": guard}
+            row[bank_forms.form_name(weighting, sigma)] = figures
     return row
 
 
@@ -435,7 +439,7 @@ def test_bank_forms_rules_pick_by_the_guard_and_count_categories_below():
         "b": [_form_row(0.90, refined=(0.60, 0.95), plain=(0.60, 0.90))] * 2,
     }
     summary = bank_forms.rule_summary(rows)
-    picked = summary["guard_picks_refined_or_plain"]
+    picked = summary["guard_picks_refined_or_plain_nsa"]
     assert picked["per_category"] == {"a": 0.01, "b": 0.06}
     assert picked["categories_below"] == 0 and picked["worst_category"] == 0.01
     old = summary["weighted_s4_with_decoder_guard"]

@@ -26,7 +26,7 @@ ALLOWED = {
     ("evaluate", "synth.datasets"): "the test set is read with the dataset readers synth trains from",
     ("evaluate", "synth.text"): "questions and region words exactly as the model was trained on them",
     ("evaluate", "train.model"): "evaluation loads the trained model and parses its answers",
-    ("train.model.predictor", "synth.probes"): "the fusion guard probes a bank with the training synthesis",
+    ("train.model.predictor", "synth.probes"): "the map guard probes a bank with anomalies of its references",
     ("train.model.predictor", "synth.text"): "answers are decoded ahead along the phrasings training wrote",
 }
 

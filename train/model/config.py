@@ -19,6 +19,10 @@ DECISION_POINT = 0.5
 classes meet there, and the bank's calibration puts the top of normal there (``squash``)."""
 
 
+GUARD_PROBE_KINDS = ("nsa", "swirl", "bulge")
+"""The map guard's probe kinds (synth/probes.py ``PROBE_KINDS``, which makes them)."""
+
+
 @dataclass
 class EncoderConfig:
     """The frozen image encoder that gives L patch-feature maps and a global embedding."""
@@ -182,7 +186,12 @@ class MemoryBankConfig:
     where the fused map then ranks worse than the bank's alone by more than chance, the decoder
     is left out. One reference cannot be held out and is not guarded."""
     guard_probes: int = 16
-    """Synthetic anomalies the fusion guard makes from the references (NSA cut-paste)."""
+    """Synthetic anomalies the fusion guard makes from the references."""
+    guard_probe_kinds: list[str] = field(default_factory=lambda: ["nsa"])
+    """Which kinds of synthetic anomaly the guard's probes are, taking turns (synth/probes.py):
+    ``nsa`` (the training synthesis), ``swirl``, ``bulge`` (warps the decoder never trained on).
+    On the suite's validation data the decoder gains as much on the warps as on NSA and the warps
+    picked worse maps (benchmarks/bank_forms.py), so NSA alone is the default."""
     smoothing: float = 4.0
     """Sigma, in pixels of the model's input, of the Gaussian that smooths the bank's distance maps
     (PatchCore: 4 at 224). A lone noisy patch no longer sets an image's score; 0 turns it off."""
@@ -208,6 +217,12 @@ class MemoryBankConfig:
             raise ValueError(f"memory_bank.decoder_weight must be >= 0, got {self.decoder_weight}")
         if self.guard_probes < 1:
             raise ValueError(f"memory_bank.guard_probes must be >= 1, got {self.guard_probes}")
+        unknown = sorted(set(self.guard_probe_kinds) - set(GUARD_PROBE_KINDS))
+        if unknown or not self.guard_probe_kinds:
+            raise ValueError(
+                f"memory_bank.guard_probe_kinds must name one or more of {', '.join(GUARD_PROBE_KINDS)}, "
+                f"got {self.guard_probe_kinds}"
+            )
         if self.smoothing < 0:
             raise ValueError(f"memory_bank.smoothing must be >= 0, got {self.smoothing}")
         if self.decoder_cap is not None and self.decoder_cap <= 0:

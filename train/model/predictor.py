@@ -182,7 +182,7 @@ class Predictor:
             return None
         from synth.probes import probe_anomalies  # cv2: only where a bank is guarded, not at start-up
 
-        images, owners = probe_anomalies(references, category, mb.guard_probes)
+        images, owners = probe_anomalies(references, category, mb.guard_probes, mb.guard_probe_kinds)
         return (self.image_batch(images), owners) if images else None
 
     def clear_banks(self) -> None:

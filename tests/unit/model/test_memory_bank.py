@@ -126,7 +126,15 @@ def test_bank_maps_are_smoothed_alike_for_references_and_queries():
     assert smooth.subsample(100).smoothing == 2.0
 
 
-@pytest.mark.parametrize(("key", "value"), [("smoothing", -1.0), ("false_alarm_rate", 0.5)])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("smoothing", -1.0),
+        ("false_alarm_rate", 0.5),
+        ("guard_probe_kinds", []),
+        ("guard_probe_kinds", ["ripple"]),
+    ],
+)
 def test_bad_bank_settings_are_refused(key, value):
     with pytest.raises(ValueError, match=f"memory_bank.{key}"):
         MemoryBankConfig(**{key: value})
