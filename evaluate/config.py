@@ -81,8 +81,10 @@ class EvaluateConfig:
     feedback: str | None = None
     """A feedback folder (``pipeline feedback``): with references, each category's confirmed normals
     join its bank as cover, in the bank but not in its calibration, as ``serve`` and ``inspect
-    --feedback`` bank them. A confirmed normal that is also a test image is scored against a bank
-    holding it: leave such images out of the test split."""
+    --feedback`` bank them. A confirmed normal that the train folder also holds (a link to it, as
+    ``retrain --feedback``'s merged data has) is cover only, not a reference. A confirmed normal
+    that is also a test image is scored against a bank holding it: leave such images out of the
+    test split."""
     mlflow_overlays: int = 2
     """Overlays per category logged to an active MLflow run (the worst-scored anomalous and the
     highest-scored normal images first)."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from evaluate.config import EvaluateConfig
 from pipeline.core.errors import InputError
-from synth.datasets import Skipped, image_files, load_mask, load_rgb, read_dataset
+from synth.datasets import Skipped, apart_from, image_files, load_mask, load_rgb, read_dataset
 from synth.text import position_word, region_positions
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,13 @@ def read_evaluation_set(
         train = _train_normals(root, cfg, categories, skipped)
         unreadable += [{"path": s.path, "split": "train", "reason": s.reason} for s in skipped]
         for test_set in test_sets:
+            normals = [r for r in train if r.category == test_set.category and r.label == 0]
             if cfg.feedback is not None:  # the feedback folder's layout: <category>/train/good/
                 confirmed = image_files(Path(cfg.feedback) / test_set.category / "train" / "good")
                 test_set.cover_paths = [str(p) for p in confirmed]
-            normals = [r for r in train if r.category == test_set.category and r.label == 0]
+                # a confirmed normal the train folder links in too (retrain --feedback) is cover only
+                kept = set(apart_from([r.path for r in normals], confirmed))
+                normals = [r for r in normals if r.path in kept]
             if cfg.shots == "all":
                 if not normals:
                     log.info("evaluate: %s has no normal train images; decoder map only", test_set.category)

@@ -143,6 +143,7 @@ def run_evaluation(
         ),
         "baseline": report.baseline_section(per_category, baseline) if baseline else None,
         "references": {c.category: c.references for c in eval_set.categories if c.references},
+        "feedback": cfg.feedback,
         "cover": {c.category: c.cover_paths for c in eval_set.categories if c.cover_paths},
         "without_mask": {c.category: c.missing_masks for c in eval_set.categories if c.missing_masks},
         "unreadable": unreadable,

@@ -172,13 +172,17 @@ def run_pipeline(req: RunRequest, retrain: bool = False) -> dict[str, Any]:
 
 def with_feedback(req: RunRequest) -> RunRequest:
     """``req`` on its dataset with the feedback folded in (``<out>/data_with_feedback``, links).
-    Confirmed defects carry an image-level label only: they count in the image metrics and stay out
-    of the pixel metrics (``evaluate.allow_missing_masks``)."""
+    Confirmed normals train with the rest, and the evaluation banks them as cover
+    (``evaluate.feedback``), as serve and inspect do: in the bank, out of its calibration. Confirmed
+    defects carry an image-level label only: they count in the image metrics and stay out of the
+    pixel metrics (``evaluate.allow_missing_masks``)."""
     merged = merged_dataset(req.data, req.feedback, req.out / FEEDBACK_DATA)  # type: ignore[arg-type]
-    config = req.config
+    evaluation = req.config.evaluate
+    if evaluation.feedback is None:
+        evaluation = dataclasses.replace(evaluation, feedback=str(req.feedback))
     if any(kinds["defect"] for kinds in FeedbackStore(req.feedback).counts().values()):  # type: ignore[arg-type]
-        evaluation = dataclasses.replace(config.evaluate, allow_missing_masks=True)
-        config = dataclasses.replace(config, evaluate=evaluation)
+        evaluation = dataclasses.replace(evaluation, allow_missing_masks=True)
+    config = dataclasses.replace(req.config, evaluate=evaluation)
     return dataclasses.replace(req, data=merged, config=config)
 
 
@@ -339,6 +343,7 @@ class Pipeline:
             "normals_fingerprint": self.fps["normals"],
             "model_fingerprint": self.fps["model"],
             **(feedback_tags(self.req.feedback) if self.req.feedback is not None else {}),
+            "feedback": str(self.req.feedback or ""),
             "feedback_fingerprint": self.fps.get("feedback", ""),
             "train_run_id": str(read_stage(self.out / "train")["summary"].get("mlflow_run_id") or ""),
         }

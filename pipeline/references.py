@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from synth.datasets import image_files
+from synth.datasets import apart_from, image_files
 
 DEFAULT_CATEGORY = "object"
 """The category of an image whose path names none (the prompt's generic description)."""
@@ -94,12 +94,13 @@ class ReferenceFolders:
         return [path for found in self._paths_by_root(category) for path in found]
 
     def _paths_by_root(self, category: str) -> list[list[Path]]:
-        by_root = []
-        for i, root in enumerate(self.roots):
-            images = category_images(root, category)
-            if i == 0 and self.max_count is not None:
-                images = evenly_spaced(images, self.max_count)
-            by_root.append(images)
+        """Per root its images; a confirmed normal the first root links in too (a dataset that
+        ``retrain --feedback`` merged) is left to the later root, so it is cover, once."""
+        by_root = [category_images(root, category) for root in self.roots]
+        if by_root:
+            by_root[0] = apart_from(by_root[0], [p for later in by_root[1:] for p in later])
+            if self.max_count is not None:
+                by_root[0] = evenly_spaced(by_root[0], self.max_count)
         return by_root
 
     def categories(self) -> list[str]:

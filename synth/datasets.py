@@ -209,6 +209,13 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def apart_from(paths: Sequence[Path], others: Sequence[Path]) -> list[Path]:
+    """``paths`` less those that are, once links are followed, one of ``others``: a folder that
+    links another's images in (``retrain --feedback``'s merged data) holds them only once."""
+    taken = {Path(p).resolve() for p in others}
+    return [p for p in paths if Path(p).resolve() not in taken]
+
+
 def _test_images(category_dir: Path) -> bool:
     test = category_dir / "test"
     return test.is_dir() and any(image_files(d) for d in test.iterdir() if d.is_dir())

@@ -1,8 +1,9 @@
 """Where a model came from, as ``inspect`` records it: its version, the data it was trained on (the
 default references) and the pipeline run it belongs to (the parent of the inspection's MLflow run).
 
-A registered version carries these as tags (``data``, ``pipeline_run_id``); a run folder's
-checkpoint (``<run>/train``) has its evaluation's ``metrics.json`` beside it, naming the data.
+A registered version carries these as tags (``data``, ``feedback``, ``pipeline_run_id``); a run
+folder's checkpoint (``<run>/train``) has its evaluation's ``metrics.json`` beside it, naming the
+data and the feedback folder.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ class ModelOrigin:
     data_root: str | None
     """The dataset the model was trained on, when recorded."""
     pipeline_run_id: str | None = None
+    feedback_root: str | None = None
+    """The feedback folder it was trained and evaluated with (``retrain --feedback``), when recorded:
+    its confirmed normals are the bank's cover, which the dataset also links in."""
 
 
 def model_origin(model: str, checkpoint: Path) -> ModelOrigin:
@@ -28,10 +32,9 @@ def model_origin(model: str, checkpoint: Path) -> ModelOrigin:
     from pipeline.registry import checkpoint_digest
 
     metrics = checkpoint.parent / "evaluate" / "metrics.json"
-    data = None
-    if metrics.is_file():
-        data = json.loads(metrics.read_text()).get("data")
-    return ModelOrigin(f"sha256:{checkpoint_digest(checkpoint)[:12]}", data)
+    recorded = json.loads(metrics.read_text()) if metrics.is_file() else {}
+    version = f"sha256:{checkpoint_digest(checkpoint)[:12]}"
+    return ModelOrigin(version, recorded.get("data"), feedback_root=recorded.get("feedback"))
 
 
 def _registered(model: str) -> ModelOrigin:
@@ -46,4 +49,9 @@ def _registered(model: str) -> ModelOrigin:
     if version is None:  # resolve_model already refused a missing alias: it was moved since
         return ModelOrigin(model, None)
     tags = version.tags or {}
-    return ModelOrigin(f"models:/{name}/{version.version}", tags.get("data"), tags.get("pipeline_run_id"))
+    return ModelOrigin(
+        f"models:/{name}/{version.version}",
+        tags.get("data"),
+        tags.get("pipeline_run_id"),
+        tags.get("feedback") or None,
+    )

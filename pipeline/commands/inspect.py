@@ -7,8 +7,10 @@ else read from an MVTec-style path (<category>/test/<defect>/<file>), else 'obje
 
 The map is the memory bank's where normal images of the category are at hand: --references-dir
 (DIR/<category>/train/good/ or DIR/<category>/), by default the dataset the model was trained on
-when its registered version or run folder records it, plus the confirmed normals of --feedback.
-Elsewhere it is the decoder's map alone.
+when its registered version or run folder records it, plus the confirmed normals of --feedback (by
+default, with the recorded dataset, those of the feedback folder the model was retrained with), in
+the bank as cover: they match, but only the references set the boundary. Elsewhere it is the
+decoder's map alone.
 
 Writes to --out: results.jsonl (one line per image, appended as each is scored), results.parquet
 (the same rows, with empty `feedback` and `feedback_note` columns to fill in for `pipeline
@@ -23,9 +25,16 @@ examples:
       --category bottle --references-dir /data/bottle_normals --out /shared/inspect/line3 --workers 4
 """
 
+from __future__ import annotations
+
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.model_ref import add_model_arguments
+
+if TYPE_CHECKING:
+    from pipeline.batch.provenance import ModelOrigin
 
 HELP = "score a folder of unlabelled images on Ray Data: scores, verdicts, regions, answers (resumable)"
 
@@ -53,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--feedback",
         metavar="DIR",
-        help="a feedback folder (`pipeline feedback`): its confirmed normals join the memory bank",
+        help="a feedback folder (`pipeline feedback`): its confirmed normals join the memory bank as "
+        "cover (default: the one the model was retrained with, when recorded)",
     )
     parser.add_argument(
         "--max-references",
@@ -99,7 +109,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
-    from pathlib import Path
 
     from pipeline.batch.job import InspectRequest, run_inspection
     from pipeline.batch.provenance import model_origin
@@ -125,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = resolve_checkpoint(args.model, args.store)
     verify_checkpoint(checkpoint)
     origin = model_origin(args.model, checkpoint)
-    roots = _reference_roots(args, origin.data_root)
+    roots = _reference_roots(args, origin)
     out = Path(args.out).expanduser().resolve()
     print(
         f"inspect: {len(sources)} image(s) with {origin.version}; references: "
@@ -167,16 +176,19 @@ def _stop_ray() -> None:
         ray.shutdown()
 
 
-def _reference_roots(args: argparse.Namespace, recorded: str | None) -> list:
-    from pathlib import Path
-
+def _reference_roots(args: argparse.Namespace, origin: ModelOrigin) -> list[Path]:
+    """The references (``--references-dir``, else the dataset the model was trained on), then the
+    confirmed normals (``--feedback``, else, with the recorded dataset, the feedback folder the
+    model was retrained with: that dataset links its normals in, and they stay cover)."""
     if args.no_references:
         return []
     roots = []
     if args.references_dir:
         roots.append(Path(args.references_dir).resolve())
-    elif recorded and Path(recorded).is_dir():
-        roots.append(Path(recorded).resolve())
+    elif origin.data_root and Path(origin.data_root).is_dir():
+        roots.append(Path(origin.data_root).resolve())
+        if not args.feedback and origin.feedback_root and Path(origin.feedback_root).is_dir():
+            roots.append(Path(origin.feedback_root).resolve())
     if args.feedback:
         roots.append(Path(args.feedback).resolve())
     return roots
@@ -210,7 +222,6 @@ def _log(summary: dict, origin, out, args: argparse.Namespace) -> None:
     """MLflow: the store that resolved a models:/ URI, else MLFLOW_TRACKING_URI or --store's."""
     import os
     import sys
-    from pathlib import Path
 
     import mlflow
 

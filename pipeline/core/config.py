@@ -173,6 +173,7 @@ LATER_KEYS: dict[tuple[str, ...], Any] = {
     ("evaluate", "baseline"): True,
     ("model", "memory_bank", "fusion_guard"): True,
     ("model", "memory_bank", "guard_probes"): 16,
+    ("model", "memory_bank", "guard_probe_kinds"): ["nsa"],
     ("evaluate", "bank_budget"): None,
     ("evaluate", "feedback"): None,
 }

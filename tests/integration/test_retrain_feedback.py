@@ -4,6 +4,7 @@ retrain trains (on them) and registers; the next one is up to date. Real Ray Tra
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -81,5 +82,11 @@ def test_retrain_after_feedback_trains_exactly_once(ray_session, sample_data_roo
     assert "feedback.normal" not in versions[0].tags
     samples = [s for s in (out / "data_with_feedback" / "coin" / "train" / "good").iterdir()]
     assert sum(p.name.startswith("feedback_") for p in samples) == 1
-    metrics = (out / "evaluate" / "metrics.json").read_text()
-    assert "feedback_defect" in (out / "evaluate" / "answers.jsonl").read_text() and metrics
+    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    assert "feedback_defect" in (out / "evaluate" / "answers.jsonl").read_text()
+    # the confirmed normal trains (above) and is the bank's cover, not one of its references
+    confirmed = [str(p) for p in (feedback / "coin" / "train" / "good").iterdir()]
+    assert metrics["cover"] == {"coin": confirmed} and metrics["feedback"] == str(feedback)
+    assert tags["feedback"] == str(feedback)  # inspect's default cover for this version
+    references = metrics["references"]["coin"]
+    assert len(references) == len(samples) - 1 and not any("feedback_" in r for r in references)

@@ -149,3 +149,17 @@ def test_a_feedback_folder_gives_each_category_its_confirmed_normals_as_cover(da
     assert all(c.reference_paths for c in eval_set.categories)  # the references stay the train split's
     with pytest.raises(EvaluationDataError, match=r"feedback folder .* does not exist"):
         read_evaluation_set(data, EvaluateConfig(feedback=str(tmp_path / "nowhere")))
+
+
+def test_a_confirmed_normal_the_train_folder_links_in_is_cover_not_a_reference(data, tmp_path):
+    """retrain --feedback trains on a dataset whose train/good links the confirmed normals in; its
+    evaluation banks them once, as cover, so they never set the top of normal."""
+    confirmed = tmp_path / "feedback" / "brick" / "train" / "good"
+    confirmed.mkdir(parents=True)
+    shutil.copyfile(data / "brick" / "test" / "good" / "000.png", confirmed / "0a1b.png")
+    before = read_evaluation_set(data, EvaluateConfig()).categories[0].references
+    (data / "brick" / "train" / "good" / "feedback_0a1b.png").symlink_to(confirmed / "0a1b.png")
+    linked = read_evaluation_set(data, EvaluateConfig()).categories[0].references
+    assert linked == sorted([*before, "brick/train/good/feedback_0a1b.png"])  # without feedback: a reference
+    brick = read_evaluation_set(data, EvaluateConfig(feedback=str(tmp_path / "feedback"))).categories[0]
+    assert brick.references == before and brick.cover_paths == [str(confirmed / "0a1b.png")]

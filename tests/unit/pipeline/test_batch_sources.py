@@ -92,3 +92,35 @@ def test_a_category_mostly_flagged_gets_a_note_and_a_small_or_calm_one_none():
     ]
     calm = [_row(f"/t{i}", str(i), 0.9 if i < 4 else 0.1) for i in range(10)]
     assert summarise(calm, unreadable=0)["notes"] == []
+
+
+def test_a_model_retrained_with_feedback_inspects_with_its_confirmed_normals_as_cover(tmp_path):
+    """Its recorded dataset links the confirmed normals in; the recorded feedback folder follows it, so
+    they are cover (ReferenceFolders leaves them to the later root), unless the user names others."""
+    import argparse
+    import json
+
+    from pipeline.batch.provenance import model_origin
+    from pipeline.commands.inspect import _reference_roots
+
+    data, feedback, own = tmp_path / "data_with_feedback", tmp_path / "feedback", tmp_path / "mine"
+    for folder in (data, feedback, own):
+        folder.mkdir()
+    checkpoint = tmp_path / "run" / "train"
+    checkpoint.mkdir(parents=True)
+    for name in ("model.safetensors", "config.yaml"):
+        (checkpoint / name).write_bytes(b"weights")
+    (tmp_path / "run" / "evaluate").mkdir()
+    recorded = {"data": str(data), "feedback": str(feedback)}
+    (tmp_path / "run" / "evaluate" / "metrics.json").write_text(json.dumps(recorded))
+    origin = model_origin(str(checkpoint), checkpoint)
+    assert (origin.data_root, origin.feedback_root) == (str(data), str(feedback))
+
+    def roots(**given):
+        args = {"no_references": False, "references_dir": None, "feedback": None, **given}
+        return _reference_roots(argparse.Namespace(**args), origin)
+
+    assert roots() == [data, feedback]
+    assert roots(feedback=str(own)) == [data, own]  # the user's feedback folder instead
+    assert roots(references_dir=str(own)) == [own]  # the user's references: none of the recorded
+    assert roots(no_references=True) == []

@@ -237,6 +237,14 @@ def test_reference_folders_split_the_references_from_the_confirmed_normals(tmp_p
     assert len(refs.images("bottle", 8)) == 3
     own, cover = refs.split("tile", 8)  # only confirmed normals: all cover (the bank calibrates on them)
     assert own == [] and len(cover) == 2
+    # a references root that links a confirmed normal in (retrain --feedback's data) holds it once, as cover
+    (tmp_path / "refs" / "bottle" / "train" / "good" / "feedback_0.png").symlink_to(
+        tmp_path / "feedback" / "bottle" / "train" / "good" / "0.png"
+    )
+    refs = ReferenceFolders([tmp_path / "refs", tmp_path / "feedback"])
+    own, cover = refs.split("bottle", 8)
+    assert [int(i[0, 0, 0]) for i in own] == [10, 20, 30] and [int(i[0, 0, 0]) for i in cover] == [200]
+    assert len(ReferenceFolders(tmp_path / "refs").images("bottle", 8)) == 4  # alone, it is a reference
 
 
 def test_settings_are_checked_where_they_are_given():
