@@ -212,6 +212,8 @@ def image_files(folder: Path) -> list[Path]:
 def apart_from(paths: Sequence[Path], others: Sequence[Path]) -> list[Path]:
     """``paths`` less those that are, once links are followed, one of ``others``: a folder that
     links another's images in (``retrain --feedback``'s merged data) holds them only once."""
+    if not others:  # nothing to leave out: no path resolved (serve lists its folders per request)
+        return list(paths)
     taken = {Path(p).resolve() for p in others}
     return [p for p in paths if Path(p).resolve() not in taken]
 
