@@ -35,20 +35,26 @@ MIN_CONTRAST = 2.0
 """Contrast (0-255) below which a disc counts as flat ground."""
 
 Probe = Callable[[np.ndarray, Sequence[np.ndarray], CategorySpec, np.random.Generator], np.ndarray | None]
+"""One probe of ``target`` (the others: references it may take material from), or None if it failed."""
+Radial = Callable[[np.ndarray], tuple[np.ndarray | float, np.ndarray | float]]
+"""Per pixel, from its weight (1 at a disc's centre, 0 at its rim): the angle to turn its offset
+from the centre by, and the factor to scale it by."""
 
 
-def _nsa(target: np.ndarray, others: Sequence[np.ndarray], spec: CategorySpec, rng: np.random.Generator):
+def _nsa(
+    target: np.ndarray, others: Sequence[np.ndarray], spec: CategorySpec, rng: np.random.Generator
+) -> np.ndarray | None:
     source = others[int(rng.integers(len(others)))]
     result = synthesize(target, source, spec, SynthConfig(), rng)
     return None if result is None else result.image
 
 
 def _warped(
-    target: np.ndarray, spec: CategorySpec, rng: np.random.Generator, radial: Callable[[np.ndarray], tuple]
+    target: np.ndarray, spec: CategorySpec, rng: np.random.Generator, radial: Radial
 ) -> np.ndarray | None:
-    """``target`` resampled inside a disc (on the object, for objects): ``radial(weight)`` gives,
-    per pixel, the angle to turn and the factor to scale its offset from the centre by, where
-    ``weight`` falls smoothly from 1 at the centre to 0 at the rim."""
+    """``target`` resampled inside a disc (on the object, for objects) as ``radial`` says, the
+    weight falling smoothly from the centre to the rim; None where the disc is flat ground or the
+    warp changed too little of it."""
     h, w = target.shape[:2]
     radius = float(rng.uniform(*RADIUS)) * min(h, w)
     margin = int(radius) + 1
@@ -76,12 +82,16 @@ def _warped(
     return out if contrast >= MIN_CONTRAST and change >= MIN_CHANGE * contrast else None
 
 
-def _swirl(target: np.ndarray, others: Sequence[np.ndarray], spec: CategorySpec, rng: np.random.Generator):
+def _swirl(
+    target: np.ndarray, others: Sequence[np.ndarray], spec: CategorySpec, rng: np.random.Generator
+) -> np.ndarray | None:
     turn = float(rng.uniform(1.5, 3.0)) * float(rng.choice([-1.0, 1.0]))
     return _warped(target, spec, rng, lambda weight: (turn * weight, 1.0))
 
 
-def _bulge(target: np.ndarray, others: Sequence[np.ndarray], spec: CategorySpec, rng: np.random.Generator):
+def _bulge(
+    target: np.ndarray, others: Sequence[np.ndarray], spec: CategorySpec, rng: np.random.Generator
+) -> np.ndarray | None:
     shrink = 1.0 - 1.0 / float(rng.uniform(2.2, 3.2))  # the centre magnified 2.2-3.2 times
     return _warped(target, spec, rng, lambda weight: (0.0, 1.0 - shrink * weight))
 
