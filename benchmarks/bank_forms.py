@@ -40,6 +40,8 @@ WEIGHTINGS = ("weighted", "equal")
 PLAIN = "equal_s0"
 CHUNK = 8  # images per search: bounded memory for the per-layer maps
 CATEGORY_MARGIN = 0.01
+FUSIONS = {"fused": "calibrated", "amplified": "amplified"}
+"""The decoder's part (``memory_bank.fusion``): averaged with the bank's, or scaling it."""
 PROBE_SETS = {"nsa": ("nsa",), "warps": ("swirl", "bulge"), "mixed": ("nsa", "swirl", "bulge")}
 """The guard's probes, by set: the training synthesis, kinds the decoder never saw, and both."""
 
@@ -151,40 +153,46 @@ def _category_forms(predictor: Any, data: Path, category: str) -> dict[str, Any]
             else:
                 calibration = model.calibrate(combine_layers(smoothed["references"], None))
             bank_maps = {k: combine_layers(v, calibration.layer_weights) for k, v in smoothed.items()}
-            fused = {
-                k: model.fuse(calibration.normalise(v), decoder_calibration.normalise(decoders[k]))
-                for k, v in bank_maps.items()
-            }
+            parts = {"bank": bank_maps}
+            for part, fusion in FUSIONS.items():
+                parts[part] = {
+                    k: model.fuse(
+                        calibration.normalise(v), decoder_calibration.normalise(decoders[k]), fusion
+                    )
+                    for k, v in bank_maps.items()
+                }
             row[form_name(weighting, sigma)] = {
-                "test_bank": float(roc_auc_score(labels, peaks(bank_maps["tests"]).numpy())),
-                "test_fused": float(roc_auc_score(labels, peaks(fused["tests"]).numpy())),
                 **{
-                    f"guard_{part}_{name}": pairwise_auroc(peaks(maps["references"]), peaks(maps[name]))
+                    f"test_{part}": float(roc_auc_score(labels, peaks(m["tests"]).numpy()))
+                    for part, m in parts.items()
+                },
+                **{
+                    f"guard_{part}_{name}": pairwise_auroc(peaks(m["references"]), peaks(m[name]))
                     for name in PROBE_SETS
-                    for part, maps in (("bank", bank_maps), ("fused", fused))
+                    for part, m in parts.items()
                 },
             }
     return row
 
 
-def with_decoder_guard(row: dict[str, Any], form: str, probes: str = "nsa") -> float:
+def with_decoder_guard(row: dict[str, Any], form: str, probes: str = "nsa", part: str = "fused") -> float:
     """The test Image-AUROC of ``form`` as the map guard serves it with the ``probes`` set: fused
-    with the decoder unless the guard's fused AUROC falls more than one standard error below the
-    bank's alone."""
+    with the decoder (``part``: a key of ``FUSIONS``) unless the guard's fused AUROC falls more than
+    one standard error below the bank's alone."""
     from train.model.memory_bank import MapGuard
 
     f = row[form]  # the form is the bank's map as kept: the guard's plain figure, nothing refined
     guard = MapGuard(
-        f[f"guard_bank_{probes}"], None, f[f"guard_fused_{probes}"], row["references"], row["probes"][probes]
+        f[f"guard_bank_{probes}"], None, f[f"guard_{part}_{probes}"], row["references"], row["probes"][probes]
     )
-    return f["test_fused"] if guard.decoder_kept else f["test_bank"]
+    return f[f"test_{part}"] if guard.decoder_kept else f["test_bank"]
 
 
-def _refined_or_plain(probes: str) -> Callable[[dict[str, Any]], float]:
+def _refined_or_plain(probes: str, part: str = "fused") -> Callable[[dict[str, Any]], float]:
     def rule(row: dict[str, Any]) -> float:
         refined, bank = "weighted_s4", f"guard_bank_{probes}"
         keep = row[refined][bank] >= row[PLAIN][bank]
-        return with_decoder_guard(row, refined if keep else PLAIN, probes)
+        return with_decoder_guard(row, refined if keep else PLAIN, probes, part)
 
     return rule
 
@@ -203,10 +211,11 @@ RULES: dict[str, Callable[[dict[str, Any]], float]] = {
         f"{form_name(w, s)}_{part}": _fixed(form_name(w, s), part)
         for s in SIGMAS
         for w in WEIGHTINGS
-        for part in ("bank", "fused")
+        for part in ("bank", *FUSIONS)
     },
     "weighted_s4_with_decoder_guard": lambda r: with_decoder_guard(r, "weighted_s4"),
     **{f"guard_picks_refined_or_plain_{probes}": _refined_or_plain(probes) for probes in PROBE_SETS},
+    "guard_picks_refined_or_plain_nsa_amplified": _refined_or_plain("nsa", "amplified"),
     "guard_picks_any_form": _best_guard_of_all,
 }
 """Each rule's test Image-AUROC of one category draw. ``weighted_s4_with_decoder_guard`` was the

@@ -411,7 +411,8 @@ def test_bank_forms_category_on_a_tiny_model(tiny_predictor, sample_data_root):
     assert set(row["probes"]) == set(bank_forms.PROBE_SETS)
     assert all(0 < n <= 16 for n in row["probes"].values())
     for form in forms:
-        assert len(row[form]) == 2 + 2 * len(bank_forms.PROBE_SETS)  # test and guard figures, per probe set
+        parts = 1 + len(bank_forms.FUSIONS)  # the bank alone and each fusion: test and guard figures
+        assert len(row[form]) == parts + parts * len(bank_forms.PROBE_SETS)
         assert all(0.0 <= v <= 1.0 for v in row[form].values())
     # the plain form alone is the baseline's map: the same test ranking
     assert row[bank_forms.PLAIN]["test_bank"] == row["baseline"]
@@ -424,9 +425,9 @@ def _form_row(baseline: float, refined: tuple[float, float], plain: tuple[float,
         for weighting in bank_forms.WEIGHTINGS:
             guard, test = refined if (weighting, sigma) == ("weighted", 4.0) else plain
             # the decoder adds nothing to the guard's figure and 0.01 to the test's: kept
-            figures = {"test_bank": test, "test_fused": test + 0.01}
+            figures = {"test_bank": test, "test_fused": test + 0.01, "test_amplified": test + 0.01}
             for probes in bank_forms.PROBE_SETS:
-                figures |= {f"guard_bank_{probes}": guard, f"guard_fused_{probes}": guard}
+                figures |= {f"guard_{part}_{probes}": guard for part in ("bank", "fused", "amplified")}
             row[bank_forms.form_name(weighting, sigma)] = figures
     return row
 

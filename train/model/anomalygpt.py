@@ -247,12 +247,17 @@ class AnomalyGPT(nn.Module):
             return Calibration.from_maps(combine_layers(layer_maps, None), mb.false_alarm_rate)
         return Calibration.from_layer_maps(layer_maps, mb.false_alarm_rate)
 
-    def fuse(self, bank_part: torch.Tensor, decoder_part: torch.Tensor) -> torch.Tensor:
-        """Calibrated fusion: the normalised bank and decoder maps averaged (``decoder_weight``), the
-        decoder's part bounded by ``decoder_cap``."""
+    def fuse(
+        self, bank_part: torch.Tensor, decoder_part: torch.Tensor, fusion: str | None = None
+    ) -> torch.Tensor:
+        """The normalised bank and decoder maps fused as ``fusion`` (default ``memory_bank.fusion``)
+        says: averaged with ``decoder_weight`` (calibrated), or the bank's scaled by the decoder's
+        (amplified); the decoder's part bounded by ``decoder_cap``."""
         mb = self.cfg.memory_bank
         if mb.decoder_cap is not None:
             decoder_part = decoder_part.clamp(max=mb.decoder_cap)
+        if (fusion or mb.fusion) == "amplified":
+            return (mb.decoder_weight * decoder_part).add_(1.0).mul_(bank_part)
         # bank + w * decoder, summed in the other order (the same bits) on the one new tensor
         return (mb.decoder_weight * decoder_part).add_(bank_part).div_(1.0 + mb.decoder_weight)
 
@@ -425,7 +430,7 @@ class AnomalyGPT(nn.Module):
         (``memory_bank.fusion``); 0.5 is where the references' own scores end."""
         fused = bank.nn_calibration.normalise(bank.distance_map(self.bank_layers(patch_maps), size))
         fusing = decoder_map is not None and bank.decoder_calibration is not None
-        if fusing and self.cfg.memory_bank.fusion == "calibrated":
+        if fusing and self.cfg.memory_bank.fusion != "replace":
             fused = self.fuse(fused, bank.decoder_calibration.normalise(decoder_map))
             if bank.fused_calibration is not None:
                 fused = bank.fused_calibration.normalise(fused)

@@ -161,6 +161,24 @@ def test_bank_fusion_calibrates_both_maps_and_their_average(make_cfg):
     assert replaced.min() >= 0.0 and replaced.max() < 1.0
 
 
+def test_amplified_fusion_scales_the_bank_by_the_decoder_and_adds_nothing_where_the_bank_sees_nothing(
+    make_cfg,
+):
+    torch.manual_seed(0)
+    model = build_model(make_cfg(use_llm=False, use_prompt_learner=False))
+    model.cfg.memory_bank.fusion = "amplified"
+    w = model.cfg.memory_bank.decoder_weight
+    bank_part, decoder_part = torch.tensor([0.0, 0.5, 0.5, 2.0]), torch.tensor([3.0, 0.0, 2.0, 2.0])
+    fused = model.fuse(bank_part.clone(), decoder_part.clone())
+    assert torch.allclose(fused, torch.tensor([0.0, 0.5, 0.5 * (1 + 2 * w), 2.0 * (1 + 2 * w)]))
+    # the average still serves where asked for (bank_forms compares the two), inputs untouched
+    averaged = model.fuse(bank_part, decoder_part, "calibrated")
+    assert torch.allclose(averaged, (bank_part + w * decoder_part) / (1 + w))
+    refs = torch.rand(4, 3, 64, 64)
+    bank = model.build_memory_bank(refs, "grass")  # its fused calibration is of the amplified map
+    assert bank.fused_calibration is not None and bank.fused_calibration.top > bank.fused_calibration.level
+
+
 def test_a_one_reference_bank_takes_the_calibration_training_measured(make_cfg):
     from train.model.config import OneShotCalibration
     from train.model.memory_bank import Calibration
