@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from evaluate.data import EvalItem, gt_positions, image_size, load_ground_truth, load_image, map_position
@@ -57,7 +58,7 @@ class EvalWorker:
             "has_llm": m.llm is not None,
         }
 
-    def build_bank(self, category: str, paths: list[str], cover: list[str] = ()) -> Any:
+    def build_bank(self, category: str, paths: list[str], cover: Sequence[str] = ()) -> Any:
         """The category's memory bank from its k references and the confirmed normals ``cover``
         (built once, shared by all actors)."""
         references = [load_image(p, self.size) for p in paths]

@@ -130,7 +130,8 @@ class ReferenceFolders:
         if not paths:  # unknown to the folders (any name a client sends): nothing is kept for it
             self._images.pop((category, size), None)
             return (), [], NO_IMAGES_DIGEST, 0
-        listing = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+        stats = [p.stat() for p in paths]  # listed at every request a pinned bank serves: one stat each
+        listing = tuple((str(p), s.st_mtime_ns, s.st_size) for p, s in zip(paths, stats, strict=True))
         cached = self._images.get((category, size))
         if cached is None or cached[0] != listing:
             images = [read_image(path, size) for path in paths]

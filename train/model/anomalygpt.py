@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline.core.memory import release_freed_memory
 from train.model.batch import Batch, Prediction
-from train.model.config import ModelConfig
+from train.model.config import Fusion, ModelConfig
 from train.model.conversation import IGNORE, pad_batch, tables, tokenize_turns
 from train.model.decoder import AnomalyDecoder
 from train.model.drafting import DRAFT_TOKENS, Drafter, accepted
@@ -248,7 +248,7 @@ class AnomalyGPT(nn.Module):
         return Calibration.from_layer_maps(layer_maps, mb.false_alarm_rate)
 
     def fuse(
-        self, bank_part: torch.Tensor, decoder_part: torch.Tensor, fusion: str | None = None
+        self, bank_part: torch.Tensor, decoder_part: torch.Tensor, fusion: Fusion | None = None
     ) -> torch.Tensor:
         """The normalised bank and decoder maps fused as ``fusion`` (default ``memory_bank.fusion``)
         says: averaged with ``decoder_weight`` (calibrated), or the bank's scaled by the decoder's

@@ -19,6 +19,8 @@ DECISION_POINT = 0.5
 classes meet there, and the bank's calibration puts the top of normal there (``squash``)."""
 
 
+Fusion = Literal["calibrated", "amplified", "replace"]
+"""How a k-shot map joins the bank's and the decoder's (``MemoryBankConfig.fusion``)."""
 GUARD_PROBE_KINDS = ("nsa", "swirl", "bulge")
 """The map guard's probe kinds (synth/probes.py ``PROBE_KINDS``, which makes them)."""
 
@@ -164,7 +166,7 @@ class MemoryBankConfig:
     rotation_max_shots: int = 4
     """Rotations only up to this many shots (they help one or two references cover a texture; with
     many references they only cost memory and can hide orientation defects)."""
-    fusion: Literal["calibrated", "amplified", "replace"] = "calibrated"
+    fusion: Fusion = "calibrated"
     """calibrated: the bank map and the decoder map, each normalised by where normal ends on the
     references (leave-one-out), averaged with ``decoder_weight``, and the average calibrated on the
     references again (two maps' peaks seldom meet, so their average ends below where each ends).
