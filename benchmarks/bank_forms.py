@@ -14,7 +14,9 @@ many categories fall more than 0.01 below it.
 
 Every form is scored from one search per image (the unsmoothed per-layer maps, then smoothed and
 weighed per form), so it runs in about a minute per dataset and draw. The default rule of the
-model (``memory_bank.fusion_guard``, ``guard_probe_kinds``) is ``guard_picks_refined_or_plain_nsa``.
+model (``memory_bank.fusion_guard``, ``guard_probe_kinds``) is ``guard_picks_refined_or_plain_nsa``
+on the categories it was trained on and ``guard_picks_refined_or_plain_nsa_amplified`` on the
+others (``memory_bank.unseen_fusion``): every suite category, for a model trained on the demo.
 
     python benchmarks/bank_forms.py [--model runs/demo/train] [--role validation|test|all]
         [--draws 4] [--out runs/robustness/data]

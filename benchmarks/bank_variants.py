@@ -36,7 +36,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "equal_layers": {"layer_weighting": "equal"},
     "no_smoothing": {"smoothing": 0.0},
     "smoothing_2": {"smoothing": 2.0},
-    "amplified": {"fusion": "amplified"},
+    "averaged": {"unseen_fusion": None},  # categories training never saw fused as the trained ones
     "decoder_cap_1": {"decoder_cap": 1.0},
     "decoder_cap_2": {"decoder_cap": 2.0},
     "cap_1_smoothing_2": {"decoder_cap": 1.0, "smoothing": 2.0},

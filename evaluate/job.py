@@ -95,7 +95,7 @@ def run_evaluation(
     baseline: dict[str, dict[str, Any]] = {}
     try:
         for category in eval_set.categories:
-            cat_rows, states, guard = _score_category(category, actors, cfg, generate, out)
+            cat_rows, states, bank_figures = _score_category(category, actors, cfg, generate, out)
             rows += cat_rows
             for part, table in (("decoder", decoder_only), ("baseline", baseline)):
                 if states[part] is not None or any(r.get(f"{part}_score") is not None for r in cat_rows):
@@ -114,7 +114,7 @@ def run_evaluation(
             per_category[category.category]["boundary_borrowed"] = (
                 cfg.shots == 1 and bank_config.borrows_one_shot(category.category)
             )
-            per_category[category.category]["fusion_guard"] = guard
+            per_category[category.category].update(bank_figures)
             _log_category(category.category, per_category[category.category])
             borrowed = per_category[category.category]["boundary_borrowed"]
             for note in report.decision_notes(per_category[category.category], borrowed):
@@ -221,21 +221,24 @@ def _batches(items: list[EvalItem], size: int) -> list[list[EvalItem]]:
 
 def _score_category(
     category: CategoryTestSet, actors: list[tuple[Any, dict]], cfg: EvaluateConfig, generate: bool, out: Path
-) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]:
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Rows of every test image of the category, its merged pixel histograms (or None) by map:
     ``main`` (the reported map) and, with references, ``decoder`` and ``baseline``; and what the
-    bank's map guard measured (None: no bank, or not guarded)."""
+    bank's map guard measured (``fusion_guard``; None: no bank, or not guarded) and how the decoder's
+    map joined the bank's (``fusion``, ``MemoryBankConfig.fusion_for``; None: the bank's map alone)."""
     import ray
     from tqdm import tqdm
 
-    bank = baseline = guard = None
+    bank = baseline = None
+    bank_figures: dict[str, Any] = {"fusion_guard": None, "fusion": None}
     if category.reference_paths:  # each built once by one actor, shared through the object store
         name, paths = category.category, category.reference_paths
         bank_ref = actors[0][0].build_bank.remote(name, paths, category.cover_paths)
         if cfg.baseline:  # on the last actor, beside the bank
             baseline = ray.put(ray.get(actors[-1][0].build_baseline.remote(name, paths)))
         built = ray.get(bank_ref)
-        guard = _log_guard(name, built.guard)
+        fusion = built.fusion if built.decoder_calibration is not None else None
+        bank_figures = {"fusion_guard": _log_guard(name, built.guard), "fusion": fusion}
         bank = ray.put(built)
     question = question_for(category.category)
     batches = _batches(category.items, cfg.batch_size)
@@ -258,7 +261,7 @@ def _score_category(
             rows += batch_rows
     maps = ("main", "decoder", "baseline")
     states = {which: _merged_state(actors, category.category, which) for which in maps}
-    return rows, states, guard
+    return rows, states, bank_figures
 
 
 def _log_guard(category: str, guard: Any) -> dict[str, Any] | None:

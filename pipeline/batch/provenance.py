@@ -55,3 +55,16 @@ def _registered(model: str) -> ModelOrigin:
         tags.get("pipeline_run_id"),
         tags.get("feedback") or None,
     )
+
+
+def recorded_cover(origin: ModelOrigin, references: Path | None) -> Path | None:
+    """The feedback folder ``origin`` was retrained with, when ``references`` is its recorded dataset:
+    that dataset links the confirmed normals into its train folders, and they must stay the bank's
+    cover (scored against the references, never fitting where normal ends). None otherwise, or when
+    the folder is gone."""
+    if references is None or not (origin.data_root and origin.feedback_root):
+        return None
+    feedback = Path(origin.feedback_root)
+    if not feedback.is_dir() or references.resolve() != Path(origin.data_root).resolve():
+        return None
+    return feedback.resolve()

@@ -180,18 +180,17 @@ def _reference_roots(args: argparse.Namespace, origin: ModelOrigin) -> list[Path
     """The references (``--references-dir``, else the dataset the model was trained on), then the
     confirmed normals (``--feedback``, else, with the recorded dataset, the feedback folder the
     model was retrained with: that dataset links its normals in, and they stay cover)."""
+    from pipeline.batch.provenance import recorded_cover
+
     if args.no_references:
         return []
-    roots = []
+    references = None
     if args.references_dir:
-        roots.append(Path(args.references_dir).resolve())
+        references = Path(args.references_dir).resolve()
     elif origin.data_root and Path(origin.data_root).is_dir():
-        roots.append(Path(origin.data_root).resolve())
-        if not args.feedback and origin.feedback_root and Path(origin.feedback_root).is_dir():
-            roots.append(Path(origin.feedback_root).resolve())
-    if args.feedback:
-        roots.append(Path(args.feedback).resolve())
-    return roots
+        references = Path(origin.data_root).resolve()
+    cover = Path(args.feedback).resolve() if args.feedback else recorded_cover(origin, references)
+    return [root for root in (references, cover) if root is not None]
 
 
 def _print_summary(summary: dict, out) -> None:

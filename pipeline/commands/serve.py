@@ -85,7 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--references-dir",
         metavar="DIR",
         help="normal images per category (DIR/<category>/train/good/ or DIR/<category>/): a request "
-        "without references of its own gets the few-shot map from them",
+        "without references of its own gets the few-shot map from them (a model retrained with feedback: "
+        "name its recorded dataset, and its recorded feedback folder's normals are the cover)",
     )
     parser.add_argument(
         "--feedback-dir",
@@ -141,6 +142,12 @@ def run(args: argparse.Namespace) -> int:
 
     serve.start(http_options={"host": args.host, "port": args.port})
     print(f"starting {options.settings.replicas} replica(s) of {options.checkpoint} ...", file=sys.stderr)
+    if options.cover_dir:
+        print(
+            f"references: {options.settings.references_dir}, with the confirmed normals of "
+            f"{options.cover_dir} (the model's retraining feedback) as cover",
+            file=sys.stderr,
+        )
     serve.run(build_app(options), name=APP_NAME, route_prefix="/")
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"serving {args.model} on {options.device} at http://{shown}:{args.port}/", flush=True)

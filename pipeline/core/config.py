@@ -174,6 +174,7 @@ LATER_KEYS: dict[tuple[str, ...], Any] = {
     ("model", "memory_bank", "fusion_guard"): True,
     ("model", "memory_bank", "guard_probes"): 16,
     ("model", "memory_bank", "guard_probe_kinds"): ["nsa"],
+    ("model", "memory_bank", "unseen_fusion"): "amplified",
     ("evaluate", "bank_budget"): None,
     ("evaluate", "feedback"): None,
 }

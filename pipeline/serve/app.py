@@ -164,7 +164,7 @@ class InspectionService:
             options.checkpoint, device=options.device, bank_budget=options.settings.bank_budget
         )
         settings = options.settings
-        roots = [root for root in (settings.references_dir, settings.feedback_dir) if root]
+        roots = options.reference_roots
         self.references = ReferenceFolders(roots) if roots else None
         self.feedback = FeedbackStore(settings.feedback_dir) if settings.feedback_dir else None
         self.recent: RecentUploads = RecentUploads()

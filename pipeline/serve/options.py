@@ -78,6 +78,16 @@ class ServeOptions:
     gpus_per_replica: float
     token_sha256: str | None = None
     """sha256 of the bearer token the API requires (None: open); the token itself stays with the driver."""
+    cover_dir: str | None = None
+    """The feedback folder the model was retrained with, read only, when the references are its
+    recorded dataset and no ``feedback_dir`` is given: that dataset links the confirmed normals in,
+    and they stay the bank's cover (``recorded_cover``)."""
+
+    @property
+    def reference_roots(self) -> list[str]:
+        """The references, then the confirmed normals (cover): the served banks' folders."""
+        cover = self.settings.feedback_dir or self.cover_dir
+        return [root for root in (self.settings.references_dir, cover) if root]
 
     @property
     def max_upload_bytes(self) -> int:
@@ -111,6 +121,7 @@ def resolve_options(settings: ServeSettings, check_gpus: bool = True) -> ServeOp
     os.environ[MAX_BODY_ENV] = str(int(settings.max_upload_mb * 1024 * 1024))
     checkpoint = resolve_checkpoint(settings.model, settings.store)  # bad reference: exit 2; registry down: 3
     verify_checkpoint(checkpoint)
+    cover_dir = _recorded_cover(settings, checkpoint)
     init_ray()
     device = settings.device
     if device == "auto":
@@ -123,7 +134,19 @@ def resolve_options(settings: ServeSettings, check_gpus: bool = True) -> ServeOp
         device=device,
         gpus_per_replica=1.0 if device == "cuda" else 0.0,
         token_sha256=token_sha256,
+        cover_dir=cover_dir,
     )
+
+
+def _recorded_cover(settings: ServeSettings, checkpoint: Path) -> str | None:
+    """The model's recorded feedback folder as cover, when the references are its recorded dataset
+    and the service keeps no feedback folder of its own (which would be the cover instead)."""
+    if settings.references_dir is None or settings.feedback_dir is not None:
+        return None
+    from pipeline.batch.provenance import model_origin, recorded_cover
+
+    cover = recorded_cover(model_origin(settings.model, Path(checkpoint)), Path(settings.references_dir))
+    return None if cover is None else os.fspath(cover)
 
 
 TOKEN_ENV = "ANOMALYGPT_TOKEN"

@@ -11,6 +11,7 @@ import pytest
 from evaluate import metrics
 from evaluate.config import EvaluateConfig
 from evaluate.job import run_evaluation
+from train.model.checkpoint import checkpoint_config
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"image_auroc", "pixel_auroc", "accuracy", "aupro", "f1_max", "n_images"}
@@ -89,6 +90,10 @@ def test_one_and_two_workers_give_identical_metrics_and_follow_the_schema(
         assert margin == pytest.approx(model - plain["image_auroc"])
         assert (category in base["below"]) == (margin < -0.0005)
     assert "plain nearest-neighbour memory" in (out / "metrics.md").read_text()
+    bank_config = checkpoint_config(tiny_checkpoint).memory_bank
+    for category, m in written["per_category"].items():  # how the decoder joined the bank, if it did
+        dropped = m["fusion_guard"] is not None and not m["fusion_guard"]["decoder_kept"]
+        assert m["fusion"] == (None if dropped else bank_config.fusion_for(category))
     assert written["accuracy_rule"] == "llm_answer_strict"
     categories = sorted(p.name for p in Path(sample_data_root).iterdir() if (p / "test").is_dir())
     assert sorted(written["per_category"]) == categories

@@ -232,8 +232,11 @@ class AnomalyGPT(nn.Module):
         self, patch_maps: list[torch.Tensor], shots: int, rotations: int, category: str | None = None
     ) -> MemoryBank:
         """An uncalibrated bank of the encoder's ``patch_maps`` (the bank layers are taken here)."""
-        layers, sigma = self.bank_layers(patch_maps), self.cfg.memory_bank.smoothing
-        return MemoryBank.from_patch_maps(layers, shots, rotations, category, smoothing=sigma)
+        mb = self.cfg.memory_bank
+        layers = self.bank_layers(patch_maps)
+        bank = MemoryBank.from_patch_maps(layers, shots, rotations, category, smoothing=mb.smoothing)
+        bank.fusion = mb.fusion_for(category)
+        return bank
 
     def calibrate(self, normal_maps: torch.Tensor) -> Calibration:
         """Where normal ends on maps of normal images (``memory_bank.false_alarm_rate``)."""
@@ -262,13 +265,18 @@ class AnomalyGPT(nn.Module):
         return (mb.decoder_weight * decoder_part).add_(bank_part).div_(1.0 + mb.decoder_weight)
 
     def calibrate_fused(
-        self, nn: Calibration, decoder: Calibration, distances: torch.Tensor, decoder_maps: torch.Tensor
+        self,
+        nn: Calibration,
+        decoder: Calibration,
+        distances: torch.Tensor,
+        decoder_maps: torch.Tensor,
+        fusion: Fusion | None = None,
     ) -> Calibration:
         """Where normal ends on the fused map, from normal images' bank distance maps (each image
         held out of the bank, layers weighed) and their decoder maps. Each part alone ends at 1,
         but their peaks seldom fall on the same pixel, so the average ends lower; without this the
         fused map would call only anomalies far above normal."""
-        return self.calibrate(self.fuse(nn.normalise(distances), decoder.normalise(decoder_maps)))
+        return self.calibrate(self.fuse(nn.normalise(distances), decoder.normalise(decoder_maps), fusion))
 
     @torch.no_grad()
     def build_memory_bank(
@@ -318,8 +326,14 @@ class AnomalyGPT(nn.Module):
         if self.decoder is not None and category is not None:
             if measured is not None and measured.decoder is not None:
                 bank.decoder_calibration = Calibration(*measured.decoder)
-                if measured.fused is not None:
-                    bank.fused_calibration = Calibration(*measured.fused)
+                fused = measured.fused
+                if bank.fusion != self.cfg.memory_bank.fusion:  # a category training never saw
+                    if measured.unseen_fused is not None:
+                        fused = measured.unseen_fused
+                    else:  # a checkpoint from before unseen_fusion: the fusion its boundary is of
+                        bank.fusion = self.cfg.memory_bank.fusion
+                if fused is not None:
+                    bank.fused_calibration = Calibration(*fused)
             else:
                 decoder_maps = _chunked(
                     own,
@@ -330,7 +344,7 @@ class AnomalyGPT(nn.Module):
             distances = self._guard_map(bank, upright, distances, plain_peaks, decoder_maps, probes, size)
         if distances is not None and decoder_maps is not None and bank.decoder_calibration is not None:
             bank.fused_calibration = self.calibrate_fused(
-                bank.nn_calibration, bank.decoder_calibration, distances, decoder_maps
+                bank.nn_calibration, bank.decoder_calibration, distances, decoder_maps, bank.fusion
             )
         return bank
 
@@ -402,7 +416,7 @@ class AnomalyGPT(nn.Module):
 
             def fused_peaks(bank_distances: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
                 bank_part = bank.nn_calibration.normalise(bank_distances)
-                return _peaks(self.fuse(bank_part, bank.decoder_calibration.normalise(decoder)))
+                return _peaks(self.fuse(bank_part, bank.decoder_calibration.normalise(decoder), bank.fusion))
 
             fused = fused_peaks(distances, decoder_maps), fused_peaks(probe_distances, probe_decoder_maps)
             guard = dataclasses.replace(guard, fused_auroc=pairwise_auroc(*fused))
@@ -427,11 +441,11 @@ class AnomalyGPT(nn.Module):
         size: tuple[int, int],
     ) -> torch.Tensor:
         """The k-shot map in [0, 1): the bank's distances, calibrated, fused with the decoder map
-        (``memory_bank.fusion``); 0.5 is where the references' own scores end."""
+        (the bank's ``fusion``); 0.5 is where the references' own scores end."""
         fused = bank.nn_calibration.normalise(bank.distance_map(self.bank_layers(patch_maps), size))
         fusing = decoder_map is not None and bank.decoder_calibration is not None
-        if fusing and self.cfg.memory_bank.fusion != "replace":
-            fused = self.fuse(fused, bank.decoder_calibration.normalise(decoder_map))
+        if fusing and bank.fusion != "replace":
+            fused = self.fuse(fused, bank.decoder_calibration.normalise(decoder_map), bank.fusion)
             if bank.fused_calibration is not None:
                 fused = bank.fused_calibration.normalise(fused)
         return squash(fused)

@@ -19,9 +19,13 @@ import math
 import time
 from dataclasses import dataclass, replace
 from statistics import NormalDist
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from train.model.config import Fusion
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +336,8 @@ class MemoryBank:
     decoder_calibration: Calibration | None = None
     fused_calibration: Calibration | None = None
     """Of the bank map fused with the decoder's (None: the fused map stays as it is)."""
+    fusion: Fusion = "calibrated"
+    """How its map joins the decoder's (``MemoryBankConfig.fusion_for`` its category)."""
     guard: MapGuard | None = None
     """What the map guard measured (None: not guarded). Where it dropped the refinements,
     ``smoothing`` is 0 and the layers are equal; where it dropped the decoder,

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from train.model.config import OneShotCalibration
+from train.model.config import Fusion, OneShotCalibration
 from train.model.memory_bank import (
     ROTATIONS,
     UNCALIBRATED,
@@ -80,15 +80,20 @@ class NormalMeasure:
         return cls(calibration, combine_layers(layer_maps, calibration.layer_weights).cpu(), scored)
 
     def fused(
-        self, model: BankModel, decoder: Calibration, decoder_maps: torch.Tensor, of: list[int]
+        self,
+        model: BankModel,
+        decoder: Calibration,
+        decoder_maps: torch.Tensor,
+        of: list[int],
+        fusion: Fusion | None = None,
     ) -> Calibration:
-        """Where normal ends on these banks' fused map, from the kept distances of the images
-        ``of``, whose decoder maps are given in that order."""
+        """Where normal ends on these banks' map fused as ``fusion`` (None: the model's), from the
+        kept distances of the images ``of``, whose decoder maps are given in that order."""
         position = {image: i for i, image in enumerate(of)}
         kept = [k for k, image in enumerate(self.scored) if image in position]
         distances = self.distances[kept].to(decoder_maps.device)
         ordered = decoder_maps[[position[self.scored[k]] for k in kept]]
-        return model.calibrate_fused(self.calibration, decoder, distances, ordered)
+        return model.calibrate_fused(self.calibration, decoder, distances, ordered, fusion)
 
 
 @dataclass
@@ -167,7 +172,9 @@ class ReferencePool:
                 size = (model.cfg.image_size, model.cfg.image_size)
                 decoder_maps = model.text_map(upright, [category] * len(others), size)[1]
             bank.decoder_calibration = model.calibrate(decoder_maps)
-            bank.fused_calibration = measure.fused(model, bank.decoder_calibration, decoder_maps, others)
+            bank.fused_calibration = measure.fused(
+                model, bank.decoder_calibration, decoder_maps, others, bank.fusion
+            )
         return bank
 
     @torch.no_grad()
@@ -182,14 +189,19 @@ class ReferencePool:
             n = len(entry.sources)
             if n < 2:
                 continue
-            nn, decoder, fused = entry.one_shot.calibration, None, None
+            nn, decoder, fused, unseen = entry.one_shot.calibration, None, None, None
             if model.decoder is not None:
                 upright = [m.to(_device(model)) for m in entry.maps_of(list(range(n)), 1)]
                 decoder_maps = model.text_map(upright, [category] * n, size)[1]
                 decoder = model.calibrate(decoder_maps)
                 fused = entry.one_shot.fused(model, decoder, decoder_maps, list(range(n)))
+                mb = model.cfg.memory_bank
+                if mb.unseen_fusion not in (None, mb.fusion):  # for the categories training never saw
+                    unseen = entry.one_shot.fused(model, decoder, decoder_maps, [*range(n)], mb.unseen_fusion)
             weights = None if nn.layer_weights is None else tuple(round(w, 6) for w in nn.layer_weights)
-            out[category] = OneShotCalibration(_rounded(nn), _rounded(decoder), weights, _rounded(fused))
+            out[category] = OneShotCalibration(
+                _rounded(nn), _rounded(decoder), weights, _rounded(fused), _rounded(unseen)
+            )
         return out
 
 

@@ -148,6 +148,20 @@ def test_a_measured_one_shot_calibration_must_rise(pair):
         from_dict(MemoryBankConfig, {"one_shot": {"grass": {"nn": pair}}})
     with pytest.raises(ConfigError, match="one_shot: fused"):
         from_dict(MemoryBankConfig, {"one_shot": {"grass": {"nn": [0.1, 0.3], "fused": pair}}})
+    with pytest.raises(ConfigError, match="one_shot: unseen_fused"):
+        from_dict(MemoryBankConfig, {"one_shot": {"grass": {"nn": [0.1, 0.3], "unseen_fused": pair}}})
+
+
+def test_a_category_training_never_saw_takes_the_unseen_fusion():
+    """Training's one-shot record names the categories it saw; without one, every category is alike."""
+    seen = {"grass": {"nn": [0.1, 0.3]}}
+    config = from_dict(MemoryBankConfig, {"one_shot": seen})
+    assert (config.fusion_for("grass"), config.fusion_for("wood")) == ("calibrated", "amplified")
+    assert MemoryBankConfig().fusion_for("wood") == "calibrated"  # nothing recorded: no category is new
+    off = from_dict(MemoryBankConfig, {"one_shot": seen, "unseen_fusion": None})
+    assert off.fusion_for("wood") == "calibrated"
+    with pytest.raises(ConfigError, match="unseen_fusion"):
+        from_dict(MemoryBankConfig, {"unseen_fusion": "average"})
     loaded = from_dict(MemoryBankConfig, {"one_shot": {"grass": {"nn": [0.1, 0.3]}}})
     assert loaded.one_shot["grass"].nn == (0.1, 0.3) and loaded.one_shot["grass"].decoder is None
     assert loaded.one_shot["grass"].layer_weights is None and loaded.one_shot["grass"].fused is None

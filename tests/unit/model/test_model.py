@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -155,7 +157,7 @@ def test_bank_fusion_calibrates_both_maps_and_their_average(make_cfg):
     expected = squash(bank.fused_calibration.normalise((nn_part + w * dec_part) / (1 + w)))[0, 0]
     assert torch.allclose(torch.from_numpy(pred.anomaly_map), expected, atol=1e-6)
     assert np.allclose(pred.decoder_map, decoder[0, 0].detach().numpy())  # reported beside the fused map
-    model.cfg.memory_bank.fusion = "replace"
+    bank.fusion = "replace"  # a bank keeps the fusion its category had at build (fusion_for)
     replaced = model.predict(images, ["grass"], memory_bank=bank, generate=False)[0].anomaly_map
     assert torch.allclose(torch.from_numpy(replaced), squash(nn_part)[0, 0], atol=1e-6)
     assert replaced.min() >= 0.0 and replaced.max() < 1.0
@@ -201,6 +203,14 @@ def test_a_one_reference_bank_takes_the_calibration_training_measured(make_cfg):
         Calibration(0.1, 0.6),
         Calibration(0.02, 0.8),
     )
+    assert (bank.fusion, unseen.fusion) == ("calibrated", "calibrated")  # nothing measured for amplified
+    for name, fused in (("grass", (0.05, 0.9)), ("brick", (0.06, 1.1)), ("coin", (0.07, 1.3))):
+        known = model.cfg.memory_bank.one_shot[name]
+        model.cfg.memory_bank.one_shot[name] = dataclasses.replace(known, unseen_fused=fused)
+    unseen = model.build_memory_bank(refs[:1], "wood")  # amplified, with its median boundary
+    assert (unseen.fusion, unseen.fused_calibration) == ("amplified", Calibration(0.06, 1.1))
+    seen = model.build_memory_bank(refs[:1], "grass")
+    assert (seen.fusion, seen.fused_calibration) == ("calibrated", Calibration(0.01, 0.8))
     two = model.build_memory_bank(refs, "grass")  # two references hold each other out
     assert two.nn_calibration not in (Calibration(0.1, 0.3), own.nn_calibration)
     images = torch.rand(1, 3, 64, 64)
@@ -240,6 +250,9 @@ def test_training_measures_where_normal_ends_on_one_reference_banks(make_cfg):
         weighed = combine_layers(torch.cat(distances), nn.layer_weights)
         fused = model.calibrate_fused(nn, decoder, weighed, decoder_maps[scored])
         assert measured[category].fused == pytest.approx((fused.level, fused.top), rel=1e-4)
+        unseen = model.calibrate_fused(nn, decoder, weighed, decoder_maps[scored], "amplified")
+        assert measured[category].unseen_fused == pytest.approx((unseen.level, unseen.top), rel=1e-4)
+        assert unseen != fused  # the amplified map ends elsewhere: its own boundary, for other materials
         # A one-image training bank is calibrated as a user's one-reference bank will be.
         one = pool.bank(model, category, f"{category}/0.png", True, torch.Generator().manual_seed(0))
         assert one.shots == 1 and one.nn_calibration == pool.categories[category].one_shot.calibration

@@ -94,7 +94,7 @@ def test_a_category_mostly_flagged_gets_a_note_and_a_small_or_calm_one_none():
     assert summarise(calm, unreadable=0)["notes"] == []
 
 
-def test_a_model_retrained_with_feedback_inspects_with_its_confirmed_normals_as_cover(tmp_path):
+def test_a_model_retrained_with_feedback_inspects_and_serves_with_its_confirmed_normals_as_cover(tmp_path):
     """Its recorded dataset links the confirmed normals in; the recorded feedback folder follows it, so
     they are cover (ReferenceFolders leaves them to the later root), unless the user names others."""
     import argparse
@@ -124,3 +124,17 @@ def test_a_model_retrained_with_feedback_inspects_with_its_confirmed_normals_as_
     assert roots(feedback=str(own)) == [data, own]  # the user's feedback folder instead
     assert roots(references_dir=str(own)) == [own]  # the user's references: none of the recorded
     assert roots(no_references=True) == []
+    assert roots(references_dir=str(data)) == [data, feedback]  # the recorded dataset, named
+
+    # serve: the same rule, and its own feedback folder is the cover instead
+    from pipeline.serve.options import ServeOptions, ServeSettings, _recorded_cover
+
+    def served(**given):
+        settings = ServeSettings(model=str(checkpoint), **given)
+        cover = _recorded_cover(settings, checkpoint)
+        return ServeOptions(settings, str(checkpoint), "cpu", 0.0, cover_dir=cover)
+
+    assert served(references_dir=str(data)).reference_roots == [str(data), str(feedback)]
+    assert served(references_dir=str(data), feedback_dir=str(own)).reference_roots == [str(data), str(own)]
+    assert served(references_dir=str(own)).reference_roots == [str(own)]
+    assert served().reference_roots == []

@@ -111,7 +111,8 @@ def test_the_resume_fingerprint_is_unchanged(tiny_config, tiny_shards, tmp_path)
     config = to_dict(tiny_config)
     for key in ("max_failures", "log_every", "keep_checkpoints", "checkpoint_every", "storage_path"):
         config["train"].pop(key)
-    for key in ("layer_weighting", "decoder_cap", "fusion_guard", "guard_probes", "guard_probe_kinds"):
+    later = ("layer_weighting", "decoder_cap", "fusion_guard", "guard_probes", "guard_probe_kinds")
+    for key in (*later, "unseen_fusion"):
         config["model"]["memory_bank"].pop(key)  # added later; at their defaults they are not hashed
     for key in ("baseline", "bank_budget", "feedback"):
         config["evaluate"].pop(key)
