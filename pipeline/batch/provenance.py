@@ -8,6 +8,7 @@ data and the feedback folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +27,24 @@ class ModelOrigin:
 
 
 def model_origin(model: str, checkpoint: Path) -> ModelOrigin:
-    """The origin of ``model`` (what the user named), resolved to ``checkpoint`` already."""
+    """The origin of ``model`` (what the user named), resolved to ``checkpoint`` already; a folder's
+    version is the hash of its weights."""
+    origin = recorded_origin(model, checkpoint)
     if model.startswith("models:/"):
-        return _registered(model)
+        return origin
     from pipeline.registry import checkpoint_digest
 
+    return dataclasses.replace(origin, version=f"sha256:{checkpoint_digest(checkpoint)[:12]}")
+
+
+def recorded_origin(model: str, checkpoint: Path) -> ModelOrigin:
+    """What ``model`` records of its training (the version's tags, or the run folder's metrics.json),
+    without hashing a folder's weights (gigabytes for a 7B model): its version is ``model`` as named."""
+    if model.startswith("models:/"):
+        return _registered(model)
     metrics = checkpoint.parent / "evaluate" / "metrics.json"
     recorded = json.loads(metrics.read_text()) if metrics.is_file() else {}
-    version = f"sha256:{checkpoint_digest(checkpoint)[:12]}"
-    return ModelOrigin(version, recorded.get("data"), feedback_root=recorded.get("feedback"))
+    return ModelOrigin(model, recorded.get("data"), feedback_root=recorded.get("feedback"))
 
 
 def _registered(model: str) -> ModelOrigin:

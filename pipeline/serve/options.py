@@ -143,9 +143,9 @@ def _recorded_cover(settings: ServeSettings, checkpoint: Path) -> str | None:
     and the service keeps no feedback folder of its own (which would be the cover instead)."""
     if settings.references_dir is None or settings.feedback_dir is not None:
         return None
-    from pipeline.batch.provenance import model_origin, recorded_cover
+    from pipeline.batch.provenance import recorded_cover, recorded_origin
 
-    cover = recorded_cover(model_origin(settings.model, Path(checkpoint)), Path(settings.references_dir))
+    cover = recorded_cover(recorded_origin(settings.model, Path(checkpoint)), Path(settings.references_dir))
     return None if cover is None else os.fspath(cover)
 
 

@@ -194,10 +194,11 @@ class ReferencePool:
                 upright = [m.to(_device(model)) for m in entry.maps_of(list(range(n)), 1)]
                 decoder_maps = model.text_map(upright, [category] * n, size)[1]
                 decoder = model.calibrate(decoder_maps)
-                fused = entry.one_shot.fused(model, decoder, decoder_maps, list(range(n)))
+                everyone = list(range(n))
+                fused = entry.one_shot.fused(model, decoder, decoder_maps, everyone)
                 mb = model.cfg.memory_bank
                 if mb.unseen_fusion not in (None, mb.fusion):  # for the categories training never saw
-                    unseen = entry.one_shot.fused(model, decoder, decoder_maps, [*range(n)], mb.unseen_fusion)
+                    unseen = entry.one_shot.fused(model, decoder, decoder_maps, everyone, mb.unseen_fusion)
             weights = None if nn.layer_weights is None else tuple(round(w, 6) for w in nn.layer_weights)
             out[category] = OneShotCalibration(
                 _rounded(nn), _rounded(decoder), weights, _rounded(fused), _rounded(unseen)

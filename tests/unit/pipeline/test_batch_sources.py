@@ -126,8 +126,11 @@ def test_a_model_retrained_with_feedback_inspects_and_serves_with_its_confirmed_
     assert roots(no_references=True) == []
     assert roots(references_dir=str(data)) == [data, feedback]  # the recorded dataset, named
 
-    # serve: the same rule, and its own feedback folder is the cover instead
+    # serve: the same rule, and its own feedback folder is the cover instead; it reads what the run
+    # recorded without hashing the weights (gigabytes for a 7B model) at start-up
     from pipeline.serve.options import ServeOptions, ServeSettings, _recorded_cover
+
+    (checkpoint / "model.safetensors").unlink()
 
     def served(**given):
         settings = ServeSettings(model=str(checkpoint), **given)
